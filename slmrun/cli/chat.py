@@ -1,0 +1,252 @@
+"""`slmrun chat`: an interactive chat loop (and a line-per-message mode for pipes)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import config
+from . import app
+from .run import format_verbose, load_for_cli
+
+HELP = """Commands:
+  /help                 this help
+  /clear                forget the conversation (the system prompt stays)
+  /system TEXT          set the system prompt (and start over)
+  /set KEY VALUE        temperature | top_p | top_k | seed | max_tokens | ctx
+  /show                 model, quant, context used / available, load settings
+  /save FILE            save the conversation as JSON
+  /load FILE            load a conversation saved with /save
+  /stats                toggle per-reply stats (prompt eval, eval rate, time to first token)
+  /bye, /exit           leave (Ctrl-D works too)
+  \"\"\"                   start and end multi-line input
+Ctrl-C stops an answer; at the prompt it leaves."""
+
+_SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "seed": int, "max_tokens": int, "ctx": int}
+
+
+class ChatUI:
+    def __init__(self, session, *, interactive: bool, show_stats: bool, out=sys.stdout, err=sys.stderr):
+        self.session, self.interactive, self.show_stats = session, interactive, show_stats
+        self.out, self.err = out, err
+        self.warned_trim = False
+
+    def say(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    # --- one user message -------------------------------------------------------------
+    def reply(self, text: str) -> None:
+        t0 = time.perf_counter()
+        gen = self.session.send(text)
+        out = self.out
+        try:
+            while True:
+                out.write(next(gen))
+                out.flush()
+        except StopIteration:
+            pass
+        except KeyboardInterrupt:
+            gen.close()  # records the partial reply, so the history matches the screen
+            out.write("\n")
+            self.say("(stopped)")
+            return
+        finally:
+            if self.session.last_dropped and not self.warned_trim:
+                self.say("(the conversation outgrew the context: the oldest turns were dropped; /clear starts over)")
+                self.warned_trim = True
+        out.write("\n")
+        out.flush()
+        if self.show_stats and self.session.last is not None:
+            self.say(format_verbose(self.session.last.stats, time.perf_counter() - t0))
+
+    # --- slash commands ---------------------------------------------------------------
+    def command(self, line: str) -> bool:
+        """Handle a /command; False means leave."""
+        cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
+        s = self.session
+        if cmd in ("/bye", "/exit", "/quit"):
+            return False
+        if cmd in ("/help", "/?"):
+            self.say(HELP)
+        elif cmd == "/clear":
+            s.conversation.clear()
+            self.warned_trim = False
+            self.say("Cleared the conversation.")
+        elif cmd == "/system":
+            s.conversation.system = arg or None
+            s.conversation.clear()
+            self.say("Set the system prompt." if arg else "Removed the system prompt.")
+        elif cmd == "/set":
+            self._set(arg)
+        elif cmd == "/show":
+            m = s.model
+            used = len(m.chat_tokens(s.conversation.messages())) if s.conversation.messages() else 0
+            o = m.options
+            self.say(f"model:    {m.name}  ({m.path})\n"
+                     f"quant:    {m.info.quant if m.info else '?'}   arch: {m.info.architecture if m.info else '?'}\n"
+                     f"context:  {used} / {m.n_ctx} tokens used   KV cached: {m.n_tokens_cached}\n"
+                     f"threads:  {o.n_threads}   batch: {o.n_batch}   flash attention: {o.flash_attn}   "
+                     f"mmap: {o.use_mmap}\n"
+                     f"sampling: {json.dumps(s.params)}")
+        elif cmd == "/save":
+            if not arg:
+                self.say("Usage: /save FILE")
+            else:
+                tmp = Path(arg + ".tmp")
+                tmp.write_text(json.dumps(s.conversation.to_json(), indent=2))
+                tmp.replace(arg)
+                self.say(f"Saved {len(s.conversation.turns)} messages to {arg}.")
+        elif cmd == "/load":
+            self._load(arg)
+        elif cmd == "/stats":
+            self.show_stats = not self.show_stats
+            self.say(f"Stats {'on' if self.show_stats else 'off'}.")
+        else:
+            self.say(f"Unknown command {cmd}. Type /help for the list.")
+        return True
+
+    def _set(self, arg: str) -> None:
+        key, _, value = arg.partition(" ")
+        if key not in _SETTABLE or not value.strip():
+            self.say(f"Usage: /set {{{'|'.join(_SETTABLE)}}} VALUE")
+            return
+        try:
+            v = _SETTABLE[key](value.strip())
+        except ValueError:
+            self.say(f"{key} must be a {_SETTABLE[key].__name__}, got {value.strip()!r}")
+            return
+        if key == "ctx":
+            self._reload_ctx(v)
+            return
+        if key in ("temperature", "top_p", "max_tokens", "top_k") and v < 0:
+            self.say(f"{key} must be >= 0")
+            return
+        self.session.params[key] = v
+        self.say(f"Set {key} to {v}.")
+
+    def _reload_ctx(self, n_ctx: int) -> None:
+        from ..api import load
+        from ..errors import SlmrunError
+        old = self.session.model
+        try:
+            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads)
+        except SlmrunError as exc:
+            self.say(f"Could not set ctx: {exc.message}")
+            return
+        new.name, new.prompt_format = old.name, old.prompt_format
+        old.close()
+        self.session.model = new
+        self.say(f"Set ctx to {new.n_ctx} tokens.")
+
+    def _load(self, arg: str) -> None:
+        from ..chat import Conversation
+        from ..errors import SlmrunError
+        if not arg:
+            self.say("Usage: /load FILE")
+            return
+        try:
+            conv = Conversation.from_json(json.loads(Path(arg).read_text()))
+        except (OSError, ValueError, SlmrunError) as exc:
+            self.say(f"Could not load {arg}: {getattr(exc, 'message', exc)}")
+            return
+        self.session.conversation = conv
+        self.say(f"Loaded {len(conv.turns)} messages from {arg}.")
+
+    # --- input ------------------------------------------------------------------------
+    def read_message(self) -> str | None:
+        """One user message (multi-line between triple quotes); None at end of input."""
+        line = input(">>> ")
+        if not line.strip().startswith('"""'):
+            return line
+        first = line.strip()[3:]
+        if first.endswith('"""'):
+            return first[:-3]
+        lines = [first] if first else []
+        while True:
+            nxt = input("... ")
+            if nxt.rstrip().endswith('"""'):
+                lines.append(nxt.rstrip()[:-3])
+                return "\n".join(lines)
+            lines.append(nxt)
+
+    def loop(self) -> None:
+        _setup_readline()
+        self.say(f"Chatting with {self.session.model.name}. Type /help for commands, /bye to leave.")
+        while True:
+            try:
+                text = self.read_message()
+            except (EOFError, KeyboardInterrupt):
+                self.out.write("\n")
+                return
+            if not text.strip():
+                continue
+            if text.strip().startswith("/") and not text.startswith("//"):
+                if not self.command(text.strip()):
+                    return
+                continue
+            self.reply(text)
+
+    def piped(self, lines) -> None:
+        for line in lines:
+            text = line.rstrip("\n")
+            if text.strip():
+                self.reply(text)
+
+
+def _setup_readline() -> None:
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input() still works
+        return
+    path = config.home() / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            readline.read_history_file(path)
+        readline.set_history_length(1000)
+        import atexit
+        atexit.register(lambda: _save_history(readline, path))
+    except OSError:
+        pass
+
+
+def _save_history(readline, path) -> None:
+    try:
+        readline.write_history_file(path)
+    except OSError:
+        pass
+
+
+@app.command()
+def chat(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="NAME[:QUANT] or a path to a .gguf."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per reply."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
+):
+    """Chat with a model. Reads one message per line when stdin is not a terminal."""
+    from ..chat import ChatSession
+
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed)
+    with m:
+        session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
+        if session.plain:
+            typer.echo(f"Note: {m.name} has no chat template and the registry gives no prompt format; "
+                       "using plain completion (each message continues the text).", err=True)
+        interactive = sys.stdin.isatty()
+        ui = ChatUI(session, interactive=interactive, show_stats=verbose)
+        if interactive:
+            ui.loop()
+        else:
+            ui.piped(sys.stdin)

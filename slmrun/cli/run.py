@@ -1,0 +1,84 @@
+"""`slmrun run` and `slmrun chat`: generation from the command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+import typer
+
+from .. import config
+from . import app, fail
+
+
+def format_verbose(stats, total_s: float) -> str:
+    """What Ollama's --verbose prints after a reply."""
+    def dur(s: float) -> str:
+        return f"{s * 1000:.2f}ms" if s < 1 else f"{s:.3f}s"
+
+    eval_s = stats.gen_s
+    return "\n".join([
+        f"total duration:       {dur(total_s)}",
+        f"load duration:        {dur(stats.load_s)}",
+        f"prompt eval count:    {stats.prompt_eval_tokens} token(s)"
+        + (f" ({stats.cached_tokens} cached)" if stats.cached_tokens else ""),
+        f"prompt eval duration: {dur(stats.prompt_s)}",
+        f"prompt eval rate:     {stats.prompt_tps:.2f} tokens/s",
+        f"eval count:           {stats.generated_tokens} token(s)",
+        f"eval duration:        {dur(eval_s)}",
+        f"eval rate:            {stats.gen_tps:.2f} tokens/s",
+        f"time to first token:  {dur(stats.ttft_s)}",
+    ])
+
+
+def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int]):
+    from ..api import load
+    return load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed)
+
+
+@app.command()
+def run(
+    prompt: str = typer.Argument(..., help="The prompt; '-' reads it from stdin."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="NAME[:QUANT] or a path to a .gguf "
+                                        "(default: $SLMRUN_MODEL or smollm2-135m)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 = greedy, deterministic."),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    top_k: int = typer.Option(40, "--top-k"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Fix the sampling seed for repeatable output."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: the model's, capped)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the performance cores)."),
+    raw: bool = typer.Option(False, "--raw", help="Send the prompt as plain text, without the chat template."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print timings and rates after the answer."),
+):
+    """Answer one prompt, streaming the reply to stdout."""
+    t0 = time.perf_counter()
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        fail("the prompt is empty", "Give a prompt, or '-' to read it from stdin.", 2)
+    if max_tokens < 0:
+        fail(f"--max-tokens must be >= 0, got {max_tokens}", code=2)
+    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    with load_for_cli(model, ctx=ctx, threads=threads, seed=seed) as m:
+        if raw:
+            gen = m.stream(prompt, **params)
+        else:
+            gen = m.chat([{"role": "user", "content": prompt}], stream=True, **params)
+        completion = stream_to(gen, sys.stdout)
+    if verbose and completion is not None:
+        typer.echo(format_verbose(completion.stats, time.perf_counter() - t0), err=True)
+
+
+def stream_to(gen, out):
+    """Write each piece as it comes; return the generator's Completion."""
+    write, flush = out.write, out.flush
+    try:
+        while True:
+            write(next(gen))
+            flush()
+    except StopIteration as stop:
+        write("\n")
+        flush()
+        return stop.value

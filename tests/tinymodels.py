@@ -1,0 +1,111 @@
+"""Tiny GGUF models with random weights that the real llama.cpp loads in milliseconds.
+
+A SentencePiece-style vocabulary (control tokens, 256 byte tokens, a few words) so
+any text tokenizes; architectures `llama` and `phi2`; optional chat template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+WORDS = ["▁the", "▁a", "▁is", "▁of", "▁and", "▁to", "▁in", "▁what", "▁2", "+", "?", "▁4", "▁hello", "▁world"]
+
+
+def vocab(extra_specials: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
+    tokens = ["<unk>", "<s>", "</s>", *extra_specials]
+    types = [2, 3, 3] + [3] * len(extra_specials)
+    tokens += [f"<0x{i:02X}>" for i in range(256)]
+    types += [6] * 256
+    tokens += WORDS
+    types += [1] * len(WORDS)
+    scores = [0.0] * len(tokens)
+    for i in range(len(tokens) - len(WORDS), len(tokens)):
+        scores[i] = -float(i)
+    return tokens, scores, types
+
+
+def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
+                    n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512, chat_template: str | None = CHATML,
+                    seed: int = 0, name: str = "tiny") -> Path:
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    specials = ("<|im_start|>", "<|im_end|>") if chat_template else ()
+    tokens, scores, types = vocab(specials)
+    n_vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(name)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_file_type(0)  # all F32
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    if chat_template:
+        w.add_chat_template(chat_template)
+
+    def t(name: str, *shape: int, scale: float = 0.2):
+        # numpy shape is ggml's ne reversed
+        w.add_tensor(name, (rng.standard_normal(shape[::-1]) * scale).astype(np.float32))
+
+    def ones(name: str, n: int):
+        w.add_tensor(name, np.ones(n, dtype=np.float32))
+
+    head_dim = n_embd // n_head
+    t("token_embd.weight", n_embd, n_vocab)
+    if arch == "llama":
+        w.add_head_count_kv(n_head_kv)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_rope_dimension_count(head_dim)
+        w.add_vocab_size(n_vocab)
+        ones("output_norm.weight", n_embd)
+        t("output.weight", n_embd, n_vocab)
+        for i in range(n_layer):
+            ones(f"blk.{i}.attn_norm.weight", n_embd)
+            t(f"blk.{i}.attn_q.weight", n_embd, n_embd)
+            t(f"blk.{i}.attn_k.weight", n_embd, head_dim * n_head_kv)
+            t(f"blk.{i}.attn_v.weight", n_embd, head_dim * n_head_kv)
+            t(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+            ones(f"blk.{i}.ffn_norm.weight", n_embd)
+            t(f"blk.{i}.ffn_gate.weight", n_embd, n_ff)
+            t(f"blk.{i}.ffn_up.weight", n_embd, n_ff)
+            t(f"blk.{i}.ffn_down.weight", n_ff, n_embd)
+    elif arch == "phi2":
+        w.add_head_count_kv(n_head)
+        w.add_layer_norm_eps(1e-5)
+        w.add_rope_dimension_count(head_dim // 2)  # phi-2 rotates part of each head
+        ones("output_norm.weight", n_embd)
+        t("output_norm.bias", n_embd, scale=0.0)
+        t("output.weight", n_embd, n_vocab)
+        t("output.bias", n_vocab, scale=0.0)
+        for i in range(n_layer):
+            ones(f"blk.{i}.attn_norm.weight", n_embd)
+            t(f"blk.{i}.attn_norm.bias", n_embd, scale=0.0)
+            t(f"blk.{i}.attn_qkv.weight", n_embd, 3 * n_embd)
+            t(f"blk.{i}.attn_qkv.bias", 3 * n_embd, scale=0.0)
+            t(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+            t(f"blk.{i}.attn_output.bias", n_embd, scale=0.0)
+            t(f"blk.{i}.ffn_up.weight", n_embd, n_ff)
+            t(f"blk.{i}.ffn_up.bias", n_ff, scale=0.0)
+            t(f"blk.{i}.ffn_down.weight", n_ff, n_embd)
+            t(f"blk.{i}.ffn_down.bias", n_embd, scale=0.0)
+    else:
+        raise ValueError(arch)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
