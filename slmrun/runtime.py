@@ -159,6 +159,7 @@ class Model:
 
     @property
     def n_ctx(self) -> int:
+        self._check_open()
         return self._llama.n_ctx()
 
     @property
@@ -167,11 +168,18 @@ class Model:
         return self._llama.n_tokens
 
     # --- tokens ----------------------------------------------------------------------
+    def _check_open(self) -> None:
+        # llama.cpp's pointers are freed by close(); touching them would crash the process.
+        if self._closed:
+            raise InvalidArgumentError("this model was closed", hint="Load it again with slmrun.load().")
+
     def tokenize(self, text: str, *, special: bool = True, add_bos: bool = True) -> list[int]:
+        self._check_open()
         return self._llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._llama.detokenize(list(tokens)).decode("utf-8", "replace")
+    def detokenize(self, tokens: Sequence[int], *, special: bool = True) -> str:
+        self._check_open()
+        return self._llama.detokenize(list(tokens), special=special).decode("utf-8", "replace")
 
     # --- generation ------------------------------------------------------------------
     def complete(self, prompt: str, **kwargs) -> Completion:
@@ -244,8 +252,7 @@ class Model:
                   seed: int | None = None, stop: Sequence[str] | str | None = None,
                   strip_leading: bool = False, on_stats=None):
         """The token loop. A generator of text pieces whose return value is the Completion."""
-        if self._closed:
-            raise InvalidArgumentError("this model was closed", hint="Load it again with slmrun.load().")
+        self._check_open()
         llama = self._llama
         n_ctx = llama.n_ctx()
         if not tokens:
@@ -331,3 +338,89 @@ class Model:
             ttft_s=ttft, prompt_eval_tokens=n_p, cached_tokens=max(0, min(common, len(tokens) - n_p)),
             prompt_s=prompt_s, gen_s=gen_s, total_s=t_end - t_start)
         return Completion(text=text, finish_reason=finish, stats=stats)
+
+    # --- benchmarking: llama-bench's method, for slmrun.bench -------------------------
+    # Raw decode with no sampling, so slmrun's numbers compare 1:1 with llama.cpp's
+    # llama-bench (tools/llama-bench: test_prompt / test_gen). Added for slmrun.bench;
+    # the generation path above does not use these.
+    def clear_kv(self) -> None:
+        """Empty the KV cache and forget the cached prompt: the next decode starts at position 0."""
+        import llama_cpp
+
+        if self._closed:
+            raise InvalidArgumentError("this model was closed", hint="Load it again with slmrun.load().")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
+        self._llama.reset()  # n_tokens = 0, so the next generate() re-evaluates its whole prompt
+
+    def _bench_tokens(self, n: int, rng) -> list[int]:
+        # Random tokens as llama-bench draws them; BOS first when the model wants one.
+        import llama_cpp
+
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        tokens = [rng.randrange(n_vocab) for _ in range(n)]
+        if tokens and self._llama._model.add_bos_token():
+            tokens[0] = self._llama.token_bos()
+        return tokens
+
+    def _bench_check(self, n_tokens: int) -> None:
+        if self._closed:
+            raise InvalidArgumentError("this model was closed", hint="Load it again with slmrun.load().")
+        if n_tokens < 1:
+            raise InvalidArgumentError(f"the number of tokens must be >= 1, got {n_tokens}")
+        used = self._llama.n_tokens
+        if used + n_tokens > self.n_ctx:
+            raise ContextOverflowError(
+                f"{n_tokens} tokens after {used} cached do not fit the context of {self.n_ctx}",
+                hint="Use fewer tokens, clear the cache (clear_kv), or load with a larger context (--ctx).")
+
+    def bench_pp(self, n_tokens: int, *, n_batch: int | None = None, seed: int = 0) -> float:
+        """Seconds to decode ``n_tokens`` random tokens in batches of ``n_batch`` (default:
+        the loaded n_batch), logits for each batch's last token only: prompt processing
+        as llama-bench measures it. Continues the KV cache; call clear_kv() first."""
+        import random
+
+        import llama_cpp
+
+        self._bench_check(n_tokens)
+        n_batch = min(n_batch or self.options.n_batch, self.options.n_batch)
+        if n_batch < 1:
+            raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
+        tokens = self._bench_tokens(n_tokens, random.Random(seed))
+        llama, ctx, decode = self._llama, self._ctx, llama_cpp.llama_decode
+        batch = llama._batch  # sized for the loaded n_batch
+        t0 = time.perf_counter()
+        for start in range(0, n_tokens, n_batch):
+            chunk = tokens[start:start + n_batch]
+            batch.set_batch(chunk, n_past=llama.n_tokens, logits_all=False)
+            if decode(ctx, batch.batch) != 0:
+                raise ModelLoadError(f"llama.cpp failed to decode a batch of {len(chunk)} tokens")
+            llama.n_tokens += len(chunk)
+        llama_cpp.llama_synchronize(ctx)
+        elapsed = time.perf_counter() - t0
+        llama.input_ids[llama.n_tokens - n_tokens:llama.n_tokens] = tokens  # keeps prefix reuse honest
+        return elapsed
+
+    def bench_tg(self, n_tokens: int, *, seed: int = 0) -> float:
+        """Seconds to decode ``n_tokens`` tokens one at a time with no sampling: token
+        generation as llama-bench measures it. Continues the KV cache."""
+        import random
+
+        import llama_cpp
+
+        self._bench_check(n_tokens)
+        tokens = self._bench_tokens(n_tokens, random.Random(seed))
+        llama, ctx, decode, sync = self._llama, self._ctx, llama_cpp.llama_decode, llama_cpp.llama_synchronize
+        batch = llama._batch
+        b = batch.batch
+        t0 = time.perf_counter()
+        for token in tokens:
+            # The one-token batch written in place: 5 ctypes stores, ~2 us of Python per token.
+            b.n_tokens, b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0] = 1, token, llama.n_tokens, 1, True
+            b.seq_id[0][0] = 0
+            if decode(ctx, b) != 0:
+                raise ModelLoadError("llama.cpp failed to decode a token")
+            sync(ctx)
+            llama.n_tokens += 1
+        elapsed = time.perf_counter() - t0
+        llama.input_ids[llama.n_tokens - n_tokens:llama.n_tokens] = tokens
+        return elapsed

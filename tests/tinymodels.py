@@ -64,6 +64,13 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
     def ones(name: str, n: int):
         w.add_tensor(name, np.ones(n, dtype=np.float32))
 
+    def output(name: str):
+        # Zero rows for control tokens: their logit stays 0 while ~280 random rows
+        # compete, so greedy decoding keeps producing text instead of ending at once.
+        weight = (rng.standard_normal((n_vocab, n_embd)) * 0.2).astype(np.float32)
+        weight[:3 + len(specials)] = 0.0
+        w.add_tensor(name, weight)
+
     head_dim = n_embd // n_head
     t("token_embd.weight", n_embd, n_vocab)
     if arch == "llama":
@@ -72,7 +79,7 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
         w.add_rope_dimension_count(head_dim)
         w.add_vocab_size(n_vocab)
         ones("output_norm.weight", n_embd)
-        t("output.weight", n_embd, n_vocab)
+        output("output.weight")
         for i in range(n_layer):
             ones(f"blk.{i}.attn_norm.weight", n_embd)
             t(f"blk.{i}.attn_q.weight", n_embd, n_embd)
@@ -89,7 +96,7 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
         w.add_rope_dimension_count(head_dim // 2)  # phi-2 rotates part of each head
         ones("output_norm.weight", n_embd)
         t("output_norm.bias", n_embd, scale=0.0)
-        t("output.weight", n_embd, n_vocab)
+        output("output.weight")
         t("output.bias", n_vocab, scale=0.0)
         for i in range(n_layer):
             ones(f"blk.{i}.attn_norm.weight", n_embd)
