@@ -1,0 +1,190 @@
+"""Prompt formats (exact text), conversation state, context trimming, and the chat loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import slmrun
+from slmrun.chat import ChatSession, Conversation, fit_history, render_format, render_prompt, render_template
+from slmrun.errors import ChatFormatError, InvalidArgumentError
+from slmrun.registry import load_registry
+
+from conftest import slmrun_cmd
+
+Q = [{"role": "user", "content": "What is 2+2?"}]
+
+
+def test_phi2_format_is_the_model_cards():
+    fmt = load_registry().get("phi-2").prompt_format
+    assert render_format(fmt, Q) == "Instruct: What is 2+2?\nOutput:"
+    two = Q + [{"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]
+    assert render_format(fmt, two) == "Instruct: What is 2+2?\nOutput: 4\nInstruct: And 3+3?\nOutput:"
+    assert "Instruct:" in fmt.stop
+
+
+def test_tinyllama_zephyr_format():
+    fmt = load_registry().get("tinyllama").prompt_format
+    msgs = [{"role": "system", "content": "Be brief."}] + Q
+    assert render_format(fmt, msgs) == "<|system|>\nBe brief.</s>\n<|user|>\nWhat is 2+2?</s>\n<|assistant|>\n"
+
+
+def test_every_registry_model_has_a_format_or_a_template():
+    for entry in load_registry().models.values():
+        assert entry.prompt_format is not None or entry.has_chat_template, entry.name
+        if entry.prompt_format:
+            text = render_format(entry.prompt_format, Q)
+            assert "What is 2+2?" in text and text.endswith(entry.prompt_format.generation)
+
+
+def test_gguf_template_wins_and_renders_in_a_sandbox(tiny_llama):
+    from slmrun.gguf_info import read_info
+    template = read_info(tiny_llama).chat_template
+    assert render_template(template, Q) == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    fmt = load_registry().get("phi-2").prompt_format
+    text, _ = render_prompt(Q, template=template, fmt=fmt)
+    assert text.startswith("<|im_start|>")  # the GGUF's own template, not the registry's
+
+
+def test_hostile_template_is_stopped_by_the_sandbox():
+    evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(ChatFormatError, match="unsafe|failed"):
+        render_template(evil, Q)
+    with pytest.raises(ChatFormatError, match="does not compile"):
+        render_template("{% for %}", Q)
+
+
+def test_no_format_at_all_is_an_error_not_a_fallback():
+    with pytest.raises(ChatFormatError):
+        render_prompt(Q, template=None, fmt=None)
+
+
+@pytest.mark.parametrize("bad", [[], [{"role": "robot", "content": "x"}], [{"role": "user"}], "hi"])
+def test_bad_messages(bad):
+    with pytest.raises(InvalidArgumentError):
+        render_prompt(bad, template=None, fmt=load_registry().get("phi-2").prompt_format)
+
+
+def test_fit_history_drops_oldest_exchanges_and_keeps_the_system_prompt():
+    msgs = [{"role": "system", "content": "S"}]
+    for i in range(5):
+        msgs += [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    msgs.append({"role": "user", "content": "now"})
+    count = lambda ms: 10 * len(ms)  # noqa: E731  (10 tokens a message)
+    kept, dropped = fit_history(msgs, count, n_ctx=70, reserve=20)
+    assert kept[0]["content"] == "S" and kept[-1]["content"] == "now"
+    assert count(kept) + 20 <= 70 and dropped == 8
+    assert [m["role"] for m in kept[1:]] == ["user", "assistant", "user"]
+    assert fit_history(msgs, count, n_ctx=10_000, reserve=20) == (msgs, 0)
+
+
+def test_conversation_json_round_trip(tmp_path):
+    c = Conversation("S", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    again = Conversation.from_json(json.loads(json.dumps(c.to_json())))
+    assert again.messages() == c.messages()
+    with pytest.raises(InvalidArgumentError):
+        Conversation.from_json({"messages": [{"role": "x"}]})
+
+
+def test_long_conversation_trims_instead_of_crashing(tiny_llama):
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1) as m:
+        s = ChatSession(m, system="be brief", temperature=0, max_tokens=24)
+        for i in range(12):
+            list(s.send("hello world what is the a of the " * 2))
+        assert s.dropped_total > 0
+        assert s.conversation.system == "be brief"
+        assert len(m.chat_tokens(s.conversation.messages())) <= m.n_ctx
+
+
+def test_partial_reply_is_kept_when_the_reader_stops(tiny_llama):
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1) as m:
+        s = ChatSession(m, temperature=0, max_tokens=50)
+        gen = s.send("hello")
+        first = next(gen)
+        gen.close()  # what Ctrl-C does in the CLI
+        assert s.conversation.turns == [{"role": "user", "content": "hello"},
+                                        {"role": "assistant", "content": first}]
+        list(s.send("again"))  # and the session goes on
+        assert len(s.conversation.turns) == 4
+
+
+def test_piped_chat_answers_each_line(tiny_llama):
+    p = subprocess.run([*slmrun_cmd(), "chat", "-m", str(tiny_llama), "-t", "0", "-n", "5"],
+                       input="hello\n\nwhat is\n", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.strip("\n").split("\n")) >= 2  # one reply per non-empty line
+    assert ">>>" not in p.stdout and "\x1b[" not in p.stdout  # no prompts, no colours
+
+
+def test_piped_plain_model_says_so_and_completes(tiny_llama_plain):
+    p = subprocess.run([*slmrun_cmd(), "chat", "-m", str(tiny_llama_plain), "-n", "3"],
+                       input="hello\n", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "plain completion" in p.stderr
+
+
+# --- the interactive program in a pseudo-terminal ------------------------------------
+
+pexpect = pytest.importorskip("pexpect")
+
+
+def _spawn(model, tmp_path, *args):
+    env = dict(os.environ, TERM="dumb", PYTHONUNBUFFERED="1")
+    child = pexpect.spawn(slmrun_cmd()[0], [*slmrun_cmd()[1:], "chat", "-m", str(model), *args],
+                          env=env, encoding="utf-8", timeout=30, cwd=str(tmp_path))
+    child.expect("Type /help")
+    child.expect(">>> ")
+    return child
+
+
+def test_interactive_session_in_a_pty(tiny_llama, tmp_path):
+    child = _spawn(tiny_llama, tmp_path, "-t", "0", "-n", "6")
+    child.sendline("hello")
+    child.expect(">>> ")
+    assert len(child.before.strip()) > 0  # a streamed reply came back
+    child.sendline("/set temperature 0.5")
+    child.expect("Set temperature to 0.5")
+    child.sendline("/set top_k nope")
+    child.expect("must be a int")
+    child.sendline("/save conv.json")
+    child.expect("Saved 2 messages")
+    child.sendline("/show")
+    child.expect(r"context:\s+\d+ / 512 tokens used")
+    child.sendline("/clear")
+    child.expect("Cleared")
+    child.sendline("/load conv.json")
+    child.expect("Loaded 2 messages")
+    child.sendline('"""')
+    child.sendline("line one")
+    child.sendline('line two"""')
+    child.expect(">>> ")
+    child.sendline("/stats")
+    child.expect("Stats on")
+    child.sendline("what is")
+    child.expect("eval rate:")
+    child.sendline("/bye")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    saved = json.loads((tmp_path / "conv.json").read_text())
+    assert saved["messages"][0] == {"role": "user", "content": "hello"}
+
+
+@pytest.mark.real_model
+def test_ctrl_c_stops_an_answer_and_ctrl_d_leaves(default_model_in_store, tmp_path):
+    # The real model: a long answer takes seconds, so the interrupt lands mid-answer.
+    child = _spawn("smollm2-135m", tmp_path, "-n", "4000")
+    child.sendline("Write a very long story about a dragon.")
+    child.expect(r"\w+ \w+ \w+")  # the answer has started streaming
+    child.sendintr()
+    child.expect(r"\(stopped\)")
+    child.expect(">>> ")
+    child.sendline("/show")
+    child.expect("tokens used")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
