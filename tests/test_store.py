@@ -1,0 +1,92 @@
+"""The local store through the CLI: import, list, show, rm, damage detection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import slmrun
+from slmrun import api, store
+from slmrun.cli import _register, app
+from slmrun.errors import InvalidArgumentError, InvalidModelFileError, ModelNotFoundError
+
+_register()
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_import_list_show_rm(tiny_llama):
+    r = cli("import", str(tiny_llama), "--name", "tiny")
+    assert r.exit_code == 0 and "imported tiny:f32" in r.output
+    listed = json.loads(cli("list", "--json").output)
+    assert [(m["name"], m["quant"]) for m in listed] == [("tiny", "F32")]
+    assert listed[0]["sha256"] == store.sha256_file(tiny_llama)
+    table = cli("list").output.splitlines()
+    assert table[0].split() == ["NAME", "QUANT", "SIZE", "MODIFIED"] and table[1].startswith("tiny")
+
+    shown = json.loads(cli("show", "tiny", "--json").output)
+    assert shown["architecture"] == "llama" and shown["quant"] == "F32" and shown["context_length"] == 512
+    assert shown["sha256"].endswith("(verified)") and shown["file"].startswith(str(store.models_dir()))
+    with slmrun.load("tiny") as m:  # an imported name loads like a registry one
+        assert m.complete("hello", max_tokens=2).stats.prompt_tokens > 0
+
+    r = cli("rm", "tiny")
+    assert r.exit_code == 0 and "deleted tiny:f32" in r.output
+    assert api.list_models() == [] and not (store.models_dir() / "tiny").exists()
+
+
+def test_import_refuses_bad_files_and_names(tmp_path, tiny_llama):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all" * 10)
+    with pytest.raises(InvalidModelFileError):
+        api.import_model(bad)
+    for name in ("../escape", "/abs", "a/b", ".hidden"):
+        with pytest.raises(InvalidArgumentError):
+            api.import_model(tiny_llama, name=name)
+    assert api.list_models() == []
+    assert not list(store.config.home().rglob("*.gguf"))
+
+
+def test_damaged_store_file_is_detected_with_the_fix(tiny_llama):
+    m = api.import_model(tiny_llama, name="tiny")
+    data = bytearray(m.path.read_bytes())
+    data[-10] ^= 0xFF  # a flipped bit in the weights: same size, different hash
+    m.path.write_bytes(bytes(data))
+    with pytest.raises(InvalidModelFileError, match="damaged") as exc:
+        api.describe("tiny")
+    assert "slmrun pull tiny:f32 --force" in exc.value.hint
+    m.path.write_bytes(bytes(data[:-100]))  # and a truncated one fails at load, before llama.cpp
+    with pytest.raises(InvalidModelFileError) as exc:
+        slmrun.load("tiny")
+    assert "--force" in exc.value.hint
+
+
+def test_rm_unknown_and_show_unknown():
+    with pytest.raises(ModelNotFoundError, match="not in the local store"):
+        api.remove("tinyllama")
+    r = runner.invoke(app, ["show", "nonsense-model"])
+    assert r.exit_code != 0
+
+
+def test_show_a_registry_model_not_yet_pulled():
+    shown = json.loads(cli("show", "phi-2", "--json").output)
+    assert shown["architecture"] == "phi2" and shown["license"] == "MIT"
+    assert len(shown["quants"]) == 12 and not any(shown["quants"].values())
+    assert "Instruct:" in shown["prompt_format"]
+
+
+def test_store_survives_a_sidecar_without_its_model():
+    d = store.models_dir() / "ghost"
+    d.mkdir(parents=True)
+    (d / "ghost.Q4_0.gguf.json").write_text("{}")  # a crash between the two renames
+    assert api.list_models() == []
+
+
+def test_list_when_empty():
+    r = cli("list")
+    assert "No models yet" in r.output
