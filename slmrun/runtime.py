@@ -159,8 +159,10 @@ class Model:
 
     @property
     def n_ctx(self) -> int:
+        """The usable context: llama.cpp may round its own up, but the token record
+        llama-cpp-python keeps has the size that was asked for."""
         self._check_open()
-        return self._llama.n_ctx()
+        return min(self._llama.n_ctx(), len(self._llama.input_ids))
 
     @property
     def n_tokens_cached(self) -> int:
@@ -254,7 +256,7 @@ class Model:
         """The token loop. A generator of text pieces whose return value is the Completion."""
         self._check_open()
         llama = self._llama
-        n_ctx = llama.n_ctx()
+        n_ctx = self.n_ctx
         if not tokens:
             raise InvalidArgumentError("the prompt is empty", hint="Give a prompt with some text.")
         if len(tokens) >= n_ctx:
@@ -368,9 +370,11 @@ class Model:
         if n_tokens < 1:
             raise InvalidArgumentError(f"the number of tokens must be >= 1, got {n_tokens}")
         used = self._llama.n_tokens
-        if used + n_tokens > self.n_ctx:
+        # llama.cpp may round the context up; llama-cpp-python's token record keeps the size asked for.
+        n_ctx = min(self.n_ctx, len(self._llama.input_ids))
+        if used + n_tokens > n_ctx:
             raise ContextOverflowError(
-                f"{n_tokens} tokens after {used} cached do not fit the context of {self.n_ctx}",
+                f"{n_tokens} tokens after {used} cached do not fit the context of {n_ctx}",
                 hint="Use fewer tokens, clear the cache (clear_kv), or load with a larger context (--ctx).")
 
     def bench_pp(self, n_tokens: int, *, n_batch: int | None = None, seed: int = 0) -> float:
