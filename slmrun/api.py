@@ -116,8 +116,12 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          n_threads_batch: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
          flash_attn: bool = True, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
-         verbose: bool | None = None):
-    """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path."""
+         verbose: bool | None = None, force: bool = False):
+    """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
+
+    Refuses (InsufficientMemoryError) when the planner's estimate exceeds what this
+    machine has available, unless ``force=True``.
+    """
     from .runtime import LoadOptions, Model
 
     resolved = resolve(ref if ref is not None else config.default_model())
@@ -139,11 +143,32 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         n_batch=min(n_batch, ctx), n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=flash_attn, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose)
+    if not force:
+        check_memory(info, options, name=resolved.name)
     entry = resolved.entry
     fmt = entry.prompt_format if entry is not None else None
     return Model(resolved.path, options, prompt_format=fmt, chat_template=info.chat_template,
                  name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
                  info=info)
+
+
+def check_memory(info, options, *, name: str) -> None:
+    """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit."""
+    from .errors import InsufficientMemoryError
+    from .hardware import detect
+    from .planner import budget_bytes, estimate_memory, format_bytes, spec_from_gguf
+
+    hw = detect()
+    need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
+                           n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",
+                           type_v=options.type_v or "f16", flash_attn=options.flash_attn).total
+    budget = budget_bytes(hw)
+    if need > budget:
+        raise InsufficientMemoryError(
+            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens; "
+            f"this machine has {format_bytes(budget)} available after a safety reserve",
+            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx, "
+                 "or --force to load anyway.")
 
 
 def list_models() -> list[store.StoredModel]:

@@ -167,3 +167,16 @@ def test_llama_log_on_request(tiny_llama, capfd):
         m.complete("hi", max_tokens=1)
     assert "llama" in capfd.readouterr().err
     slmrun.runtime.set_llama_log(False)
+
+
+def test_load_refuses_a_model_that_cannot_fit(tiny_llama, monkeypatch):
+    from slmrun import hardware
+    from slmrun.errors import InsufficientMemoryError
+
+    small = hardware.custom(ram=200 * 2**20, cores=2, arch="x86_64")  # budget: nothing after the reserve
+    monkeypatch.setattr(hardware, "detect", lambda **kw: small)
+    with pytest.raises(InsufficientMemoryError, match="needs about") as exc:
+        slmrun.load(tiny_llama, n_ctx=128)
+    assert "--force" in exc.value.hint and "slmrun plan" in exc.value.hint
+    with slmrun.load(tiny_llama, n_ctx=128, force=True) as m:
+        assert m.complete("hi", max_tokens=1).stats.prompt_tokens > 0

@@ -234,11 +234,12 @@ def chat(
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per reply."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
+    force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed)
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:

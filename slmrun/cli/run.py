@@ -32,9 +32,12 @@ def format_verbose(stats, total_s: float) -> str:
     ])
 
 
-def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int]):
+def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
+                 force: bool = False):
     from ..api import load
-    return load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed)
+    if force:
+        typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
+    return load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force)
 
 
 @app.command()
@@ -51,6 +54,7 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the performance cores)."),
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as plain text, without the chat template."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print timings and rates after the answer."),
+    force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
 ):
     """Answer one prompt, streaming the reply to stdout."""
     t0 = time.perf_counter()
@@ -61,7 +65,7 @@ def run(
     if max_tokens < 0:
         fail(f"--max-tokens must be >= 0, got {max_tokens}", code=2)
     params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    with load_for_cli(model, ctx=ctx, threads=threads, seed=seed) as m:
+    with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force) as m:
         if raw:
             gen = m.stream(prompt, **params)
         else:

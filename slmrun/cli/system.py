@@ -1,0 +1,168 @@
+"""`slmrun hw | plan`: the machine, and what it can run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Optional
+
+import typer
+
+from . import app
+
+
+def _gb(n: int | None) -> str:
+    from ..planner import format_bytes
+    return "unknown" if n is None else format_bytes(n)
+
+
+def _llama_features() -> list[str] | None:
+    """CPU features the installed llama.cpp build uses (None when llama_cpp cannot load)."""
+    try:
+        from ..hardware import parse_llama_system_info
+        from ..runtime import system_info
+        return list(parse_llama_system_info(system_info()))
+    except Exception:  # a broken llama_cpp install must not break `slmrun hw`
+        return None
+
+
+@app.command()
+def hw(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    measure: bool = typer.Option(False, "--measure",
+                                 help="Measure the memory bandwidth now if it is not cached yet (~1 s)."),
+):
+    """Show this machine: CPU, cores, SIMD features, memory, disk and memory bandwidth."""
+    from .. import config, hardware
+
+    profile = hardware.detect(measure_bandwidth=measure)
+    d = profile.to_dict()
+    d["llama_cpp_features"] = _llama_features()
+    d["store"] = str(config.models_dir())
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    cores = f"{profile.logical_cores} logical, {profile.physical_cores} physical, " \
+            f"{profile.performance_cores} performance"
+    if profile.clusters:
+        # cpufreq's kHz, or sysfs's cpu_capacity (1024 = the fastest core) when that tells cores apart
+        speeds = [f"{n} @ {speed / 1e6:.1f} GHz" if speed > 100_000 else f"{n} @ capacity {speed}"
+                  for speed, n in profile.clusters]
+        cores += f" (clusters: {', '.join(speeds)})"
+    memory = f"{_gb(profile.ram_total)} total, {_gb(profile.ram_available)} available"
+    if profile.cgroup_limit is not None:
+        memory += f"; cgroup limit {_gb(profile.cgroup_limit)}"
+    memory += f"; usable now {_gb(profile.memory_available)}"
+    features = d["llama_cpp_features"]
+    bandwidth = (f"{profile.bandwidth_gbs:.1f} GB/s (cached)" if profile.bandwidth_gbs
+                 else "not measured (run `slmrun hw --measure`)")
+    rows = [
+        ("architecture", profile.arch),
+        ("cpu", profile.cpu_model),
+        ("cores", cores),
+        ("simd (os)", " ".join(profile.simd) or "none"),
+        ("simd (llama.cpp)", " ".join(features) if features is not None else "unknown (llama_cpp did not load)"),
+        ("memory", memory),
+        ("swap", _gb(profile.swap_total)),
+        ("raspberry pi", profile.pi_model or "no"),
+        ("disk free", f"{_gb(profile.disk_free)} at {d['store']}"),
+        ("bandwidth", bandwidth),
+    ]
+    for key, value in rows:
+        typer.echo(f"{key:<17} {value}")
+
+
+def _target(profile: str | None, ram: str | None, cores: int | None, arch: str | None):
+    """The HardwareProfile to plan for: a named profile, a described device, or this machine."""
+    from .. import hardware
+    from ..errors import InvalidArgumentError
+
+    base = hardware.profile(profile) if profile else None
+    if ram is None and cores is None and arch is None:
+        if base is not None:
+            return base
+        hw = hardware.detect()
+        if hw.bandwidth_gbs is None:  # measured once, then cached in SLMRUN_HOME/hardware.json
+            hw = hardware.detect(measure_bandwidth=True)
+        features = _llama_features()
+        if features:  # which fast kernels exist here is the build's business, not the CPU's alone
+            hw = replace(hw, simd=tuple(features))
+        return hw
+    if base is None and ram is None:
+        raise InvalidArgumentError("--cores/--arch describe another device and need --ram too",
+                                   hint="Example: slmrun plan tinyllama --ram 4G --cores 4 --arch aarch64, "
+                                        "or name a device with --profile rpi4-4gb.")
+    size = hardware.parse_size(ram) if ram is not None else base.ram_total
+    n_cores = cores if cores is not None else (base.logical_cores if base is not None else 4)
+    return hardware.custom(ram=size, cores=n_cores, arch=arch, base=base)
+
+
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Argument(..., help="A registry NAME (or NAME:QUANT), or a path to a .gguf file."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context size (default: the model's, capped "
+                                                                 "by SLMRUN_MAX_CTX)."),
+    min_speed: float = typer.Option(5.0, "--min-speed", help="Tokens/s a pick must reach."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Use this quant whatever the rules say."),
+    force: bool = typer.Option(False, "--force", help="Plan even when nothing fits (with a warning)."),
+    kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16, q8_0 or q4_0."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Plan for a device with this much memory, e.g. 4G."),
+    cores: Optional[int] = typer.Option(None, "--cores", help="... and this many cores."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="... and this architecture (aarch64, x86_64)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Plan for a named device: rpi4-2gb, rpi4-4gb, "
+                                                                  "rpi4-8gb, rpi5-8gb, laptop-8gb, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Compare every quant of a model on this machine (or another): memory, speed, quality, and the pick."""
+    from .. import planner
+    from ..api import looks_like_path
+    from ..registry import load_registry, split_ref
+
+    if looks_like_path(model):
+        from ..gguf_info import read_info
+        target = read_info(model)
+    else:
+        name, ref_quant = split_ref(model)
+        target = load_registry().get(name)
+        quant = quant or ref_quant
+    hw = _target(profile, ram, cores, arch)
+    p = planner.plan(target, hw, n_ctx=ctx, min_speed=min_speed, quant=quant, force=force, type_k=kv_type,
+                     type_v=kv_type)
+    if as_json:
+        typer.echo(json.dumps(p.to_dict(), indent=2))
+        return
+    _print_plan(p, hw)
+
+
+def _print_plan(p, hw) -> None:
+    from ..planner import format_bytes
+
+    bandwidth = f"{p.bandwidth_gbs:g} GB/s" if p.bandwidth_gbs else "bandwidth unknown"
+    typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores, {bandwidth}): "
+               f"budget {format_bytes(p.budget_bytes)}, n_ctx {p.n_ctx}, KV cache {p.type_k}")
+    typer.echo("")
+    header = ("", "QUANT", "FILE", "MEMORY", "SPEED", "QUALITY", "FITS", "KERNEL")
+    rows = [header]
+    for o in p.options:
+        rows.append((
+            "*" if o.quant == p.quant else "",
+            o.quant,
+            ("~" if o.size_is_estimate else "") + format_bytes(o.size),
+            format_bytes(o.estimated_bytes),
+            f"{o.estimated_tps:.1f} tok/s" + ("" if o.fast_enough else " (slow)"),
+            f"+{o.ppl_loss:.4f} ppl" if o.ppl_loss is not None else "unknown",
+            "yes" if o.fits else "no",
+            "fast" if o.fast_kernel else "",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    typer.echo("")
+    typer.echo(f"Pick: {p.quant} — ~{format_bytes(p.estimated_bytes)}, ~{p.estimated_tps:.1f} tok/s, "
+               f"{p.n_threads} threads")
+    for reason in p.reasons:
+        typer.echo(f"  - {reason}")
+    for warning in p.warnings:
+        typer.echo(f"Warning: {warning}", err=True)
+    typer.echo("Memory = weights + KV cache + compute + runtime; speed from memory bandwidth "
+               "(estimates; quality = perplexity increase, lower is better).")
