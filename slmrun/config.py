@@ -23,28 +23,21 @@ class Var:
         return value if value != "" else self.default
 
 
+def _user_dir(kind: str) -> Path:
+    """The platform's per-user directory for application ``data`` or ``config`` (what
+    platformdirs would say); written out to avoid a dependency for a dozen lines."""
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "slmrun"
+    if os.name == "nt":
+        var, fallback = ("LOCALAPPDATA", "Local") if kind == "data" else ("APPDATA", "Roaming")
+        return Path(os.environ.get(var) or str(home / "AppData" / fallback)) / "slmrun"
+    var, fallback = ("XDG_DATA_HOME", ".local/share") if kind == "data" else ("XDG_CONFIG_HOME", ".config")
+    return Path(os.environ.get(var) or str(home / fallback)) / "slmrun"
+
+
 def _user_data_dir() -> Path:
-    # The platform's convention for per-user application data (what platformdirs
-    # would say); written out to avoid a dependency for three lines.
-    home = Path.home()
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / "slmrun"
-    if os.name == "nt":
-        base = os.environ.get("LOCALAPPDATA") or str(home / "AppData" / "Local")
-        return Path(base) / "slmrun"
-    base = os.environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
-    return Path(base) / "slmrun"
-
-
-def _user_config_dir() -> Path:
-    home = Path.home()
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / "slmrun"
-    if os.name == "nt":
-        base = os.environ.get("APPDATA") or str(home / "AppData" / "Roaming")
-        return Path(base) / "slmrun"
-    base = os.environ.get("XDG_CONFIG_HOME") or str(home / ".config")
-    return Path(base) / "slmrun"
+    return _user_dir("data")
 
 
 HOME = Var("SLMRUN_HOME", "", "Where slmrun keeps models, locks and caches "
@@ -78,7 +71,7 @@ def registry_files() -> list[Path]:
     value = REGISTRY.get()
     if value:
         return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
-    return [_user_config_dir() / "models.toml"]
+    return [_user_dir("config") / "models.toml"]
 
 
 def default_model() -> str:
