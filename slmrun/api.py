@@ -114,7 +114,7 @@ def default_threads() -> int:
 
 def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_threads: int | None = None,
          n_threads_batch: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-         flash_attn: bool = True, use_mmap: bool = True, use_mlock: bool = False,
+         flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
@@ -135,13 +135,20 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
+    fa = config.flash_attn_default() if flash_attn is None else flash_attn
+    if type_v and type_v.lower() not in ("f16", "f32", "bf16"):
+        # llama.cpp stores a quantized V cache only in flash attention's layout.
+        if flash_attn is False:
+            raise InvalidArgumentError(f"a {type_v} V cache needs flash attention",
+                                       hint="Leave flash attention on, or use an f16 V cache.")
+        fa = True
     trained = info.context_length or 2048
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads()
     options = LoadOptions(
         n_ctx=ctx, n_threads=threads, n_threads_batch=n_threads_batch or threads,
         n_batch=min(n_batch, ctx), n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
-        flash_attn=flash_attn, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
+        flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose)
     if not force:
         check_memory(info, options, name=resolved.name)

@@ -473,6 +473,7 @@ def run(refs: Sequence[str] | None = None, *, n_prompt: int = 512, n_gen: int = 
     several batch sizes, and the report says which configuration is fastest.
     """
     from .api import default_threads
+    from .config import flash_attn_default
     from .hardware import detect
 
     profile = detect()
@@ -480,7 +481,7 @@ def run(refs: Sequence[str] | None = None, *, n_prompt: int = 512, n_gen: int = 
     validate(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, n_ctx=n_ctx, max_threads=max_threads,
              n_depth=n_depth)
     targets = resolve_targets(refs, all_local=all_local)
-    default = BenchConfig(default_threads())
+    default = BenchConfig(default_threads(), flash_attn_default())
     if sweep:
         counts = list(threads) if threads else sweep_threads(max_threads, profile.physical_cores,
                                                              profile.performance_cores)
@@ -489,7 +490,7 @@ def run(refs: Sequence[str] | None = None, *, n_prompt: int = 512, n_gen: int = 
             configs.append(default)
     else:
         counts = list(threads) if threads else [default.n_threads]
-        configs = [BenchConfig(t) for t in counts]
+        configs = [BenchConfig(t, default.flash_attn) for t in counts]
     plan = [(t, c, not sweep or c == default, not sweep or c.n_batch == default.n_batch)
             for t in targets for c in configs]
     steps = _Steps(sum(len(_tests(n_prompt, n_gen, full, tg)) for _, _, full, tg in plan), progress)

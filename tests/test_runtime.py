@@ -180,3 +180,13 @@ def test_load_refuses_a_model_that_cannot_fit(tiny_llama, monkeypatch):
     assert "--force" in exc.value.hint and "slmrun plan" in exc.value.hint
     with slmrun.load(tiny_llama, n_ctx=128, force=True) as m:
         assert m.complete("hi", max_tokens=1).stats.prompt_tokens > 0
+
+
+def test_flash_attention_follows_the_environment(tiny_llama, monkeypatch):
+    monkeypatch.setenv("SLMRUN_FLASH_ATTN", "off")
+    with slmrun.load(tiny_llama, n_ctx=64) as m:
+        assert m.options.flash_attn is False
+    with slmrun.load(tiny_llama, n_ctx=64, flash_attn=True) as m:  # an explicit argument wins
+        assert m.options.flash_attn is True
+    with pytest.raises(InvalidArgumentError, match="needs flash attention"):
+        slmrun.load(tiny_llama, n_ctx=64, type_v="q8_0", flash_attn=False)
