@@ -1,0 +1,81 @@
+"""Start-up and load: `slmrun` against llama.cpp's own `llama-completion`, whole commands timed.
+
+    .venv/bin/python benchmarks/startup.py [--runs 7]     (writes benchmarks/STARTUP.md)
+
+Needs llama.cpp's `llama-completion`, built from the same source as the installed
+llama-cpp-python by `benchmarks/compare_llama_bench.py` (then
+`cmake --build benchmarks/_build/llama.cpp-build --target llama-completion`).
+Each command runs `--runs` times, interleaved, after one warm-up (page cache warm);
+the median wall time is reported, and the ratio of the two medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "benchmarks" / "_build" / "llama.cpp-build" / "bin"
+
+
+def wall(cmd: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                   env=env, check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = ap.parse_args()
+    env = dict(os.environ)
+    slmrun = str(Path(sys.executable).with_name("slmrun"))
+    model = subprocess.run([slmrun, "show", "smollm2-135m", "--json", "--no-verify"], capture_output=True,
+                           text=True, check=True, env=env).stdout
+    import json
+    path = json.loads(model)["file"]
+    completion = BUILD / "llama-completion"
+    t = str(args.threads)
+    cases = {
+        "`slmrun --help`": [slmrun, "--help"],
+        "`slmrun list`": [slmrun, "list"],
+        "`slmrun run --raw -n 1` (start, load, 1 token)": [slmrun, "run", "--raw", "-m", path, "-n", "1",
+                                                             "--threads", t, "Hello"],
+    }
+    if completion.is_file():
+        cases["`llama-completion -n 1` (start, load, 1 token)"] = [
+            str(completion), "-m", path, "-n", "1", "-t", t, "-fa", "on", "-p", "Hello", "-no-cnv",
+            "--no-warmup", "--simple-io"]
+    for cmd in cases.values():
+        wall(cmd, env)  # warm-up: page cache, pyc files
+    times = {k: [] for k in cases}
+    for _ in range(args.runs):
+        for k, cmd in cases.items():
+            times[k].append(wall(cmd, env))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = ["# Start-up and load", "",
+             f"`.venv/bin/python benchmarks/startup.py --runs {args.runs} --threads {t}`: median wall time of "
+             f"{args.runs} interleaved runs after a warm-up, model SmolLM2-135M-Instruct Q4_1, page cache warm.", "",
+             "| command | median | min | max |", "|---|---:|---:|---:|"]
+    for k, v in times.items():
+        lines.append(f"| {k} | {med[k] * 1000:.0f} ms | {min(v) * 1000:.0f} ms | {max(v) * 1000:.0f} ms |")
+    a = "`slmrun run --raw -n 1` (start, load, 1 token)"
+    b = "`llama-completion -n 1` (start, load, 1 token)"
+    if b in med:
+        lines += ["", f"**slmrun / llama-completion, start + load + one token: {med[a] / med[b]:.2f}×** "
+                  f"({(med[a] - med[b]) * 1000:+.0f} ms: the Python interpreter, typer, the GGUF validation "
+                  "and the hardware probe)."]
+    out = ROOT / "benchmarks" / "STARTUP.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
