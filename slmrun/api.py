@@ -107,7 +107,7 @@ def inspect_file(resolved: Resolved):
 def default_threads() -> int:
     try:
         from .hardware import detect
-        return max(1, detect().performance_cores)
+        return detect().usable_cores
     except Exception:  # detection must never stop a load
         return max(1, (os.cpu_count() or 2) // 2)
 

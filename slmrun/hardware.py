@@ -11,6 +11,7 @@ so the logic is tested against captures from devices we do not have.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -45,6 +46,16 @@ class HardwareProfile:
     bandwidth_gbs: float | None
     name: str = "this machine"
     cgroup_usage: int | None = None  # the cgroup's working set (usage minus inactive page cache)
+    cpu_quota: float | None = None  # CPUs' worth of time the cgroup allows (cpu.max 150000 100000 -> 1.5)
+
+    @property
+    def usable_cores(self) -> int:
+        """Threads worth running: the performance cores, capped by a cgroup CPU quota
+        (8 threads under a 2-CPU quota are throttled in turn and run slower than 2)."""
+        cores = max(1, self.performance_cores)
+        if self.cpu_quota:
+            cores = min(cores, max(1, math.ceil(self.cpu_quota - 1e-9)))
+        return cores
 
     @property
     def memory_limit(self) -> int:
@@ -392,6 +403,29 @@ def _cgroup_memory(root: Path) -> tuple[int | None, int | None]:
     return limit, usage
 
 
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """The tightest CPU quota (in CPUs) of the cgroups over us: v2 cpu.max, v1 cfs quota/period."""
+    base = root / "sys/fs/cgroup"
+    dirs = [base, base / "cpu", base / "cpu,cpuacct"]
+    for _, ctrls, path in (line.split(":", 2) for line in (_read(root / "proc/self/cgroup") or "").splitlines()
+                           if line.count(":") >= 2):
+        if ".." in path or (ctrls and "cpu" not in ctrls.split(",")):
+            continue
+        top = base if not ctrls else base / ctrls
+        leaf = top / path.strip().lstrip("/")
+        dirs += [d for d in (leaf, *leaf.parents) if len(d.parts) >= len(top.parts)]
+    quota = None
+    for d in dict.fromkeys(dirs):
+        fields = (_read(d / "cpu.max") or "").split()
+        if len(fields) == 2 and fields[0] != "max":
+            q, period = _int(fields[0]), _int(fields[1])
+        else:
+            q, period = _read_int(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+        if q and period and q > 0 and period > 0:
+            quota = min(quota or float("inf"), q / period)
+    return quota
+
+
 def _disk_free(path) -> int | None:
     if path is None:
         return None
@@ -426,7 +460,8 @@ def detect(*, root: str | os.PathLike = "/", store_path=None,
             bandwidth = None
     store = store_path if store_path is not None else (config.models_dir() if live else None)
     return HardwareProfile(ram_total=total, ram_available=available, cgroup_limit=limit, swap_total=swap,
-                           disk_free=_disk_free(store), bandwidth_gbs=bandwidth, cgroup_usage=usage, **cpu)
+                           disk_free=_disk_free(store), bandwidth_gbs=bandwidth, cgroup_usage=usage,
+                           cpu_quota=_cgroup_cpu_quota(rootp), **cpu)
 
 
 # ---------------------------------------------------------------- bandwidth

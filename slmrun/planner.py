@@ -387,7 +387,7 @@ def _bandwidth_source(hw) -> tuple[float, int | None]:
 def generation_rate(hw, n_threads: int | None = None) -> float:
     """Bytes of weights per second llama.cpp's generation reads on `hw` with `n_threads`."""
     gbs, measured_with = _bandwidth_source(hw)
-    threads = n_threads or max(1, hw.performance_cores)
+    threads = n_threads or hw.usable_cores
 
     def share(t):
         return min(1.0, t / THREADS_TO_SATURATE)
@@ -661,7 +661,7 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
     ctx = int(n_ctx) if n_ctx else default_context(spec)
-    threads = max(1, hw.performance_cores)
+    threads = hw.usable_cores
     budget = budget_bytes(hw, reserve_bytes)
     setting = _Setting(hw=hw, n_ctx=ctx, budget=budget, min_speed=min_speed, n_threads=threads,
                        n_batch=n_batch, type_k=type_k, type_v=type_v, flash_attn=flash_attn)
@@ -696,7 +696,8 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
             if kept is not None and kept is not pick and kept.fits and kept.fast_enough:
                 reasons.append(f"`slmrun pull {name}` without a quant fetches {keep}, which installs without "
                                f"the hub; `slmrun pull {name}:{pick.quant.lower()}` fetches this pick")
-    reasons.append(f"{threads} thread{'s' if threads != 1 else ''}: the performance cores"
+    why = ("the cgroup's CPU quota" if threads < max(1, hw.performance_cores) else "the performance cores")
+    reasons.append(f"{threads} thread{'s' if threads != 1 else ''}: {why}"
                    + (f" (of {hw.logical_cores} logical)" if hw.logical_cores != threads else ""))
     return Plan(model=name, hardware=hw.name, quant=pick.quant, n_threads=threads, n_ctx=ctx, type_k=type_k,
                 type_v=type_v, n_batch=min(n_batch, ctx), flash_attn=flash_attn,

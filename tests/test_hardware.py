@@ -357,3 +357,23 @@ def test_custom():
     for bad in (dict(ram=0, cores=4), dict(ram=GiB, cores=0)):
         with pytest.raises(InvalidArgumentError):
             hardware.custom(**bad)
+
+
+def test_cgroup_cpu_quota_caps_the_threads(tmp_path):
+    """The nerdctl recording (`--cpus 0.42`): cpu.max "42000 100000" -> 0.42 CPUs -> one thread."""
+    sample = SAMPLES / "cgroup" / "nerdctl.TestRunCgroupV2.expected-output.cpu.max+memory.max+pids.max.txt"
+    cpu_max, memory_max = sample.read_text().splitlines()[:2]
+    cg = tmp_path / "sys/fs/cgroup"
+    cg.mkdir(parents=True)
+    (cg / "cpu.max").write_text(cpu_max + "\n")
+    (cg / "memory.max").write_text(memory_max + "\n")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text("".join(
+        f"processor\t: {i}\nmodel name\t: Test CPU\nflags\t\t: fpu sse2 avx2\n\n" for i in range(8)))
+    hw = hardware.detect(root=tmp_path)
+    assert hw.cpu_quota == pytest.approx(0.42)
+    assert hw.performance_cores == 8 and hw.usable_cores == 1
+    (cg / "cpu.max").write_text("max 100000\n")
+    assert hardware.detect(root=tmp_path).usable_cores == 8
+    (cg / "cpu.max").write_text("250000 100000\n")
+    assert hardware.detect(root=tmp_path).usable_cores == 3

@@ -49,6 +49,8 @@ def hw(
         speeds = [f"{n} @ {speed / 1e6:.1f} GHz" if speed > 100_000 else f"{n} @ capacity {speed}"
                   for speed, n in profile.clusters]
         cores += f" (clusters: {', '.join(speeds)})"
+    if profile.cpu_quota:
+        cores += f"; cgroup CPU quota {profile.cpu_quota:g} -> {profile.usable_cores} threads"
     memory = f"{_gb(profile.ram_total)} total, {_gb(profile.ram_available)} available"
     if profile.cgroup_limit is not None:
         memory += f"; cgroup limit {_gb(profile.cgroup_limit)}"
