@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidModelFileError, ModelFileNotFoundError
+from .shape import ModelShape
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -33,24 +34,13 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
 _STRING, _ARRAY = 8, 9
 
 
-@dataclass(frozen=True)
-class GGUFInfo:
+@dataclass(frozen=True, kw_only=True)
+class GGUFInfo(ModelShape):
     path: Path
     size: int
     version: int
-    architecture: str
     name: str
     quant: str  # "Q4_K_M", from general.file_type (or the dominant tensor type)
-    n_params: int
-    block_count: int
-    embedding_length: int
-    feed_forward_length: int
-    head_count: int
-    head_count_kv: int
-    key_length: int  # per-head K size; head_dim unless the file says otherwise
-    value_length: int
-    context_length: int
-    vocab_size: int
     tensor_count: int
     chat_template: str | None
     license: str | None

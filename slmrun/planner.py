@@ -64,6 +64,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Mapping
 
 from .errors import InsufficientMemoryError, InvalidArgumentError, UnknownQuantError
+from .shape import ModelShape, shape_of
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -166,33 +167,17 @@ KV_TYPE_BYTES: dict[str, float] = {
 # Model shape
 
 
-# Architectures whose FFN is two matrices (up, down) rather than three (gate, up, down).
-_TWO_MATRIX_FFN = frozenset({"phi2", "gpt2", "gptneox", "starcoder", "bloom", "falcon", "mpt", "bert",
+# Architectures whose FFN is two matrices (up, down) rather than three (gate, up, down):
+# fewer weights per block, and one n_ff-wide activation less per batch token.
+UNGATED_FFN_ARCHS = frozenset({"phi2", "gpt2", "gptneox", "starcoder", "bloom", "falcon", "mpt", "bert",
                              "stablelm", "starcoder2", "gptj"})
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    architecture: str
-    n_params: int
-    block_count: int
-    embedding_length: int
-    feed_forward_length: int
-    head_count: int
-    head_count_kv: int
-    key_length: int
-    value_length: int
-    context_length: int
-    vocab_size: int
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(ModelShape):
+    """A model's shape, plus what only the planner asks of it."""
+
     tied_embeddings: bool | None = None  # None: inferred from the parameter count
-
-    @property
-    def n_embd_k_gqa(self) -> int:
-        return self.key_length * self.head_count_kv
-
-    @property
-    def n_embd_v_gqa(self) -> int:
-        return self.value_length * self.head_count_kv
 
     @property
     def embeddings_tied(self) -> bool:
@@ -206,9 +191,9 @@ class ModelSpec:
         if self.tied_embeddings is not None:
             return self.tied_embeddings
         n_embd = self.embedding_length
-        attn = n_embd * (self.head_count * self.key_length + self.n_embd_k_gqa + self.n_embd_v_gqa) \
-            + self.head_count * self.value_length * n_embd
-        mats = 2 if self.architecture in _TWO_MATRIX_FFN else 3
+        attn = n_embd * (self.head_count * self.k_length + self.n_embd_k_gqa + self.n_embd_v_gqa) \
+            + self.head_count * self.v_length * n_embd
+        mats = 2 if self.architecture in UNGATED_FFN_ARCHS else 3
         blocks = self.block_count * (attn + mats * n_embd * self.feed_forward_length)
         table = self.vocab_size * n_embd
         tied, untied = blocks + table, blocks + 2 * table
@@ -221,21 +206,12 @@ class ModelSpec:
 
 def spec_from_entry(entry) -> ModelSpec:
     """The shape of a registry model (``registry.ModelEntry``), before any file is downloaded."""
-    head_dim = entry.embedding_length // entry.head_count
-    return ModelSpec(
-        architecture=entry.architecture, n_params=entry.n_params, block_count=entry.block_count,
-        embedding_length=entry.embedding_length, feed_forward_length=entry.feed_forward_length,
-        head_count=entry.head_count, head_count_kv=entry.head_count_kv, key_length=head_dim,
-        value_length=head_dim, context_length=entry.context_length, vocab_size=entry.vocab_size)
+    return ModelSpec(**shape_of(entry))
 
 
 def spec_from_gguf(info) -> ModelSpec:
     """The shape of a local file, from its GGUF metadata (``gguf_info.GGUFInfo``)."""
-    return ModelSpec(
-        architecture=info.architecture, n_params=info.n_params, block_count=info.block_count,
-        embedding_length=info.embedding_length, feed_forward_length=info.feed_forward_length,
-        head_count=info.head_count, head_count_kv=info.head_count_kv, key_length=info.key_length,
-        value_length=info.value_length, context_length=info.context_length, vocab_size=info.vocab_size)
+    return ModelSpec(**shape_of(info))
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,12 +266,11 @@ def kv_cache_bytes(spec: ModelSpec, n_ctx: int, type_k: str = "f16", type_v: str
     return int(math.ceil(padded_context(n_ctx) * _kv_bytes_per_cell(spec, type_k, type_v)))
 
 
-# Architectures whose FFN is up -> activation -> down, with no gate: a batch touches two
-# n_ff-wide activations rather than three (gate, up, product). Measured on a random-weight
-# phi2 model (n_embd 256, n_ff 1024): 8.5 KB of RSS per prompt token, where 2 n_ff + n_embd/2
-# floats predicts 8.7 KB and the gated formula 17.4 KB; the attention path's buffers are
-# reused by the time the FFN runs.
-UNGATED_FFN_ARCHS = frozenset({"phi2", "gpt2", "starcoder", "falcon", "bloom", "mpt", "gptneox", "gptj"})
+# An ungated FFN (up -> activation -> down) touches two n_ff-wide activations per batch
+# token rather than three (gate, up, product). Measured on a random-weight phi2 model
+# (n_embd 256, n_ff 1024): 8.5 KB of RSS per prompt token, where 2 n_ff + n_embd/2 floats
+# predicts 8.7 KB and the gated formula 17.4 KB; the attention path's buffers are reused
+# by the time the FFN runs.
 
 
 def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch: int = 512,

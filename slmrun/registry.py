@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from . import config
 from .errors import ModelNotFoundError, RegistryError, UnknownQuantError
+from .shape import ModelShape
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,30 +63,17 @@ class FileSource:
     size_is_estimate: bool = False
 
 
-@dataclass(frozen=True)
-class ModelEntry:
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry(ModelShape):
     name: str
     description: str
     license: str
-    architecture: str
-    n_params: int
-    block_count: int
-    embedding_length: int
-    feed_forward_length: int
-    head_count: int
-    head_count_kv: int
-    context_length: int
-    vocab_size: int
     files: tuple[FileSource, ...]
     aliases: tuple[str, ...] = ()
     default_quant: str = "Q4_K_M"
     prompt_format: PromptFormat | None = None
     has_chat_template: bool = False
     origin: str = ""  # the file the entry came from, for messages
-
-    @property
-    def head_dim(self) -> int:
-        return self.embedding_length // self.head_count
 
     @property
     def quants(self) -> tuple[str, ...]:
