@@ -50,5 +50,8 @@ SHAPE_FIELDS = tuple(f.name for f in fields(ModelShape))
 
 
 def shape_of(obj) -> dict:
-    """The ModelShape fields of any ModelShape (entry, GGUF info, spec), as keywords."""
-    return {name: getattr(obj, name) for name in SHAPE_FIELDS}
+    """The ModelShape fields of any ModelShape (entry, GGUF info, spec), as keywords, with
+    the per-head sizes made explicit so equal shapes compare equal."""
+    out = {name: getattr(obj, name) for name in SHAPE_FIELDS}
+    out.update(key_length=obj.k_length, value_length=obj.v_length)
+    return out
