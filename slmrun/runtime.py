@@ -252,7 +252,7 @@ class Model:
     def _generate(self, tokens: list[int], *, max_tokens: int | None = 256, temperature: float = 0.8,
                   top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
                   seed: int | None = None, stop: Sequence[str] | str | None = None,
-                  strip_leading: bool = False, on_stats=None):
+                  strip_leading: bool = False):
         """The token loop. A generator of text pieces whose return value is the Completion."""
         self._check_open()
         llama = self._llama
@@ -365,13 +365,11 @@ class Model:
         return tokens
 
     def _bench_check(self, n_tokens: int) -> None:
-        if self._closed:
-            raise InvalidArgumentError("this model was closed", hint="Load it again with slmrun.load().")
+        self._check_open()
         if n_tokens < 1:
             raise InvalidArgumentError(f"the number of tokens must be >= 1, got {n_tokens}")
         used = self._llama.n_tokens
-        # llama.cpp may round the context up; llama-cpp-python's token record keeps the size asked for.
-        n_ctx = min(self.n_ctx, len(self._llama.input_ids))
+        n_ctx = self.n_ctx
         if used + n_tokens > n_ctx:
             raise ContextOverflowError(
                 f"{n_tokens} tokens after {used} cached do not fit the context of {n_ctx}",
