@@ -49,6 +49,16 @@ def choose_quant(entry: ModelEntry) -> str:
     return pick_for_this_machine(entry)
 
 
+def _best_local(entry: ModelEntry, local: list[store.StoredModel]) -> store.StoredModel:
+    try:
+        from .hardware import detect
+        from .planner import plan, spec_from_entry
+        quant = plan((spec_from_entry(entry), {m.quant: m.size for m in local}), detect(), force=True).quant
+        return next(m for m in local if m.quant == quant)
+    except Exception:  # planning must never stop a load: then the best quality here
+        return min(local, key=lambda m: _quality_rank(m.quant))
+
+
 def resolve(ref: str) -> Resolved:
     """Find the local file for a model reference; raise with the next step if it is not here."""
     if not isinstance(ref, (str, os.PathLike)) or not str(ref).strip():
@@ -75,8 +85,8 @@ def resolve(ref: str) -> Resolved:
                                       hint=f"Run `slmrun pull {entry.name}` first (or `slmrun import PATH`).")
         wanted = choose_quant(entry)
         pick = next((m for m in local if m.quant == wanted), None)
-        if pick is None:  # the user has another quant: use the best of what is here
-            pick = min(local, key=lambda m: _quality_rank(m.quant))
+        if pick is None:  # the planner's pick is not here: the best of what is here that fits
+            pick = _best_local(entry, local)
         return Resolved(path=pick.path, name=entry.name, quant=pick.quant, entry=entry, stored=pick)
     if not local:
         raise ModelNotPulledError(f"{entry.name}:{quant.lower()} is not downloaded yet",
@@ -96,7 +106,7 @@ def inspect_file(resolved: Resolved):
             exc.hint = f"The stored file is damaged. Run `slmrun pull {stored.ref} --force` to fetch it again."
         raise
     if stored is not None:
-        meta = store._read_sidecar(stored.path)
+        meta = store.read_sidecar(stored.path)
         if meta.get("size") not in (None, stored.size):
             raise InvalidModelFileError(
                 f"{stored.path.name} is {stored.size} bytes but was stored as {meta['size']}: the file is damaged",

@@ -93,7 +93,7 @@ def _gb(n: int) -> str:
 
 # --- reading the store ------------------------------------------------------------
 
-def _read_sidecar(model_path: Path) -> dict:
+def read_sidecar(model_path: Path) -> dict:
     try:
         return json.loads(model_path.with_name(model_path.name + SIDECAR_SUFFIX).read_text())
     except (OSError, ValueError):
@@ -101,7 +101,7 @@ def _read_sidecar(model_path: Path) -> dict:
 
 
 def _stored(name: str, model_path: Path) -> StoredModel:
-    meta = _read_sidecar(model_path)
+    meta = read_sidecar(model_path)
     st = model_path.stat()
     return StoredModel(
         name=name,

@@ -90,3 +90,28 @@ def test_store_survives_a_sidecar_without_its_model():
 def test_list_when_empty():
     r = cli("list")
     assert "No models yet" in r.output
+
+
+def test_a_name_without_quant_uses_the_best_local_quant_that_fits(tiny_llama, monkeypatch):
+    """Two local quants of a registry model, the planner's pick absent: the better one that fits."""
+    from slmrun import hardware
+    from slmrun.registry import load_registry
+
+    entry = load_registry().get("tinyllama")
+    staging = store.staging_dir("tinyllama")
+    big = staging / "big.incomplete"
+    with open(big, "wb") as f:
+        f.truncate(1200 * 2**20)  # a sparse 1.2 GB "Q8_0" (the real one is 1.17 GB): no disk used
+    store.install(big, name="tinyllama", filename=entry.file("Q8_0").filename, quant="Q8_0",
+                  sha256="0" * 64, source="test")
+    small = staging / "small.incomplete"
+    small.write_bytes(tiny_llama.read_bytes())
+    store.install(small, name="tinyllama", filename=entry.file("Q2_K").filename, quant="Q2_K",
+                  sha256=store.sha256_file(tiny_llama), source="test")
+    monkeypatch.setattr(api, "choose_quant", lambda e: "Q4_K_M")  # the planner's pick is not local
+    roomy = hardware.profile("laptop-16gb")
+    monkeypatch.setattr(hardware, "detect", lambda **kw: roomy)
+    assert api.resolve("tinyllama").quant == "Q8_0"  # it fits: the better quality
+    pi = hardware.profile("rpi4-2gb")
+    monkeypatch.setattr(hardware, "detect", lambda **kw: pi)
+    assert api.resolve("tinyllama").quant == "Q2_K"  # Q8_0 would not fit: the one that does
