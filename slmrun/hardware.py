@@ -372,23 +372,29 @@ def _memory(root: Path, live: bool) -> tuple[int, int, int]:
 _UNLIMITED = (1 << 43) - 4096
 
 
-def _cgroup_memory(root: Path) -> tuple[int | None, int | None]:
-    """(limit, working set) of the tightest memory cgroup over us; None when unlimited.
+def _cgroup_dirs(root: Path, controller: str, v1_mounts: tuple[str, ...]) -> list[Path]:
+    """The cgroup directories whose `controller` limits bind us, nearest first.
 
     Inside a container the cgroup mount's root is the container's own group. On a
-    host, /proc/self/cgroup names our group, and every ancestor's limit binds too.
+    host, /proc/self/cgroup names our group (v2 "0::/path", v1 "N:ctrl,ctrl:/path"),
+    and every ancestor's limit binds too.
     """
     base = root / "sys/fs/cgroup"
     dirs = []
     for _, ctrls, path in (line.split(":", 2) for line in (_read(root / "proc/self/cgroup") or "").splitlines()
                            if line.count(":") >= 2):
-        top = base if not ctrls else base / "memory"
-        if (ctrls and "memory" not in ctrls.split(",")) or ".." in path:
+        if ".." in path or (ctrls and controller not in ctrls.split(",")):
             continue
+        top = base if not ctrls else base / ctrls
         leaf = top / path.strip().lstrip("/")
         dirs += [d for d in (leaf, *leaf.parents) if len(d.parts) >= len(top.parts)]
+    return list(dict.fromkeys(dirs + [base] + [base / m for m in v1_mounts]))
+
+
+def _cgroup_memory(root: Path) -> tuple[int | None, int | None]:
+    """(limit, working set) of the tightest memory cgroup over us; None when unlimited."""
     limit = usage = None
-    for d in dict.fromkeys(dirs + [base, base / "memory"]):
+    for d in _cgroup_dirs(root, "memory", ("memory",)):
         for limit_file, usage_file, cache_key in (("memory.max", "memory.current", "inactive_file"),
                                                   ("memory.limit_in_bytes", "memory.usage_in_bytes",
                                                    "total_inactive_file")):
@@ -405,17 +411,8 @@ def _cgroup_memory(root: Path) -> tuple[int | None, int | None]:
 
 def _cgroup_cpu_quota(root: Path) -> float | None:
     """The tightest CPU quota (in CPUs) of the cgroups over us: v2 cpu.max, v1 cfs quota/period."""
-    base = root / "sys/fs/cgroup"
-    dirs = [base, base / "cpu", base / "cpu,cpuacct"]
-    for _, ctrls, path in (line.split(":", 2) for line in (_read(root / "proc/self/cgroup") or "").splitlines()
-                           if line.count(":") >= 2):
-        if ".." in path or (ctrls and "cpu" not in ctrls.split(",")):
-            continue
-        top = base if not ctrls else base / ctrls
-        leaf = top / path.strip().lstrip("/")
-        dirs += [d for d in (leaf, *leaf.parents) if len(d.parts) >= len(top.parts)]
     quota = None
-    for d in dict.fromkeys(dirs):
+    for d in _cgroup_dirs(root, "cpu", ("cpu", "cpu,cpuacct")):
         fields = (_read(d / "cpu.max") or "").split()
         if len(fields) == 2 and fields[0] != "max":
             q, period = _int(fields[0]), _int(fields[1])
