@@ -114,10 +114,10 @@ def inspect_file(resolved: Resolved):
     return info
 
 
-def default_threads() -> int:
+def default_threads(hw=None) -> int:
     try:
         from .hardware import detect
-        return detect().usable_cores
+        return (hw or detect()).usable_cores
     except Exception:  # detection must never stop a load
         return max(1, (os.cpu_count() or 2) // 2)
 
@@ -145,23 +145,21 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
-    fa = config.flash_attn_default() if flash_attn is None else flash_attn
-    if type_v and type_v.lower() not in ("f16", "f32", "bf16"):
-        # llama.cpp stores a quantized V cache only in flash attention's layout.
-        if flash_attn is False:
-            raise InvalidArgumentError(f"a {type_v} V cache needs flash attention",
-                                       hint="Leave flash attention on, or use an f16 V cache.")
-        fa = True
+    from .hardware import detect
+    from .planner import effective_flash_attn
+
+    fa = effective_flash_attn(flash_attn, type_v)
+    hw = detect()
     trained = info.context_length or 2048
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
-    threads = n_threads or default_threads()
+    threads = n_threads or default_threads(hw)
     options = LoadOptions(
         n_ctx=ctx, n_threads=threads, n_threads_batch=n_threads_batch or threads,
         n_batch=min(n_batch, ctx), n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose)
     if not force:
-        check_memory(info, options, name=resolved.name)
+        check_memory(info, options, name=resolved.name, hw=hw)
     entry = resolved.entry
     fmt = entry.prompt_format if entry is not None else None
     return Model(resolved.path, options, prompt_format=fmt, chat_template=info.chat_template,
@@ -169,13 +167,11 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
                  info=info)
 
 
-def check_memory(info, options, *, name: str) -> None:
-    """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit."""
+def check_memory(info, options, *, name: str, hw) -> None:
+    """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit on ``hw``."""
     from .errors import InsufficientMemoryError
-    from .hardware import detect
     from .planner import budget_bytes, estimate_memory, format_bytes, spec_from_gguf
 
-    hw = detect()
     need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",
                            type_v=options.type_v or "f16", flash_attn=options.flash_attn).total

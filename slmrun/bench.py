@@ -481,7 +481,7 @@ def run(refs: Sequence[str] | None = None, *, n_prompt: int = 512, n_gen: int = 
     validate(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, n_ctx=n_ctx, max_threads=max_threads,
              n_depth=n_depth)
     targets = resolve_targets(refs, all_local=all_local)
-    default = BenchConfig(default_threads(), flash_attn_default())
+    default = BenchConfig(default_threads(profile), flash_attn_default())
     if sweep:
         counts = list(threads) if threads else sweep_threads(max_threads, profile.physical_cores,
                                                              profile.performance_cores)

@@ -273,6 +273,19 @@ def kv_cache_bytes(spec: ModelSpec, n_ctx: int, type_k: str = "f16", type_v: str
 # by the time the FFN runs.
 
 
+def effective_flash_attn(requested: bool | None, type_v: str | None) -> bool:
+    """Whether llama.cpp will run with flash attention: as asked, else the configured
+    default; a quantized V cache exists only in flash attention's layout, so it forces it on."""
+    from .config import flash_attn_default
+
+    if type_v and type_v.lower() not in ("f16", "f32", "bf16"):
+        if requested is False:
+            raise InvalidArgumentError(f"a {type_v} V cache needs flash attention",
+                                       hint="Leave flash attention on, or use an f16 V cache.")
+        return True
+    return flash_attn_default() if requested is None else requested
+
+
 def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch: int = 512,
                     n_ubatch: int = 512, type_k: str = "f16", type_v: str | None = "f16",
                     flash_attn: bool = True) -> MemoryEstimate:
@@ -626,9 +639,7 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     type_k = type_k.lower()
     type_v = (type_v or type_k).lower()
     _kv_bytes(type_k), _kv_bytes(type_v)
-    if flash_attn is None:  # what load() will do: the configured default, forced on by a quantized V cache
-        from .config import flash_attn_default
-        flash_attn = flash_attn_default() or type_v not in ("f16", "f32", "bf16")
+    flash_attn = effective_flash_attn(flash_attn, type_v)
     if min_speed < 0:
         raise InvalidArgumentError(f"min_speed must be >= 0, got {min_speed}")
     if n_ctx is not None and n_ctx < 16:

@@ -349,8 +349,7 @@ class Model:
         """Empty the KV cache and forget the cached prompt: the next decode starts at position 0."""
         import llama_cpp
 
-        if self._closed:
-            raise InvalidArgumentError("this model was closed", hint="Load it again with slmrun.load().")
+        self._check_open()
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
         self._llama.reset()  # n_tokens = 0, so the next generate() re-evaluates its whole prompt
 

@@ -170,7 +170,7 @@ def test_run_without_a_chat_format_uses_a_plain_prompt(tiny_phi2):
 
 def test_sweep_tries_flash_attention_and_threads(tiny_llama, monkeypatch):
     import slmrun.api
-    monkeypatch.setattr(slmrun.api, "default_threads", lambda: 1)
+    monkeypatch.setattr(slmrun.api, "default_threads", lambda hw=None: 1)
     data = bench.run([str(tiny_llama)], threads=[1], sweep=True, **SMALL).to_dict()
     configs = {(r["n_threads"], r["flash_attn"], r["n_batch"]) for r in data["results"]}
     assert configs == {(1, True, 512), (1, False, 512)}
