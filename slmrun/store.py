@@ -83,12 +83,18 @@ def check_free_space(directory: Path, needed: int, *, what: str) -> None:
     margin = 64 << 20
     if free < needed + margin:
         raise InsufficientDiskSpaceError(
-            f"not enough disk space for {what}: needs {_gb(needed + margin)}, "
-            f"{_gb(free)} free at {directory}")
+            f"not enough disk space for {what}: needs {human_size(needed + margin)}, "
+            f"{human_size(free)} free at {directory}")
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+def human_size(n: int | None) -> str:
+    """File sizes as the hub and pip print them: decimal units."""
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 # --- reading the store ------------------------------------------------------------

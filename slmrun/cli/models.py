@@ -8,16 +8,8 @@ from typing import Optional
 
 import typer
 
+from ..store import human_size
 from . import app
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def _ago(ts: float) -> str:
