@@ -124,10 +124,8 @@ def fetch_source(version: str) -> Path:
 
 
 def has_amx() -> bool:
-    try:
-        return "amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    from slmrun.hardware import detect
+    return "amx_int8" in detect().simd
 
 
 def build_llama_bench(src: Path, jobs: int) -> tuple[Path, list[str]]:
@@ -304,7 +302,8 @@ def bandwidth() -> float:
 # ------------------------------------------------------------------ statistics and report
 
 def ms(values) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    from slmrun.bench import mean_std  # the same mean and sample std dev slmrun bench reports
+    return mean_std(values)
 
 
 def fmt(values) -> str:

@@ -146,7 +146,7 @@ class Report:
 
 # ---------------------------------------------------------------- statistics
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     # llama-bench's avg_ts / stdev_ts: the sample standard deviation, 0 for one value.
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
@@ -156,13 +156,13 @@ def make_row(target: Target, config: BenchConfig, n_ctx: int, test: str, n_token
              seconds: Sequence[float], *, rate_tokens: Sequence[int] | None = None, n_depth: int = 0) -> Row:
     """A row from per-repetition durations. Rate tests give the tokens each duration
     covers (``rate_tokens``, default ``n_tokens`` each); time tests give None."""
-    mean_s, std_s = _mean_std(seconds)
+    mean_s, std_s = mean_std(seconds)
     if test in ("load", "ttft"):
         unit, samples, mean_tps, std_tps = "s", list(seconds), None, None
     else:
         counts = rate_tokens or [n_tokens] * len(seconds)
         samples = [c / s if s > 0 else 0.0 for c, s in zip(counts, seconds)]
-        unit, (mean_tps, std_tps) = "tok/s", _mean_std(samples)
+        unit, (mean_tps, std_tps) = "tok/s", mean_std(samples)
     return Row(model=target.name, quant=target.quant, path=str(target.path), file_size=target.size,
                n_threads=config.n_threads, flash_attn=config.flash_attn, n_batch=config.n_batch, n_ctx=n_ctx,
                test=test, n_tokens=n_tokens, reps=len(seconds), unit=unit, samples=samples,
@@ -366,21 +366,15 @@ def _raw(model, target, config, kind, n, reps, steps, where, n_depth=0) -> Row:
 
 def _reply(model, text: str, *, stream: bool, **kwargs):
     """Chat as a user would; a model with no chat format gets the text as a plain prompt."""
-    from .errors import ChatFormatError
-
-    try:
+    if model.has_chat_format:
         return model.chat([{"role": "user", "content": text}], stream=stream, **kwargs)
-    except ChatFormatError:
-        return (model.stream if stream else model.complete)(text, **kwargs)
+    return (model.stream if stream else model.complete)(text, **kwargs)
 
 
 def _prompt_tokens(model, text: str) -> int:
-    from .errors import ChatFormatError
-
-    try:
+    if model.has_chat_format:
         return len(model.chat_tokens([{"role": "user", "content": text}]))
-    except ChatFormatError:
-        return len(model.tokenize(text, special=False))
+    return len(model.tokenize(text, special=False))
 
 
 def _ttft(model, target, config, reps, steps, where) -> Row:

@@ -150,7 +150,7 @@ class ChatSession:
     @property
     def plain(self) -> bool:
         """No chat template and no prompt format: the turns are continued as plain text."""
-        return self.model.chat_template is None and self.model.prompt_format is None
+        return not self.model.has_chat_format
 
     @staticmethod
     def plain_text(messages: list[dict]) -> str:

@@ -165,6 +165,11 @@ class Model:
         return min(self._llama.n_ctx(), len(self._llama.input_ids))
 
     @property
+    def has_chat_format(self) -> bool:
+        """A chat template in the GGUF or a prompt format from the registry: chat() works."""
+        return self.chat_template is not None or self.prompt_format is not None
+
+    @property
     def n_tokens_cached(self) -> int:
         """Tokens currently held in the KV cache (what the next call can reuse)."""
         return self._llama.n_tokens
