@@ -537,3 +537,16 @@ def test_cli_hw_text(cli):
     assert r.exit_code == 0, r.output
     for label in ("architecture", "cores", "simd (llama.cpp)", "memory", "bandwidth"):
         assert label in r.output
+
+
+def test_a_plan_loads_as_planned(tiny_llama):
+    """Plan.load_kwargs() is what slmrun.load takes: the model runs with the plan's settings."""
+    import slmrun
+    from slmrun import hardware
+    from slmrun.gguf_info import read_info
+
+    p = planner.plan(read_info(tiny_llama), hardware.detect(), n_ctx=256)
+    with slmrun.load(tiny_llama, **p.load_kwargs()) as m:
+        o = m.options
+        assert (o.n_ctx, o.n_threads, o.flash_attn) == (p.n_ctx, p.n_threads, p.flash_attn)
+        assert m.complete("hello", max_tokens=2).stats.prompt_tokens > 0
