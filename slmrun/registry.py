@@ -162,6 +162,20 @@ def _safe_filename(value: str, where: str, key: str) -> str:
     return value
 
 
+def check_model_filename(filename: str, where: str) -> str:
+    """A store file name: a plain *.gguf name, nothing that could leave its directory."""
+    _safe_filename(filename, where, "filename")
+    if "/" in filename or not filename.endswith(".gguf"):
+        raise RegistryError(f"{where}: field 'filename' must be a plain *.gguf file name, got {filename!r}")
+    return filename
+
+
+def check_repo(repo: str, where: str) -> str:
+    if not _REPO_RE.match(repo or "") or ".." in repo:
+        raise RegistryError(f"{where}: field 'repo' = {repo!r} is not a hub repo id like owner/name")
+    return repo
+
+
 def _parse_format(raw: dict, where: str) -> PromptFormat:
     parts = {}
     for key in ("system", "user", "assistant"):
@@ -181,9 +195,7 @@ def _parse_file(raw: dict, where: str) -> FileSource:
     if not _QUANT_RE.match(quant):
         raise RegistryError(f"{where}: field 'quant' = {quant!r} is not a quant name like Q4_K_M")
     where = f"{where} ({quant})"
-    filename = _safe_filename(_need(raw, "filename", str, where), where, "filename")
-    if "/" in filename or not filename.endswith(".gguf"):
-        raise RegistryError(f"{where}: field 'filename' must be a plain *.gguf file name, got {filename!r}")
+    filename = check_model_filename(_need(raw, "filename", str, where), where)
     sha = _need(raw, "sha256", str, where, required=False)
     if sha is not None:
         sha = sha.lower()
@@ -194,9 +206,7 @@ def _parse_file(raw: dict, where: str) -> FileSource:
               size=_positive(raw, "size", where, required=False),
               size_is_estimate=bool(_need(raw, "size_is_estimate", bool, where, required=False)))
     if source == "hub":
-        repo = _need(raw, "repo", str, where)
-        if not _REPO_RE.match(repo) or ".." in repo:
-            raise RegistryError(f"{where}: field 'repo' = {repo!r} is not a hub repo id like owner/name")
+        repo = check_repo(_need(raw, "repo", str, where), where)
         revision = _need(raw, "revision", str, where, required=False) or "main"
         if ".." in revision or revision.startswith("/"):
             raise RegistryError(f"{where}: field 'revision' = {revision!r} is not safe")

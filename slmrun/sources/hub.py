@@ -25,11 +25,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import (ChecksumMismatchError, DownloadError, InsufficientDiskSpaceError, OfflineError,
-                      RegistryError, RemoteFileNotFoundError)
+                      RemoteFileNotFoundError)
 from ..store import check_free_space, sha256_file
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BY_HAND = "without a network, copy the .gguf over by hand and run `slmrun import PATH`."
 
 
@@ -55,11 +54,13 @@ def _hub():
 
 
 def _check_safe(file) -> None:
-    # The registry validates these too; we build paths from them, so check again here.
-    name = file.filename or ""
-    if (not name or name in (".", "..") or "/" in name or "\\" in name or any(ord(c) < 32 for c in name)
-            or not _REPO.match(file.repo or "") or ".." in file.repo):
-        raise RegistryError(f"unsafe hub source: repo {file.repo!r}, filename {name!r}")
+    # A FileSource can be built without the registry's parser; we build paths from these
+    # fields, so run the registry's own checks again here.
+    from ..registry import check_model_filename, check_repo
+
+    where = f"hub source {file.repo!r}/{file.filename!r}"
+    check_model_filename(file.filename or "", where)
+    check_repo(file.repo or "", where)
 
 
 def fetch(file, staging: Path, *, progress: bool = True) -> tuple[Path, str]:
