@@ -550,3 +550,20 @@ def test_a_plan_loads_as_planned(tiny_llama):
         o = m.options
         assert (o.n_ctx, o.n_threads, o.flash_attn) == (p.n_ctx, p.n_threads, p.flash_attn)
         assert m.complete("hello", max_tokens=2).stats.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cores", "4"], "need --ram"),
+    (["--ram", "lots"], "lots"),
+    (["--profile", "rpi9-1tb"], "rpi9-1tb"),
+])
+def test_plan_cli_bad_device_is_one_line(args, message):
+    import subprocess
+
+    from conftest import slmrun_cmd
+
+    p = subprocess.run([*slmrun_cmd(), "plan", "tinyllama", *args], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[0].startswith("Error: ") and message in lines[0]
+    assert lines[1].startswith("Hint: ") and "Traceback" not in p.stderr and p.stdout == ""
