@@ -7,10 +7,15 @@ BIN := $(VENV)/bin
 # crash on some Sapphire Rapids virtual machines (segfault in ggml_backend_amx_mul_mat,
 # llama.cpp#20824), including the ones slmrun is developed on; build without them
 # where the CPU has AMX. Explicit -mno-* flags win over -march=native in GCC.
+#
+# GGML_RPC=ON adds llama.cpp's RPC backend (`slmrun rpc-server`, `--rpc HOST:PORT`): a
+# model split across several machines. slmrun works without it; only --rpc needs it.
+LLAMA_CMAKE := -DGGML_RPC=ON
 ifeq ($(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo yes),yes)
 NO_AMX := -mno-amx-int8 -mno-amx-tile -mno-amx-bf16
-export CMAKE_ARGS ?= -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
+LLAMA_CMAKE += -DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)"
 endif
+export CMAKE_ARGS ?= $(LLAMA_CMAKE)
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: setup chat test test-fast bench clean
@@ -22,6 +27,12 @@ $(BIN)/python:
 # Reinstall when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[test]'
+	@# pip reuses a cached wheel whatever CMAKE_ARGS say: one built without the RPC
+	@# backend is rebuilt once, uncached, with it.
+	@$(BIN)/python -c "import llama_cpp, pathlib, sys; \
+	  sys.exit(not list((pathlib.Path(llama_cpp.__file__).parent / 'lib').glob('*ggml-rpc*')))" || \
+	  $(BIN)/python -m pip install --no-cache-dir --force-reinstall --no-deps \
+	    "llama-cpp-python==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')"
 	touch $@
 
 setup: $(VENV)/.installed

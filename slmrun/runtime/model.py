@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .errors import ContextOverflowError, InvalidArgumentError, ModelLoadError
+from ..errors import ContextOverflowError, InvalidArgumentError, ModelLoadError
 
 # llama.cpp logs through a C callback; keeping a reference stops it being collected.
 _LOG_CALLBACK = None
@@ -208,7 +208,7 @@ class Model:
         return self._chat_prompt(messages)[0]
 
     def _chat_prompt(self, messages: list[dict]) -> tuple[list[int], tuple[str, ...]]:
-        from .chat import render_prompt
+        from ..chat import render_prompt
 
         bos = self._token_text(self._llama.token_bos())
         prompt, stops = render_prompt(messages, template=self.chat_template, fmt=self.prompt_format,
