@@ -18,12 +18,13 @@ _EXPORTS = {
     "load": "slmrun.api", "pull": "slmrun.api", "list_models": "slmrun.api", "resolve": "slmrun.api",
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
-    "Model": "slmrun.runtime", "Completion": "slmrun.runtime", "Stats": "slmrun.runtime",
+    "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
     "SlmrunError": "slmrun.errors", "ModelNotFoundError": "slmrun.errors",
     "ModelNotPulledError": "slmrun.errors", "ModelFileNotFoundError": "slmrun.errors",
     "InvalidModelFileError": "slmrun.errors", "ContextOverflowError": "slmrun.errors",
     "DownloadError": "slmrun.errors", "ChecksumMismatchError": "slmrun.errors",
     "InsufficientMemoryError": "slmrun.errors", "InvalidArgumentError": "slmrun.errors",
+    "ModelClosedError": "slmrun.errors", "QueueFullError": "slmrun.errors", "GenerationError": "slmrun.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,6 +22,9 @@ QUALITY_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_K_S
                  "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
 
 
+MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
+
+
 @dataclass(frozen=True)
 class Resolved:
     path: Path
@@ -126,11 +129,14 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          n_threads_batch: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
          flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
-         verbose: bool | None = None, force: bool = False):
+         verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
+         max_queue: int | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
-    Refuses (InsufficientMemoryError) when the planner's estimate exceeds what this
-    machine has available, unless ``force=True``.
+    ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
+    (default: as many slots as the planner says fit, up to 4), the rest wait in a queue
+    of at most ``max_queue`` (default: no limit). Refuses (InsufficientMemoryError) when
+    the planner's estimate exceeds what this machine has available, unless ``force=True``.
     """
     from .runtime import LoadOptions, Model
 
@@ -145,19 +151,31 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
+    for key, value, top in (("n_parallel", n_parallel, MAX_PARALLEL), ("max_queue", max_queue, None)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (key == "n_parallel")
+                                  or (top is not None and value > top)):
+            raise InvalidArgumentError(f"{key}={value!r} is out of range",
+                                       hint=f"Use an integer from {int(key == 'n_parallel')}"
+                                            + (f" to {top}." if top else " up."))
     from .hardware import detect
-    from .planner import effective_flash_attn
+    from .planner import choose_parallel, effective_flash_attn, spec_from_gguf
 
     fa = effective_flash_attn(flash_attn, type_v)
     hw = detect()
     trained = info.context_length or 2048
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads(hw)
+    batch = min(n_batch, ctx)
+    if n_parallel is None:
+        n_parallel = choose_parallel(spec_from_gguf(info), weights_bytes=info.size, n_ctx=ctx, hw=hw,
+                                     n_batch=batch, type_k=type_k or "f16", type_v=type_v or "f16",
+                                     flash_attn=fa).n_parallel
     options = LoadOptions(
         n_ctx=ctx, n_threads=threads, n_threads_batch=n_threads_batch or threads,
-        n_batch=min(n_batch, ctx), n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
+        n_batch=batch, n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
-        seed=seed, verbose=config.debug() if verbose is None else verbose)
+        seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
+        max_queue=max_queue)
     if not force:
         check_memory(info, options, name=resolved.name, hw=hw)
     entry = resolved.entry
@@ -174,14 +192,16 @@ def check_memory(info, options, *, name: str, hw) -> None:
 
     need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",
-                           type_v=options.type_v or "f16", flash_attn=options.flash_attn).total
+                           type_v=options.type_v or "f16", flash_attn=options.flash_attn,
+                           n_parallel=options.n_parallel).total
     budget = budget_bytes(hw)
     if need > budget:
+        slots = f" x {options.n_parallel} parallel slots" if options.n_parallel > 1 else ""
         raise InsufficientMemoryError(
-            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens; "
+            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens{slots}; "
             f"this machine has {format_bytes(budget)} available after a safety reserve",
-            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx, "
-                 "or --force to load anyway.")
+            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx"
+                 + (", fewer slots (n_parallel)" if options.n_parallel > 1 else "") + ", or --force to load anyway.")
 
 
 def list_models() -> list[store.StoredModel]:

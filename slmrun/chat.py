@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .errors import ChatFormatError, InvalidArgumentError
+from .errors import ChatFormatError, InvalidArgumentError, SlmrunError
 
 ROLES = ("system", "user", "assistant")
 
@@ -144,8 +144,9 @@ class ChatSession:
         self.conversation = Conversation(system)
         self.params = {"max_tokens": 512, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "seed": None}
         self.params.update({k: v for k, v in params.items() if v is not None})
-        self.last: object = None  # the last Completion
+        self.last = None  # the last reply's Response
         self.dropped_total = 0
+        self.last_dropped = 0  # turns dropped to fit the context by the last send()
 
     @property
     def plain(self) -> bool:
@@ -162,11 +163,16 @@ class ChatSession:
         return len(self.model.chat_tokens(messages))
 
     def send(self, text: str):
-        """Stream the reply to ``text``; the generator's return value is the Completion.
+        """Send ``text`` and return the reply's Response (iterate it to stream).
 
-        The reply (even a partial one, if the caller stops early or Ctrl-C arrives) is
-        recorded, so the history always matches what the user saw.
+        The reply is recorded in the history when it ends; a cancelled one (Ctrl-C) as far
+        as a reader took it, so the history always matches what the user saw.
         """
+        if self.last is not None and not self.last.done:
+            try:  # one exchange at a time: the history must be complete first
+                self.last.wait()
+            except SlmrunError:  # that reply failed; its error was the caller's to see
+                pass
         n_ctx = self.model.n_ctx
         reserve = min(self.params.get("max_tokens") or 256, n_ctx // 4)
         messages, dropped = fit_history(self.conversation.messages(text), self.count_tokens,
@@ -176,20 +182,16 @@ class ChatSession:
             self.dropped_total += dropped
         self.last_dropped = dropped
         if self.plain:
-            gen = self.model.stream(self.plain_text(messages), **self.params)
+            response = self.model.complete(self.plain_text(messages), **self.params)
         else:
-            gen = self.model.chat(messages, stream=True, **self.params)
-        pieces: list[str] = []
-        completion = None
-        try:
-            while True:
-                piece = next(gen)
-                pieces.append(piece)
-                yield piece
-        except StopIteration as stop:
-            completion = stop.value
-        finally:
-            self.conversation.add("user", text)
-            self.conversation.add("assistant", "".join(pieces))
-            self.last = completion
-        return completion
+            response = self.model.chat(messages, **self.params)
+        self.conversation.add("user", text)
+        reply = {"role": "assistant", "content": ""}
+        self.conversation.turns.append(reply)
+
+        def record(r) -> None:
+            reply["content"] = r.seen_text if r.cancelled else r.text_so_far
+
+        response.add_done_callback(record)
+        self.last = response
+        return response

@@ -62,6 +62,24 @@ class InvalidArgumentError(SlmrunError, ValueError):
     """A parameter out of range (negative token counts, too many threads, ...)."""
 
 
+class ModelClosedError(SlmrunError, RuntimeError):
+    """The model was closed: before a call, or while a request was still running."""
+
+    default_hint = "Load the model again with slmrun.load()."
+
+
+class QueueFullError(SlmrunError, RuntimeError):
+    """Every slot is busy and the waiting queue is at its limit (``max_queue``)."""
+
+    default_hint = "Try again shortly, or load with a larger max_queue or more parallel slots (n_parallel)."
+
+
+class GenerationError(SlmrunError, RuntimeError):
+    """llama.cpp failed while decoding a request (the model stays usable for others)."""
+
+    default_hint = "Set SLMRUN_DEBUG=1 to see llama.cpp's log; a smaller context or fewer slots may help."
+
+
 class RegistryError(SlmrunError, ValueError):
     """models.toml (or the user's registry file) is malformed or unsafe."""
 

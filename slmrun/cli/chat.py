@@ -43,16 +43,17 @@ class ChatUI:
     # --- one user message -------------------------------------------------------------
     def reply(self, text: str) -> None:
         t0 = time.perf_counter()
-        gen = self.session.send(text)
         out = self.out
+        response = None
         try:
-            while True:
-                out.write(next(gen))
+            response = self.session.send(text)
+            for piece in response:
+                out.write(piece)
                 out.flush()
-        except StopIteration:
-            pass
         except KeyboardInterrupt:
-            gen.close()  # records the partial reply, so the history matches the screen
+            if response is not None:
+                response.cancel()
+                response.wait()  # the history gets the partial reply before the next message
             out.write("\n")
             self.say("(stopped)")
             return
@@ -62,8 +63,8 @@ class ChatUI:
                 self.warned_trim = True
         out.write("\n")
         out.flush()
-        if self.show_stats and self.session.last is not None:
-            self.say(format_verbose(self.session.last.stats, time.perf_counter() - t0))
+        if self.show_stats:
+            self.say(format_verbose(response.stats, time.perf_counter() - t0))
 
     # --- slash commands ---------------------------------------------------------------
     def command(self, line: str) -> bool:
@@ -91,7 +92,7 @@ class ChatUI:
             o = m.options
             self.say(f"model:    {m.name}  ({m.path})\n"
                      f"quant:    {m.info.quant if m.info else '?'}   arch: {m.info.architecture if m.info else '?'}\n"
-                     f"context:  {used} / {m.n_ctx} tokens used   KV cached: {m.n_tokens_cached}\n"
+                     f"context:  {used} / {m.n_ctx} tokens used   KV cached: {max(m.status()['cached_tokens'])}\n"
                      f"threads:  {o.n_threads}   batch: {o.n_batch}   flash attention: {o.flash_attn}   "
                      f"mmap: {o.use_mmap}\n"
                      f"sampling: {json.dumps(s.params)}")
@@ -136,7 +137,7 @@ class ChatUI:
         from ..errors import SlmrunError
         old = self.session.model
         try:
-            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads)
+            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1)
         except SlmrunError as exc:
             self.say(f"Could not set ctx: {exc.message}")
             return

@@ -37,7 +37,9 @@ def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
-    return load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force)
+    # One person at a terminal sends one request at a time: one slot, no KV cache for others.
+    return load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
+                n_parallel=1)
 
 
 @app.command()
@@ -67,22 +69,24 @@ def run(
     params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force) as m:
         if raw:
-            gen = m.stream(prompt, **params)
+            response = m.complete(prompt, **params)
         else:
-            gen = m.chat([{"role": "user", "content": prompt}], stream=True, **params)
-        completion = stream_to(gen, sys.stdout)
-    if verbose and completion is not None:
-        typer.echo(format_verbose(completion.stats, time.perf_counter() - t0), err=True)
+            response = m.chat([{"role": "user", "content": prompt}], **params)
+        stream_to(response, sys.stdout)
+    if verbose:
+        typer.echo(format_verbose(response.stats, time.perf_counter() - t0), err=True)
 
 
-def stream_to(gen, out):
-    """Write each piece as it comes; return the generator's Completion."""
+def stream_to(response, out):
+    """Write each piece as it comes, then a newline; Ctrl-C cancels the generation."""
     write, flush = out.write, out.flush
     try:
-        while True:
-            write(next(gen))
+        for piece in response:
+            write(piece)
             flush()
-    except StopIteration as stop:
-        write("\n")
-        flush()
-        return stop.value
+    except BaseException:
+        response.cancel()
+        raise
+    write("\n")
+    flush()
+    return response
