@@ -18,6 +18,7 @@ Request ``{"key", "template" (only when the worker has not seen the key), "vars"
 "limit", "timeout"}``; reply ``{"ok": text}`` or ``{"err": kind, "msg": text}``.
 """
 
+import gc
 import json
 import os
 import signal
@@ -168,6 +169,10 @@ def main(argv: list[str]) -> None:
             reply = {"err": "memory", "msg": ""}
         except _Deadline:  # the alarm fired just as the render ended
             reply = {"err": "timeout", "msg": ""}
+        if "err" in reply:
+            # A failed render's traceback keeps its frames (and whatever they built) in a
+            # reference cycle: free it now, not at some later collection.
+            gc.collect()
         try:
             _write(fd_out, reply)
         except MemoryError:
