@@ -92,7 +92,11 @@ class TemplateSandbox:
             if memo in self._answers:
                 self._answers.move_to_end(memo)
                 return self._answers[memo]
-            reply = self._ask(key, template, body, limit, origin)
+            try:
+                reply = self._ask(key, template, body, limit, origin)
+            except BaseException:  # Ctrl-C mid-render: its late answer must not become the next one's
+                self._stop(kill=True)
+                raise
             if "ok" in reply:
                 self._answers[memo] = reply["ok"]
                 if len(self._answers) > _ANSWERS:

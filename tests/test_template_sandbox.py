@@ -4,6 +4,7 @@ templates that raise; each a one-line error naming the model file, and no proces
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -204,3 +205,28 @@ def test_cli_with_a_hostile_template_fails_in_one_line_and_leaves_nothing_runnin
     for proc in left:  # an exiting worker may need a moment; it must not linger
         proc.wait(5)
     assert not [proc for proc in left if _alive(proc.pid)]
+
+
+def test_templates_cannot_read_files(box):
+    for template in ('{% include "/etc/passwd" %}', '{% import "/etc/hostname" as h %}', '{% extends "/etc/passwd" %}'):
+        with pytest.raises(ChatTemplateError, match="no loader"):
+            box.render(template, VARS, limit=LIMIT, origin="nosy.gguf")
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs SIGALRM to interrupt the test itself")
+def test_ctrl_c_during_a_render_does_not_leave_its_answer_for_the_next(box):
+    box.timeout = 5.0
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            box.render(NESTED_LOOPS, VARS, limit=LIMIT)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert box.pid is None  # the interrupted worker was stopped
+    assert box.render("{{ 5 }}", VARS, limit=LIMIT) == "5"

@@ -81,7 +81,6 @@ def import_cmd(
 ):
     """Validate a local GGUF and add it to the store, for air-gapped machines."""
     from ..api import import_model
-
     from ..store import read_sidecar
 
     m = import_model(path, name=name, link=link, prompt_format=prompt_format)
