@@ -134,5 +134,28 @@ class StoreLockedError(SlmrunError, TimeoutError):
 class ChatFormatError(SlmrunError, ValueError):
     """A model with neither a chat template in its GGUF nor a prompt format in the registry."""
 
-    default_hint = ("Use plain completion instead (`slmrun run --raw`), or add a prompt_format "
-                    "for the model in your registry file.")
+    default_hint = ("Name a prompt format with --format NAME (chatml, llama3, gemma, zephyr, ...), use plain "
+                    "completion (`slmrun run --raw`), or add a prompt_format for the model in your registry file.")
+
+
+class UnknownPromptFormatError(InvalidArgumentError):
+    """A prompt format name that is not one of slmrun's named formats."""
+
+
+class ChatTemplateError(ChatFormatError):
+    """A GGUF chat template that does not compile, fails, or tried something unsafe."""
+
+    default_hint = ("Chat with one of slmrun's named prompt formats instead: --format NAME "
+                    "(chatml, llama3, gemma, zephyr, ...).")
+
+
+class TemplateTimeoutError(ChatTemplateError, TimeoutError):
+    """A chat template still rendering when its time ran out (it was stopped)."""
+
+
+class TemplateMemoryError(ChatTemplateError, MemoryError):
+    """A chat template that allocated more memory than rendering is allowed."""
+
+
+class TemplateOutputError(ChatTemplateError):
+    """A chat template whose output grew past the size bound."""
