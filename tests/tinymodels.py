@@ -16,27 +16,27 @@ CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['con
 WORDS = ["▁the", "▁a", "▁is", "▁of", "▁and", "▁to", "▁in", "▁what", "▁2", "+", "?", "▁4", "▁hello", "▁world"]
 
 
-def vocab(extra_specials: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
+def vocab(extra_specials: tuple[str, ...] = (), words: list[str] = WORDS) -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>", *extra_specials]
     types = [2, 3, 3] + [3] * len(extra_specials)
     tokens += [f"<0x{i:02X}>" for i in range(256)]
     types += [6] * 256
-    tokens += WORDS
-    types += [1] * len(WORDS)
+    tokens += words
+    types += [1] * len(words)
     scores = [0.0] * len(tokens)
-    for i in range(len(tokens) - len(WORDS), len(tokens)):
+    for i in range(len(tokens) - len(words), len(tokens)):
         scores[i] = -float(i)
     return tokens, scores, types
 
 
 def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512, chat_template: str | None = CHATML,
-                    seed: int = 0, name: str = "tiny") -> Path:
+                    seed: int = 0, name: str = "tiny", words: list[str] = WORDS) -> Path:
     import gguf
 
     rng = np.random.default_rng(seed)
     specials = ("<|im_start|>", "<|im_end|>") if chat_template else ()
-    tokens, scores, types = vocab(specials)
+    tokens, scores, types = vocab(specials, words)
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)

@@ -13,12 +13,14 @@
 
 from .classify import (Classification, check_fits, check_labels, classify_messages, label_probabilities,
                        label_tokens, sequence_logprob)
-from .constraint import (Constraint, GrammarTokenizer, apply_masks, release_tokenizer, tokenizer_for)
+from .constraint import (Constraint, GrammarTokenizer, accepts, apply_masks, engine_version, mask_logits,
+                         release_tokenizer, tokenizer_for)
 from .output import is_valid, parse_json, validate_value
 from .spec import JSON_LAYOUT, ConstraintSpec, constraint_spec
 
 __all__ = [
-    "Classification", "Constraint", "ConstraintSpec", "GrammarTokenizer", "JSON_LAYOUT", "apply_masks",
-    "check_fits", "check_labels", "classify_messages", "constraint_spec", "is_valid", "label_probabilities",
-    "label_tokens", "parse_json", "release_tokenizer", "sequence_logprob", "tokenizer_for", "validate_value",
+    "Classification", "Constraint", "ConstraintSpec", "GrammarTokenizer", "JSON_LAYOUT", "accepts", "apply_masks",
+    "check_fits", "check_labels", "classify_messages", "constraint_spec", "engine_version", "is_valid",
+    "label_probabilities", "label_tokens", "mask_logits", "parse_json", "release_tokenizer", "sequence_logprob",
+    "tokenizer_for", "validate_value",
 ]

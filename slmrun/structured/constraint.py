@@ -106,7 +106,7 @@ def _what(spec: ConstraintSpec) -> str:
 class Constraint:
     """One sequence's position in a grammar: masks, commits, fast-forward, final state."""
 
-    __slots__ = ("_m", "_tokenizer", "spec", "_words", "_inverse", "_n_vocab")
+    __slots__ = ("_m", "_tokenizer", "spec", "_words", "_n_vocab")
 
     def __init__(self, matcher, tokenizer: GrammarTokenizer, spec: ConstraintSpec):
         import numpy as np
@@ -116,32 +116,28 @@ class Constraint:
         self.spec = spec
         self._n_vocab = tokenizer.n_vocab
         self._words = np.empty((self._n_vocab + 31) // 32, dtype=np.uint32)
-        self._inverse = np.empty_like(self._words)
 
     # --- the token loop ---------------------------------------------------------------
     def apply_mask(self, logits) -> None:
         """Set every token the grammar does not allow next to -inf in ``logits`` (a 1-D float
         array over the vocabulary, e.g. a numpy view of llama.cpp's logits row), in place."""
-        import numpy as np
-
         if logits.ndim != 1 or logits.shape[0] < self._n_vocab:
             raise InvalidArgumentError(
                 f"logits of shape {logits.shape} do not cover the grammar's {self._n_vocab}-token vocabulary")
+        mask_logits(logits, self.compute_mask()[None, :], self._n_vocab)
+
+    def compute_mask(self):
+        """The tokens allowed next, as uint32 words (bit i of word w: token 32*w + i). The array
+        is reused by the next call."""
         self._raise_if_error()
         words = self._words
         self._m.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         self._raise_if_error()
-        np.invert(words, out=self._inverse)
-        apply_disallowed(logits, self._inverse[None, :], self._n_vocab)
+        return words
 
-    def mask(self):
-        """The allowed next tokens as a bool array over the vocabulary (tests, benchmarks)."""
-        import numpy as np
-
-        words = self._words
-        self._raise_if_error()
-        self._m.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
-        return _unpack(words[None, :])[0, :self._n_vocab].astype(bool)
+    def allowed_tokens(self):
+        """The tokens allowed next, as a bool array over the vocabulary."""
+        return _unpack(self.compute_mask()[None, :])[0, :self._n_vocab].astype(bool)
 
     def commit(self, token: int) -> bool:
         """Advance past a sampled token. False when the grammar does not allow it (the
@@ -209,16 +205,16 @@ def apply_masks(constraints: Sequence[Constraint], logits) -> None:
                                         words.ctypes.data, words.shape[1] * 4, len(constraints))
     for c in constraints:
         c._raise_if_error()
-    np.invert(words, out=words)
-    apply_disallowed(logits, words, n_vocab)
+    mask_logits(logits, words, n_vocab)
 
 
-def apply_disallowed(logits, disallowed_words, n_vocab: int) -> None:
-    """-inf wherever a bit of ``disallowed_words`` (uint32 rows, bit i = token i) is set, and on
-    any logits column past the grammar's vocabulary."""
+def mask_logits(logits, allowed_words, n_vocab: int) -> None:
+    """-inf in ``logits`` (1-D, or 2-D with one row per row of ``allowed_words``) wherever a bit
+    of ``allowed_words`` (uint32 rows, bit i = token i) is clear, and on any column past the
+    grammar's vocabulary."""
     import numpy as np
 
-    bits = _unpack(disallowed_words)[:, :n_vocab].view(np.bool_)
+    bits = _unpack(np.invert(allowed_words))[:, :n_vocab].view(np.bool_)
     rows = logits if logits.ndim == 2 else logits[None, :]
     # copyto with where= is ~5x faster than putmask or boolean indexing on a 49k row.
     np.copyto(rows[:, :n_vocab], -np.inf, where=bits)
@@ -268,3 +264,34 @@ def release_tokenizer(key: Hashable) -> None:
         tok = _TOKENIZERS.pop(key, None)
     if tok is not None:
         tok.close()
+
+
+# --- model-free checks ----------------------------------------------------------------------------
+_BYTES: list = []  # [llguidance's byte-level tokenizer, OrderedDict of compiled matchers]
+_BYTES_LOCK = threading.Lock()
+
+
+def accepts(spec: ConstraintSpec, text: str) -> bool:
+    """Whether the grammar accepts ``text`` as a complete value, byte by byte, with no model
+    vocabulary involved (a model's mask can be stricter: where the grammar forces bytes it
+    allows only the canonical tokens for them)."""
+    import llguidance
+
+    with _BYTES_LOCK:
+        if not _BYTES:
+            _BYTES.extend([llguidance.LLTokenizer("byte"), OrderedDict()])
+        tok, cache = _BYTES
+        pristine = cache.get(spec.key)
+        if pristine is None:
+            pristine = cache[spec.key] = llguidance.LLMatcher(tok, spec.grammar, log_level=0)
+            if len(cache) > _MATCHERS_PER_TOKENIZER:
+                cache.popitem(last=False)
+        matcher = pristine.deep_copy()
+    return (not matcher.is_error() and matcher.consume_tokens(tok.tokenize_str(text))
+            and matcher.is_accepting())
+
+
+def engine_version() -> str:
+    import llguidance
+
+    return llguidance.__version__

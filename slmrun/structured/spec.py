@@ -98,7 +98,8 @@ def _canonical_schema(value: Any) -> str:
             f"a JSON Schema is an object, got {type(value).__name__}",
             hint="Pass a dict, a JSON string of an object, or a pydantic model class.")
     try:
-        return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        # Key order kept: llguidance generates properties in the order the schema lists them.
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidSchemaError(f"the JSON Schema cannot be written as JSON: {exc}") from None
 
@@ -119,7 +120,10 @@ def _json_schema_spec(kind: str, text: str) -> ConstraintSpec:
     if failed:
         detail = one_line(messages[0])
         hint = None
-        if "retrieving it failed" in detail:
+        if "oneOf" in detail:
+            hint = ("Use anyOf if the branches cannot both match, or add \"x-guidance\": {\"coerce_one_of\": true} "
+                    "to the schema to generate as if anyOf (the output is still validated against oneOf).")
+        elif "retrieving it failed" in detail:
             hint = ("slmrun does not fetch schemas over the network: put the referenced schema "
                     "under $defs and point the $ref at it (\"#/$defs/NAME\").")
         raise UnsupportedSchemaError(f"cannot enforce this JSON Schema: {detail}", hint=hint)
