@@ -115,6 +115,18 @@ def score_sequences(model, prompt_tokens: list[int], sequences) -> list[np.ndarr
     return rows_per_sequence
 
 
+_TERMINATORS: dict[int, dict[int, str]] = {}
+
+
+def terminators(model) -> dict[int, str]:
+    """The model's terminator tokens, found once (the engine keeps them with the model)."""
+    key = id(model)
+    if key not in _TERMINATORS:
+        n = model._llama.n_vocab()
+        _TERMINATORS[key] = structured.terminator_tokens(model._piece_bytes(t) for t in range(n))
+    return _TERMINATORS[key]
+
+
 def classify(model, text: str, labels, *, instruction=None, examples=None) -> Classification:
     """Prototype of model.classify over the loop above."""
     labels = structured.check_labels(labels)
@@ -122,7 +134,7 @@ def classify(model, text: str, labels, *, instruction=None, examples=None) -> Cl
     prompt = model.chat_tokens(messages)
     sequences = structured.label_tokens(labels, lambda s: model.tokenize(s, special=False, add_bos=False))
     structured.check_fits(len(prompt), labels, sequences, model.n_ctx)
-    end = eog_tokens(model)
+    ends = structured.end_tokens(labels, eog_tokens(model), terminators(model))
     rows = score_sequences(model, prompt, sequences)
-    logprobs = [structured.sequence_logprob(r, seq, end) for r, seq in zip(rows, sequences)]
+    logprobs = [structured.sequence_logprob(r, seq, end) for r, seq, end in zip(rows, sequences, ends)]
     return structured.label_probabilities(labels, logprobs)

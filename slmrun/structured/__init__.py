@@ -11,8 +11,8 @@
 - ``classify``: the math of ``model.classify`` (label scores by teacher forcing).
 """
 
-from .classify import (Classification, check_fits, check_labels, classify_messages, label_probabilities,
-                       label_tokens, sequence_logprob)
+from .classify import (Classification, check_fits, check_labels, classify_messages, end_tokens,
+                       label_probabilities, label_tokens, sequence_logprob, terminator_tokens)
 from .constraint import (Constraint, GrammarTokenizer, accepts, apply_masks, engine_version, mask_logits,
                          release_tokenizer, tokenizer_for)
 from .output import is_valid, parse_json, validate_value
@@ -20,7 +20,7 @@ from .spec import JSON_LAYOUT, ConstraintSpec, constraint_spec
 
 __all__ = [
     "Classification", "Constraint", "ConstraintSpec", "GrammarTokenizer", "JSON_LAYOUT", "accepts", "apply_masks",
-    "check_fits", "check_labels", "classify_messages", "constraint_spec", "engine_version", "is_valid",
+    "check_fits", "check_labels", "classify_messages", "constraint_spec", "end_tokens", "engine_version", "is_valid",
     "label_probabilities", "label_tokens", "mask_logits", "parse_json", "release_tokenizer", "sequence_logprob",
-    "tokenizer_for", "validate_value",
+    "terminator_tokens", "tokenizer_for", "validate_value",
 ]

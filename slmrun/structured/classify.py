@@ -8,17 +8,25 @@ model's probability of each label given that it answers with one of them.
 Why "and then ends": labels can share a prefix ("positive" / "positively"). Scoring the
 label tokens alone gives P(positive) >= P(positive)·P(ly | positive) = P(positively) for
 every input, so the shorter label would win whenever the two are close, whatever the text.
-Appending the end marker (the end-of-turn token) makes each score the probability of a
-*whole* reply: P(positive, END) against P(positive, ly, END), events that exclude each
-other, so neither is favoured by being a prefix. The end marker is a set (a model may end a
-turn with <|im_end|> or <|endoftext|>): its probability is the sum over the set.
+Appending an end marker makes each score the probability of a *whole* answer:
+P(positive, END) against P(positive, ly, END), events that exclude each other, so neither is
+favoured by being a prefix.
+
+What counts as the end: the end-of-turn tokens, and also a token starting with punctuation or
+a newline ("positive." and "New York\n..." are that answer too: a 135M model rarely ends its
+turn right after the label, and P(END) would otherwise mostly measure that habit). A
+terminator character that continues a longer label is left out of that label's end set
+("v1" / "v1.2": "." does not end "v1"), which keeps the answers exclusive. The end's
+probability is the sum over its set. Labels are scored exactly as written: "Positive" and
+"positive" are different answers.
 
 No length normalisation: dividing by the token count would stop the scores being
 probabilities, and the end marker already removes the bias length normalisation works around.
 
 The engine's part (``score``): decode the prompt, then each label's tokens after it, keeping
 the logits row before every label token and after the last one (len(tokens) + 1 rows per
-label, the first row shared by all labels).
+label, the first row shared by all labels), and once per model find the terminator tokens
+(``terminator_tokens`` over the vocabulary's pieces).
 """
 
 from __future__ import annotations
@@ -89,6 +97,31 @@ def check_fits(prompt_tokens: int, labels: Sequence[str], sequences: Sequence[Se
                 f"the label {shown!r} is {len(tokens)} tokens: after the {prompt_tokens}-token prompt it needs "
                 f"{need} positions but the context holds {n_ctx}",
                 hint="Use shorter labels or text, or load the model with a larger context (--ctx).")
+
+
+# Characters that end an answer when a token starts with them (see the module docstring).
+TERMINATORS = "\n\r.,;:!?"
+
+
+def terminator_tokens(pieces) -> dict[int, str]:
+    """Token id -> first character, for the tokens whose text starts with a terminator;
+    ``pieces`` is each token's bytes, in id order. Once per model."""
+    out = {}
+    for token, piece in enumerate(pieces):
+        first = piece[:1].decode("latin-1") if piece else ""
+        if first and first in TERMINATORS:
+            out[token] = first
+    return out
+
+
+def end_tokens(labels: Sequence[str], eog_tokens: Sequence[int], terminators: Mapping[int, str]) -> list[list[int]]:
+    """For each label, the tokens that end an answer right after it: the end-of-generation
+    tokens and the terminators, less those whose first character continues a longer label."""
+    out = []
+    for label in labels:
+        continuing = {other[len(label)] for other in labels if len(other) > len(label) and other.startswith(label)}
+        out.append(list(eog_tokens) + [t for t, first in terminators.items() if first not in continuing])
+    return out
 
 
 def sequence_logprob(rows, tokens: Sequence[int], end_tokens: Sequence[int]) -> float:

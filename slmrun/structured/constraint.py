@@ -44,10 +44,15 @@ class GrammarTokenizer:
         """From a ``llama_vocab *`` (llama_model_get_vocab). ``eos_tokens``: every token that ends
         generation (llama.cpp's end-of-generation set, e.g. <|im_end|> and <|endoftext|>); the
         mask allows them once the grammar is complete. Default: the vocab's EOS alone."""
+        import warnings
+
         import llguidance.llamacpp
 
-        tok = llguidance.llamacpp.lltokenizer_from_vocab(
-            vocab_ptr, eos_token=list(eos_tokens) if eos_tokens else None)
+        with warnings.catch_warnings():
+            # It reads each token's attributes with a call llama-cpp-python 0.3.36 marks deprecated.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tok = llguidance.llamacpp.lltokenizer_from_vocab(
+                vocab_ptr, eos_token=list(eos_tokens) if eos_tokens else None)
         return cls(tok, n_vocab=tok.vocab_size)
 
     @property

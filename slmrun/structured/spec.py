@@ -24,7 +24,7 @@ from ..errors import (InvalidArgumentError, InvalidGrammarError, InvalidSchemaEr
 # Tried on SmolLM2-135M with "Alice is 31 and lives in Paris.": free whitespace gave a
 # pretty-printed object (25 tokens), compact ","/":" gave the wrong age (23), this gave
 # {"name": "Alice", "age": 31, "city": "Paris"} in 19 tokens, 9 of them forced.
-# A schema's own "x-guidance" options override these.
+# A schema's own "x-guidance" layout options replace these.
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 _MESSAGE_LIMIT = 300
@@ -113,9 +113,12 @@ def _json_schema_spec(kind: str, text: str) -> ConstraintSpec:
     _check_metaschema(schema)
     import llguidance
 
-    with_layout = json.loads(text)
-    # x-guidance in the schema wins over our layout (llguidance applies defaults first).
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(with_layout, defaults=JSON_LAYOUT)
+    # A schema that sets any layout option of its own in "x-guidance" gets none of ours
+    # (merged, our separators would still be required around its flexible whitespace).
+    own = schema.get("x-guidance")
+    own_layout = isinstance(own, dict) and any(k in own for k in (*JSON_LAYOUT, "whitespace_pattern"))
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(json.loads(text),
+                                                            defaults=None if own_layout else JSON_LAYOUT)
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
         detail = one_line(messages[0])
