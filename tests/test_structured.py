@@ -335,6 +335,8 @@ def test_labels_that_tokenize_the_same_are_refused():
 
 def test_a_label_longer_than_the_context():
     S.check_fits(10, ["ok", "fine"], [(1,), (2, 3)], n_ctx=12)
+    with pytest.raises(ContextOverflowError, match="the classification prompt is 12 tokens but the context holds 12"):
+        S.check_fits(12, ["ok", "fine"], [(1,), (2,)], n_ctx=12)
     with pytest.raises(ContextOverflowError, match=r"the label 'xxxxxxxxxx.*\.\.\.' is 5 tokens: after the "
                                                    r"10-token prompt it needs 15 positions but the context holds 12"):
         S.check_fits(10, ["ok", "x" * 60], [(1,), (1, 2, 3, 4, 5)], n_ctx=12)

@@ -89,12 +89,16 @@ def label_tokens(labels: Sequence[str], tokenize: Callable[[str], list[int]]) ->
 
 def check_fits(prompt_tokens: int, labels: Sequence[str], sequences: Sequence[Sequence[int]], n_ctx: int) -> None:
     """Scoring a label decodes its tokens after the prompt: prompt + label must fit the context."""
+    if prompt_tokens >= n_ctx:
+        raise ContextOverflowError(
+            f"the classification prompt is {prompt_tokens} tokens but the context holds {n_ctx}",
+            hint="Shorten the text, the instruction or the examples, or load the model with a larger context (--ctx).")
     for label, tokens in zip(labels, sequences):
         need = prompt_tokens + len(tokens)
         if need > n_ctx:
             shown = label if len(label) <= 40 else label[:37] + "..."
             raise ContextOverflowError(
-                f"the label {shown!r} is {len(tokens)} tokens: after the {prompt_tokens}-token prompt it needs "
+                f"the label {shown!r} is {len(tokens)} token{'s' if len(tokens) > 1 else ''}: after the {prompt_tokens}-token prompt it needs "
                 f"{need} positions but the context holds {n_ctx}",
                 hint="Use shorter labels or text, or load the model with a larger context (--ctx).")
 
