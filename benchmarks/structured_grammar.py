@@ -53,7 +53,7 @@ def instance_text(data) -> str:
                       separators=(JSON_LAYOUT["item_separator"], JSON_LAYOUT["key_separator"]))
 
 
-def check_instance(tokenizer, spec, text: str, row, compute_us: list, apply_us: list):
+def check_instance(tokenizer, spec, text: str, row, compute_us: list, apply_us: list, step_us: list):
     """(accepted, why-not) for one instance, feeding its tokens through a fresh Constraint."""
     import numpy as np
 
@@ -80,12 +80,14 @@ def check_instance(tokenizer, spec, text: str, row, compute_us: list, apply_us: 
             return False, f"token {i} {tokenizer.decode([token])!r} not allowed after {done[-40:]!r}"
         if not c.commit(token):
             return False, f"commit failed at token {i}: {c.error}"
+        c.forced_tokens()  # what a generating loop asks after each commit
+        step_us.append((time.perf_counter() - t2) * 1e6)
     if not c.is_accepting():
         return False, "incomplete at the end"
     return True, ""
 
 
-def run_file(path: Path, tokenizer, row, compute_us, apply_us) -> dict:
+def run_file(path: Path, tokenizer, row, compute_us, apply_us, step_us) -> dict:
     from slmrun.errors import InvalidSchemaError, UnsupportedSchemaError
     from slmrun.structured import accepts, constraint_spec, is_valid
 
@@ -108,7 +110,7 @@ def run_file(path: Path, tokenizer, row, compute_us, apply_us) -> dict:
     result["spec_s"], result["compile_s"] = t1 - t0, t2 - t0
     for i, test in enumerate(case["tests"]):
         text = instance_text(test["data"])
-        accepted, why = check_instance(tokenizer, spec, text, row, compute_us, apply_us)
+        accepted, why = check_instance(tokenizer, spec, text, row, compute_us, apply_us, step_us)
         by_bytes = accepts(spec, text)
         if test["valid"]:
             result["valid_ok" if accepted else "valid_bad"] += 1
@@ -136,7 +138,8 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def report(results: list[dict], compute_us: list, apply_us: list, *, model: str, seconds: float) -> str:
+def report(results: list[dict], compute_us: list, apply_us: list, step_us: list, *, model: str,
+           seconds: float) -> str:
     from slmrun.structured import engine_version
 
     splits = sorted({r["split"] for r in results})
@@ -202,7 +205,8 @@ def report(results: list[dict], compute_us: list, apply_us: list, *, model: str,
         f"- Mask per token over {len(total_us):,} tokens: computing it (llguidance) p50 {pct(compute_us, 50):.0f} µs, "
         f"p99 {pct(compute_us, 99):.0f} µs; applying it to a float32 logits row p50 {pct(apply_us, 50):.0f} µs, "
         f"p99 {pct(apply_us, 99):.0f} µs; together p50 {pct(total_us, 50):.0f} µs, p99 {pct(total_us, 99):.0f} µs, "
-        f"mean {statistics.fmean(total_us):.0f} µs.",
+        f"mean {statistics.fmean(total_us):.0f} µs. Committing the token and asking for forced tokens "
+        f"(`commit` + `forced_tokens`) adds p50 {pct(step_us, 50):.0f} µs, p99 {pct(step_us, 99):.0f} µs.",
         "- Slowest compiles: " + ", ".join(f"{r['file']} {r['compile_s'] * 1e3:.0f} ms" for r in slow) + ".",
         "",
         "## Refusals",
@@ -318,14 +322,14 @@ def main() -> None:
         # The first matcher on a vocabulary does one-time set-up: not a schema's compile time.
         from slmrun.structured import constraint_spec
         tokenizer.constraint(constraint_spec(json_object=True)).compute_mask()
-        compute_us, apply_us, results = [], [], []
+        compute_us, apply_us, step_us, results = [], [], [], []
         for i, path in enumerate(files):
-            r = run_file(path, tokenizer, row, compute_us, apply_us)
+            r = run_file(path, tokenizer, row, compute_us, apply_us, step_us)
             results.append(r)
             print(f"[{i + 1}/{len(files)}] {path.name}: {r['status']}"
                   + ("" if r.get("passed", True) else " (mismatch)"), file=sys.stderr)
         tokenizer.close()
-    text = report(results, compute_us, apply_us, model=model.name, seconds=time.perf_counter() - t_start)
+    text = report(results, compute_us, apply_us, step_us, model=model.name, seconds=time.perf_counter() - t_start)
     text = text.replace(ANALYSIS_START + ANALYSIS_END, kept_analysis(args.out))
     args.out.write_text(text)
     print(text)

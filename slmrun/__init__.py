@@ -24,6 +24,8 @@ _EXPORTS = {
     "InvalidModelFileError": "slmrun.errors", "ContextOverflowError": "slmrun.errors",
     "DownloadError": "slmrun.errors", "ChecksumMismatchError": "slmrun.errors",
     "InsufficientMemoryError": "slmrun.errors", "InvalidArgumentError": "slmrun.errors",
+    "InvalidSchemaError": "slmrun.errors", "InvalidGrammarError": "slmrun.errors",
+    "UnsupportedSchemaError": "slmrun.errors", "StructuredOutputError": "slmrun.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -211,6 +211,17 @@ def test_a_batch_of_masks_equals_the_masks_one_by_one(tiny):
     assert len({tuple(np.isfinite(r)) for r in batch}) > 1
 
 
+def test_a_batch_of_masks_checks_its_shapes(tiny):
+    model, tok = tiny
+    spec = S.constraint_spec(json_object=True)
+    pair = [tok.constraint(spec), tok.constraint(spec)]
+    S.apply_masks([], np.zeros((0, tok.n_vocab), dtype=np.float32))  # nothing to do
+    with pytest.raises(InvalidArgumentError, match=r"logits of shape \(3, \d+\) for 2 constraints"):
+        S.apply_masks(pair, np.zeros((3, tok.n_vocab), dtype=np.float32))
+    with pytest.raises(InvalidArgumentError, match="from the same model as the logits"):
+        S.apply_masks(pair, np.zeros((2, tok.n_vocab - 1), dtype=np.float32))
+
+
 def test_a_disallowed_token_puts_the_constraint_in_error(tiny):
     model, tok = tiny
     c = tok.constraint(S.constraint_spec(json_schema=PERSON))
@@ -395,6 +406,8 @@ def test_label_probabilities_normalise_over_the_labels():
     assert S.label_probabilities(["x", "y"], [-1.0, -1.0]).label == "x"  # a tie: the first listed
     with pytest.raises(InvalidArgumentError, match="every label has probability zero"):
         S.label_probabilities(["x", "y"], [-math.inf, -math.inf])
+    with pytest.raises(InvalidArgumentError, match="2 labels but 1 scores"):
+        S.label_probabilities(["x", "y"], [-1.0])
 
 
 def test_the_classification_prompt():
