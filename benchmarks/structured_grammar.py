@@ -319,9 +319,10 @@ def main() -> None:
     t_start = time.perf_counter()
     with slmrun.load(args.model, n_ctx=256) as model:
         # Until the engine exposes the model's grammar tokenizer: its end-of-generation tokens, as the runtime knows them.
-        n_vocab = model._llama.n_vocab()
-        eog = [t for t in range(n_vocab) if model._is_eog(model._vocab, t)]
-        tokenizer = GrammarTokenizer.from_llama_vocab(model._vocab, eos_tokens=eog)
+        h = model._h
+        n_vocab = model.n_vocab
+        eog = [t for t in range(n_vocab) if h.is_eog(t)]
+        tokenizer = GrammarTokenizer.from_llama_vocab(h.vocab, eos_tokens=eog)
         row = np.zeros(n_vocab, dtype=np.float32)
         # The first matcher on a vocabulary does one-time set-up: not a schema's compile time.
         from slmrun.structured import constraint_spec

@@ -22,6 +22,9 @@ QUALITY_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_K_S
                  "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
 
 
+MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
+
+
 @dataclass(frozen=True)
 class Resolved:
     path: Path
@@ -126,16 +129,22 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          n_threads_batch: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
          flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
-         verbose: bool | None = None, force: bool = False):
+         verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
+         max_queue: int | None = None, chat_format: str | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
-    Refuses (InsufficientMemoryError) when the planner's estimate exceeds what this
-    machine has available, unless ``force=True``.
+    ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
+    (default: as many slots as the planner says fit, up to 4), the rest wait in a queue
+    of at most ``max_queue`` (default: no limit). Refuses (InsufficientMemoryError) when
+    the planner's estimate exceeds what this machine has available, unless ``force=True``.
+    ``chat_format`` names a prompt format (prompt_formats.names(), or "none") to chat
+    with instead of the model's own; ``model.chat_format`` says what is used and why.
     """
     from .runtime import LoadOptions, Model
 
     resolved = resolve(ref if ref is not None else config.default_model())
     info = inspect_file(resolved)
+    choice = chat_format_for(resolved, info, chat_format)
     cores = os.cpu_count() or 1
     for key, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
         if value is not None and not 1 <= value <= cores:
@@ -145,26 +154,51 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
+    for key, value, top in (("n_parallel", n_parallel, MAX_PARALLEL), ("max_queue", max_queue, None)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (key == "n_parallel")
+                                  or (top is not None and value > top)):
+            raise InvalidArgumentError(f"{key}={value!r} is out of range",
+                                       hint=f"Use an integer from {int(key == 'n_parallel')}"
+                                            + (f" to {top}." if top else " up."))
     from .hardware import detect
-    from .planner import effective_flash_attn
+    from .planner import choose_parallel, effective_flash_attn, spec_from_gguf
 
     fa = effective_flash_attn(flash_attn, type_v)
     hw = detect()
     trained = info.context_length or 2048
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads(hw)
+    batch = min(n_batch, ctx)
+    if n_parallel is None:
+        n_parallel = choose_parallel(spec_from_gguf(info), weights_bytes=info.size, n_ctx=ctx, hw=hw,
+                                     n_batch=batch, type_k=type_k or "f16", type_v=type_v or "f16",
+                                     flash_attn=fa).n_parallel
     options = LoadOptions(
         n_ctx=ctx, n_threads=threads, n_threads_batch=n_threads_batch or threads,
-        n_batch=min(n_batch, ctx), n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
+        n_batch=batch, n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
-        seed=seed, verbose=config.debug() if verbose is None else verbose)
+        seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
+        max_queue=max_queue)
     if not force:
         check_memory(info, options, name=resolved.name, hw=hw)
-    entry = resolved.entry
-    fmt = entry.prompt_format if entry is not None else None
-    return Model(resolved.path, options, prompt_format=fmt, chat_template=info.chat_template,
-                 name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
-                 info=info)
+    template = None
+    if choice.template:
+        from .template_sandbox import ChatTemplate, sandbox
+        template = ChatTemplate(choice.template, origin=resolved.path.name, n_ctx=ctx)
+        sandbox().start()  # the renderer starts while llama.cpp loads the weights
+    model = Model(resolved.path, options, prompt_format=choice.fmt, chat_template=template,
+                  name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
+                  info=info)
+    model.chat_format = choice
+    return model
+
+
+def chat_format_for(resolved: Resolved, info, override: str | None = None):
+    """What the model chats with (prompt_formats.choose_chat_format) and why."""
+    from .prompt_formats import choose_chat_format
+
+    meta = store.read_sidecar(resolved.stored.path) if resolved.stored is not None else {}
+    return choose_chat_format(info, resolved.entry, meta, override)
 
 
 def check_memory(info, options, *, name: str, hw) -> None:
@@ -174,14 +208,16 @@ def check_memory(info, options, *, name: str, hw) -> None:
 
     need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",
-                           type_v=options.type_v or "f16", flash_attn=options.flash_attn).total
+                           type_v=options.type_v or "f16", flash_attn=options.flash_attn,
+                           n_parallel=options.n_parallel).total
     budget = budget_bytes(hw)
     if need > budget:
+        slots = f" x {options.n_parallel} parallel slots" if options.n_parallel > 1 else ""
         raise InsufficientMemoryError(
-            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens; "
+            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens{slots}; "
             f"this machine has {format_bytes(budget)} available after a safety reserve",
-            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx, "
-                 "or --force to load anyway.")
+            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx"
+                 + (", fewer slots (n_parallel)" if options.n_parallel > 1 else "") + ", or --force to load anyway.")
 
 
 def list_models() -> list[store.StoredModel]:
@@ -220,12 +256,20 @@ def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.Store
                              source=source, extra=extra)
 
 
-def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False) -> store.StoredModel:
-    """Validate a local GGUF and copy (or hard-link/symlink) it into the store."""
+def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False,
+                 prompt_format: str | None = None) -> store.StoredModel:
+    """Validate a local GGUF and copy (or hard-link/symlink) it into the store.
+
+    ``prompt_format`` names the format to chat with (recorded in the store; it wins
+    over the file's own template and over inference), or "none" for plain completion.
+    """
     import shutil
 
     from .gguf_info import read_info
+    from .prompt_formats import NONE, get_format
 
+    if prompt_format is not None:  # a bad name fails before anything is copied
+        prompt_format = NONE if prompt_format.strip().lower() == NONE else get_format(prompt_format).name
     src = Path(path).expanduser()
     info = read_info(src)  # raises for missing, non-GGUF or corrupt files
     model_name = store.check_store_name(name or src.stem.split(".")[0])
@@ -244,7 +288,8 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
             digest = store.sha256_file(tmp)
         return store.install(tmp, name=model_name, filename=filename, quant=quant, sha256=digest,
                              source=f"import:{src.resolve()}",
-                             extra={"architecture": info.architecture, "filename": filename})
+                             extra={"architecture": info.architecture, "filename": filename,
+                                    **({"prompt_format": prompt_format} if prompt_format else {})})
 
 
 def remove(ref: str) -> list[store.StoredModel]:
@@ -278,8 +323,10 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  context_length=entry.context_length)
         here = {m.quant for m in store.find(entry.name)}
         d["quants"] = {q: q in here for q in entry.quants}
-        d["prompt_format"] = "the GGUF's chat template" if entry.has_chat_template else (
-            repr(entry.prompt_format.user + entry.prompt_format.generation) if entry.prompt_format else "none")
+        if resolved is None:  # not downloaded: what the registry says
+            from .prompt_formats import choose_chat_format
+            d["prompt_format"] = ("the GGUF's chat template" if entry.has_chat_template
+                                  else choose_chat_format(None, entry, {}, None).describe())
     if resolved is not None:
         info = inspect_file(resolved)
         d.update(name=resolved.name, architecture=info.architecture, parameters=_params(info.n_params),
@@ -287,8 +334,8 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  license=d.get("license") or info.license or "unknown",
                  embedding_length=info.embedding_length, block_count=info.block_count,
                  head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size,
-                 chat_template=info.chat_template or "none (uses the registry's prompt format)",
-                 file=str(resolved.path), file_size=info.size)
+                 prompt_format=chat_format_for(resolved, info).describe(),
+                 chat_template=info.chat_template or "none", file=str(resolved.path), file_size=info.size)
         if resolved.stored is not None:
             d["source"] = resolved.stored.source
             d["sha256"] = resolved.stored.sha256

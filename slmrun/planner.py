@@ -157,11 +157,19 @@ def has_fast_kernel(quant: str, simd: Iterable[str]) -> bool:
     return any(ttype in FAST_KERNELS.get(f.lower(), ()) for f in simd)
 
 
-# Bytes per element of each KV cache type (ggml block sizes: q8_0 34 B / 32, q4_0 18 B / 32, ...).
-KV_TYPE_BYTES: dict[str, float] = {
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
-    "q4_1": 20 / 32, "q4_0": 18 / 32,
+@dataclass(frozen=True)
+class KVCacheType:
+    ggml_type: int  # ggml's enum ggml_type value, what llama.cpp's type_k / type_v take
+    bytes_per_element: float  # ggml block size / block length (q8_0: 34 B per 32)
+
+
+# The KV cache types llama.cpp's CPU backend runs (its --cache-type-k/-v list).
+KV_CACHE_TYPES: dict[str, KVCacheType] = {
+    "f32": KVCacheType(0, 4.0), "f16": KVCacheType(1, 2.0), "bf16": KVCacheType(30, 2.0),
+    "q8_0": KVCacheType(8, 34 / 32), "q5_1": KVCacheType(7, 24 / 32), "q5_0": KVCacheType(6, 22 / 32),
+    "q4_1": KVCacheType(3, 20 / 32), "q4_0": KVCacheType(2, 18 / 32),
 }
+KV_TYPE_BYTES: dict[str, float] = {name: t.bytes_per_element for name, t in KV_CACHE_TYPES.items()}
 
 # ---------------------------------------------------------------------------------------
 # Model shape
@@ -222,6 +230,7 @@ def spec_from_gguf(info) -> ModelSpec:
 FIXED_OVERHEAD = 3 * MiB + 150 * KiB  # runtime: OpenMP threads, graph metadata, code pages
 VOCAB_BYTES_PER_TOKEN = 310  # tokenizer tables, output logits row, sampler candidate arrays
 KV_CELL_BYTES = 200  # per context cell: llama.cpp's cell metadata (positions, sequence sets)
+SEQ_VOCAB_BYTES = 16  # per extra parallel sequence and vocab entry: its logits row and candidates
 COMPUTE_FLOATS_FFN = 3  # live n_ff-wide float rows per micro-batch token
 COMPUTE_FLOATS_EMBD = 5  # live n_embd-wide float rows per micro-batch token
 
@@ -288,13 +297,18 @@ def effective_flash_attn(requested: bool | None, type_v: str | None) -> bool:
 
 def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch: int = 512,
                     n_ubatch: int = 512, type_k: str = "f16", type_v: str | None = "f16",
-                    flash_attn: bool = True) -> MemoryEstimate:
-    """Resident memory a model needs at `n_ctx` (bytes), split as the module docstring explains."""
+                    flash_attn: bool = True, n_parallel: int = 1) -> MemoryEstimate:
+    """Resident memory a model needs at `n_ctx` per sequence for `n_parallel` sequences (bytes),
+    split as the module docstring explains. The sequences share one unified KV cache of
+    n_ctx x n_parallel cells, which the attention mask spans too; each extra sequence also
+    keeps a logits row and a sampler's candidate array (n_vocab x 16 B)."""
     if n_ctx < 1:
         raise InvalidArgumentError(f"n_ctx must be >= 1, got {n_ctx}")
+    if n_parallel < 1:
+        raise InvalidArgumentError(f"n_parallel must be >= 1, got {n_parallel}")
     ub = max(1, min(n_ubatch, n_batch, n_ctx))
-    kv = kv_cache_bytes(spec, n_ctx, type_k, type_v)
-    n_ctx = padded_context(n_ctx)  # the cells llama.cpp really has
+    kv = kv_cache_bytes(spec, n_ctx * n_parallel, type_k, type_v)
+    n_ctx = padded_context(n_ctx * n_parallel)  # the cells llama.cpp really has
     if spec.architecture in UNGATED_FFN_ARCHS:
         per_token = 2 * spec.feed_forward_length + spec.embedding_length // 2
     else:
@@ -306,7 +320,8 @@ def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch:
         compute += 2 * ub * n_ctx
     else:  # and the KQ scores are materialised: n_head x n_ubatch x n_ctx floats
         compute += 4 * ub * n_ctx + 4 * spec.head_count * ub * n_ctx
-    overhead = FIXED_OVERHEAD + VOCAB_BYTES_PER_TOKEN * spec.vocab_size + KV_CELL_BYTES * n_ctx
+    overhead = (FIXED_OVERHEAD + VOCAB_BYTES_PER_TOKEN * spec.vocab_size + KV_CELL_BYTES * n_ctx
+                + SEQ_VOCAB_BYTES * spec.vocab_size * (n_parallel - 1))
     weights = int(weights_bytes)
     return MemoryEstimate(weights=weights, kv_cache=kv, compute=compute, overhead=overhead,
                           total=weights + kv + compute + overhead)
@@ -442,6 +457,52 @@ def default_context(spec: ModelSpec) -> int:
     return min(spec.context_length or 2048, config.max_auto_ctx())
 
 
+MAX_AUTO_PARALLEL = 4  # llama-server's automatic slot count; past it a CPU gains little
+
+
+@dataclass(frozen=True)
+class ParallelChoice:
+    n_parallel: int
+    estimated_bytes: int  # memory with that many slots
+    reason: str
+
+
+def choose_parallel(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, hw, n_batch: int = 512,
+                    type_k: str = "f16", type_v: str | None = "f16", flash_attn: bool = True,
+                    reserve_bytes: int | None = None, upper: int = MAX_AUTO_PARALLEL) -> ParallelChoice:
+    """How many requests to decode together (slots) on `hw`: as many as fit, up to `upper`.
+
+    Every slot adds n_ctx cells of KV cache. Extra slots may use at most half of the
+    memory left after one slot, so a machine that only just holds the model keeps its
+    margin for everything else (a 2 GB Pi with a 1B model gets one slot; a laptop with a
+    small model gets four). Batching pays on every CPU: decoding is memory-bound, and a
+    batch of 4 tokens reads the weights once, as one token does.
+    """
+    budget = budget_bytes(hw, reserve_bytes)
+
+    def need(n: int) -> int:
+        b = min(n_batch, n_ctx)
+        return estimate_memory(spec, weights_bytes=weights_bytes, n_ctx=n_ctx, n_batch=b, n_ubatch=b,
+                               type_k=type_k, type_v=type_v, flash_attn=flash_attn, n_parallel=n).total
+
+    one = need(1)
+    spare = max(0, budget - one) // 2
+    n = 1
+    while n < upper and need(n + 1) - one <= spare:
+        n += 1
+    per_slot = kv_cache_bytes(spec, n_ctx, type_k, type_v)
+    if n == upper:
+        reason = (f"{n} parallel slots (the most slmrun sets by itself), each a {n_ctx}-token context "
+                  f"with {format_bytes(per_slot)} of KV cache: {format_bytes(need(n))} in all")
+    elif n == 1:
+        reason = (f"1 slot: a second {n_ctx}-token context ({format_bytes(per_slot)} of KV cache) would use more "
+                  f"than half of the {format_bytes(max(0, budget - one))} left over; requests queue")
+    else:
+        reason = (f"{n} parallel slots of {n_ctx} tokens ({format_bytes(per_slot)} of KV cache each): more "
+                  f"would use over half of the memory left after the model")
+    return ParallelChoice(n, need(n), reason)
+
+
 @dataclass(frozen=True)
 class QuantOption:
     quant: str
@@ -481,6 +542,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
     bandwidth_gbs: float | None = None
+    n_parallel: int = 1  # requests decoded together (slots), each with n_ctx tokens
+    parallel_bytes: int | None = None  # memory with all n_parallel slots
 
     @property
     def option(self) -> QuantOption:
@@ -489,7 +552,8 @@ class Plan:
     def load_kwargs(self) -> dict:
         """Keyword arguments for ``slmrun.load`` that apply this plan."""
         return dict(n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
-                    flash_attn=self.flash_attn, type_k=self.type_k, type_v=self.type_v)
+                    flash_attn=self.flash_attn, type_k=self.type_k, type_v=self.type_v,
+                    n_parallel=self.n_parallel)
 
     def to_dict(self) -> dict:
         return {
@@ -499,7 +563,8 @@ class Plan:
             "options": [o.to_dict() for o in self.options], "warnings": list(self.warnings),
             "n_threads": self.n_threads, "n_ctx": self.n_ctx, "type_k": self.type_k, "type_v": self.type_v,
             "n_batch": self.n_batch, "flash_attn": self.flash_attn, "min_speed": self.min_speed,
-            "bandwidth_gbs": self.bandwidth_gbs,
+            "bandwidth_gbs": self.bandwidth_gbs, "n_parallel": self.n_parallel,
+            "parallel_bytes": self.parallel_bytes,
             "memory": self.memory.to_dict() if self.memory else None,
         }
 
@@ -626,7 +691,7 @@ def _capital(text: str) -> str:
 
 def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: str | None = None,
          force: bool = False, reserve_bytes: int | None = None, type_k: str = "f16", type_v: str | None = None,
-         flash_attn: bool | None = None, n_batch: int = 512) -> Plan:
+         flash_attn: bool | None = None, n_batch: int = 512, n_parallel: int | None = None) -> Plan:
     """Choose how to run `model` (a registry entry, a GGUFInfo, or (ModelSpec, {quant: size})) on `hw`.
 
     Rules: the budget is available memory (cgroup-aware) minus a reserve; among the
@@ -685,11 +750,26 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     why = ("the cgroup's CPU quota" if threads < max(1, hw.performance_cores) else "the performance cores")
     reasons.append(f"{threads} thread{'s' if threads != 1 else ''}: {why}"
                    + (f" (of {hw.logical_cores} logical)" if hw.logical_cores != threads else ""))
+    # The quant is chosen for one request; the slots for serving several at once come after.
+    if n_parallel is None:
+        slots = choose_parallel(spec, weights_bytes=pick.size, n_ctx=ctx, hw=hw, n_batch=n_batch, type_k=type_k,
+                                type_v=type_v, flash_attn=flash_attn, reserve_bytes=reserve_bytes)
+        n_par, par_bytes = slots.n_parallel, slots.estimated_bytes
+        reasons.append(slots.reason)
+    else:
+        n_par = int(n_parallel)
+        b = min(n_batch, ctx)
+        par_bytes = estimate_memory(spec, weights_bytes=pick.size, n_ctx=ctx, n_batch=b, n_ubatch=b, type_k=type_k,
+                                    type_v=type_v, flash_attn=flash_attn, n_parallel=n_par).total
+        reasons.append(f"{n_par} parallel slot{'s' if n_par != 1 else ''}: asked for (--parallel), "
+                       f"{format_bytes(par_bytes)} in all")
+        if par_bytes > budget and pick.fits:
+            warnings.append(f"{n_par} slots need {format_bytes(par_bytes)}, over the {format_bytes(budget)} budget")
     return Plan(model=name, hardware=hw.name, quant=pick.quant, n_threads=threads, n_ctx=ctx, type_k=type_k,
                 type_v=type_v, n_batch=min(n_batch, ctx), flash_attn=flash_attn,
                 estimated_bytes=pick.estimated_bytes, estimated_tps=pick.estimated_tps, budget_bytes=budget,
                 min_speed=min_speed, reasons=reasons, options=options, warnings=warnings, memory=pick.memory,
-                bandwidth_gbs=bandwidth)
+                bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes)
 
 
 def _override(name, quant, options, by_quant, s: _Setting, force, reasons, warnings) -> QuantOption:

@@ -103,13 +103,20 @@ def test_long_conversation_trims_instead_of_crashing(tiny_llama):
 def test_partial_reply_is_kept_when_the_reader_stops(tiny_llama):
     with slmrun.load(tiny_llama, n_ctx=256, n_threads=1) as m:
         s = ChatSession(m, temperature=0, max_tokens=50)
-        gen = s.send("hello")
-        first = next(gen)
-        gen.close()  # what Ctrl-C does in the CLI
+        response = s.send("hello")
+        first = next(iter(response))
+        response.cancel()  # what Ctrl-C does in the CLI
+        response.wait()
+        assert response.finish_reason == "cancelled"
         assert s.conversation.turns == [{"role": "user", "content": "hello"},
                                         {"role": "assistant", "content": first}]
-        list(s.send("again"))  # and the session goes on
-        assert len(s.conversation.turns) == 4
+        again = s.send("again")  # and the session goes on
+        list(again)
+        assert len(s.conversation.turns) == 4 and s.conversation.turns[3]["content"] == again.text
+        # Per-request stats: the cancelled reply's time is not the next one's (the chat /stats bug).
+        st = again.stats
+        assert st.prompt_s <= st.ttft_s <= st.total_s
+        assert st.prompt_eval_tokens + st.cached_tokens == st.prompt_tokens
 
 
 def test_piped_chat_answers_each_line(tiny_llama):
@@ -178,6 +185,7 @@ def test_ctrl_c_stops_an_answer_and_ctrl_d_leaves(default_model_in_store, tmp_pa
     # The real model: a long answer takes seconds, so the interrupt lands mid-answer.
     child = _spawn("smollm2-135m", tmp_path, "-n", "4000")
     child.sendline("Write a very long story about a dragon.")
+    child.expect(r"dragon\.\r?\n")  # the terminal's echo of the line: it need not have been read yet
     child.expect(r"\w+ \w+ \w+")  # the answer has started streaming
     child.sendintr()
     child.expect(r"\(stopped\)")

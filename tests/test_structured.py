@@ -16,7 +16,7 @@ from slmrun.errors import (ContextOverflowError, InvalidArgumentError, InvalidGr
                            SlmrunError, StructuredOutputError, UnsupportedSchemaError)
 
 import structured_loop as loop
-from tinymodels import WORDS, write_tiny_gguf
+from tinymodels import write_tiny_gguf
 
 DATA = Path(__file__).parent / "data" / "jsonschemabench"
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
@@ -157,7 +157,7 @@ def test_formats_are_validated_too():
 def tiny(tmp_path_factory):
     # The tiny vocabulary plus "▁": SentencePiece writes a space as "▁", and without that token
     # a forced space would come back as its three UTF-8 byte tokens, which do not read as " ".
-    path = write_tiny_gguf(tmp_path_factory.mktemp("tiny-json") / "tiny-json.gguf", words=WORDS + ["▁"], seed=3)
+    path = write_tiny_gguf(tmp_path_factory.mktemp("tiny-json") / "tiny-json.gguf", extra_tokens=(("▁", 1),), seed=3)
     with slmrun.load(path, n_ctx=512, n_threads=1) as model:
         yield model, loop.grammar_tokenizer(model)
         S.release_tokenizer(id(model))
@@ -166,8 +166,8 @@ def tiny(tmp_path_factory):
 def test_the_tokenizer_is_built_once_per_model_and_released(tiny):
     model, tok = tiny
     assert loop.grammar_tokenizer(model) is tok
-    assert tok.n_vocab == model._llama.n_vocab() and set(tok.eos_tokens) == set(loop.eog_tokens(model))
-    other = S.tokenizer_for("another key", model._vocab)
+    assert tok.n_vocab == model.n_vocab and set(tok.eos_tokens) == set(loop.eog_tokens(model))
+    other = S.tokenizer_for("another key", model._h.vocab)
     S.release_tokenizer("another key")
     S.release_tokenizer("another key")  # twice is fine
     assert other.closed
@@ -254,7 +254,7 @@ def test_forced_tokens_fork_and_the_end_state(tiny):
 
 def test_forced_tokens_refuse_once_the_model_is_gone(tiny):
     model, _ = tiny
-    tok = S.GrammarTokenizer.from_llama_vocab(model._vocab)
+    tok = S.GrammarTokenizer.from_llama_vocab(model._h.vocab)
     c = tok.constraint(S.constraint_spec(json_schema=PERSON))
     tok.close()
     with pytest.raises(InvalidArgumentError, match="was closed"):
@@ -424,3 +424,13 @@ def test_the_classification_prompt():
         S.classify_messages("t", ["spam", "ham"], examples=["spam"])
     with pytest.raises(InvalidArgumentError, match="the text to classify is empty"):
         S.classify_messages("  ", ["spam", "ham"])
+
+
+def test_the_engine_hook_takes_llama_cpp_logits_rows_as_ctypes_arrays(tiny):
+    import ctypes
+
+    model, tok = tiny
+    c = tok.constraint(S.constraint_spec(json_schema={"enum": ["yes", "no"]}))
+    row = (ctypes.c_float * tok.n_vocab)()  # what LlamaHandle.logits(i) returns
+    c.apply(row)
+    assert np.array_equal(np.isfinite(np.frombuffer(row, dtype=np.float32)), c.allowed_tokens())

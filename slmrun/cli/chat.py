@@ -12,7 +12,7 @@ import typer
 
 from .. import config
 from . import app
-from .run import format_verbose, load_for_cli
+from .run import FORMAT_HELP, format_verbose, load_for_cli
 
 HELP = """Commands:
   /help                 this help
@@ -43,16 +43,17 @@ class ChatUI:
     # --- one user message -------------------------------------------------------------
     def reply(self, text: str) -> None:
         t0 = time.perf_counter()
-        gen = self.session.send(text)
         out = self.out
+        response = None
         try:
-            while True:
-                out.write(next(gen))
+            response = self.session.send(text)
+            for piece in response:
+                out.write(piece)
                 out.flush()
-        except StopIteration:
-            pass
         except KeyboardInterrupt:
-            gen.close()  # records the partial reply, so the history matches the screen
+            if response is not None:
+                response.cancel()
+                response.wait()  # the history gets the partial reply before the next message
             out.write("\n")
             self.say("(stopped)")
             return
@@ -62,8 +63,8 @@ class ChatUI:
                 self.warned_trim = True
         out.write("\n")
         out.flush()
-        if self.show_stats and self.session.last is not None:
-            self.say(format_verbose(self.session.last.stats, time.perf_counter() - t0))
+        if self.show_stats:
+            self.say(format_verbose(response.stats, time.perf_counter() - t0))
 
     # --- slash commands ---------------------------------------------------------------
     def command(self, line: str) -> bool:
@@ -91,7 +92,7 @@ class ChatUI:
             o = m.options
             self.say(f"model:    {m.name}  ({m.path})\n"
                      f"quant:    {m.info.quant if m.info else '?'}   arch: {m.info.architecture if m.info else '?'}\n"
-                     f"context:  {used} / {m.n_ctx} tokens used   KV cached: {m.n_tokens_cached}\n"
+                     f"context:  {used} / {m.n_ctx} tokens used   KV cached: {max(m.status()['cached_tokens'])}\n"
                      f"threads:  {o.n_threads}   batch: {o.n_batch}   flash attention: {o.flash_attn}   "
                      f"mmap: {o.use_mmap}\n"
                      f"sampling: {json.dumps(s.params)}")
@@ -136,11 +137,18 @@ class ChatUI:
         from ..errors import SlmrunError
         old = self.session.model
         try:
-            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads)
+            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1)
         except SlmrunError as exc:
             self.say(f"Could not set ctx: {exc.message}")
             return
-        new.name, new.prompt_format = old.name, old.prompt_format
+        # Keep the chat format the model was loaded with (a reload by path knows no
+        # registry entry or import record); the template's output bound follows the new context.
+        new.name, new.prompt_format, new.chat_format = old.name, old.prompt_format, getattr(old, "chat_format", None)
+        if old.chat_template:
+            from ..template_sandbox import ChatTemplate
+            new.chat_template = ChatTemplate(old.chat_template, origin=old.path.name, n_ctx=new.n_ctx)
+        else:
+            new.chat_template = None
         old.close()
         self.session.model = new
         self.say(f"Set ctx to {new.n_ctx} tokens.")
@@ -235,16 +243,17 @@ def chat(
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
+    chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force)
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:
-            typer.echo(f"Note: {m.name} has no chat template and the registry gives no prompt format; "
-                       "using plain completion (each message continues the text).", err=True)
+            typer.echo(f"Note: {m.name} has no chat template and no prompt format fits it; using plain "
+                       "completion (each message continues the text). --format NAME chooses a format.", err=True)
         interactive = sys.stdin.isatty()
         ui = ChatUI(session, interactive=interactive, show_stats=verbose)
         if interactive:

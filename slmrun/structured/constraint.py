@@ -124,12 +124,19 @@ class Constraint:
 
     # --- the token loop ---------------------------------------------------------------
     def apply_mask(self, logits) -> None:
-        """Set every token the grammar does not allow next to -inf in ``logits`` (a 1-D float
-        array over the vocabulary, e.g. a numpy view of llama.cpp's logits row), in place."""
+        """Set every token the grammar does not allow next to -inf in ``logits``, in place: a 1-D
+        float32 array over the vocabulary, or llama.cpp's logits row as a ctypes float array
+        (what the engine's ``LlamaHandle.logits(i)`` returns; viewed, not copied)."""
+        import numpy as np
+
+        if not isinstance(logits, np.ndarray):
+            logits = np.frombuffer(logits, dtype=np.float32)
         if logits.ndim != 1 or logits.shape[0] < self._n_vocab:
             raise InvalidArgumentError(
                 f"logits of shape {logits.shape} do not cover the grammar's {self._n_vocab}-token vocabulary")
         mask_logits(logits, self.compute_mask()[None, :], self._n_vocab)
+
+    apply = apply_mask  # the name the engine's Request.constraint hook calls
 
     def compute_mask(self):
         """The tokens allowed next, as uint32 words (bit i of word w: token 32*w + i). The array
