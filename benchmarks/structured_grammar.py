@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -139,7 +140,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def report(results: list[dict], compute_us: list, apply_us: list, step_us: list, *, model: str,
-           seconds: float) -> str:
+           seconds: float, load: tuple) -> str:
     from slmrun.structured import engine_version
 
     splits = sorted({r["split"] for r in results})
@@ -177,7 +178,8 @@ def report(results: list[dict], compute_us: list, apply_us: list, step_us: list,
         f"`benchmarks/structured_grammar.py` on the {totals['schemas']} schemas of `../shared/jsonschemabench/` "
         "(30 from each of nine JSONSchemaBench splits), no generation. llguidance "
         f"{engine_version()}, the vocabulary of {model} (49,152 tokens), Python {platform.python_version()}, "
-        f"{platform.machine()}; whole run {seconds:.0f} s on a shared 2-core machine.",
+        f"{platform.machine()}; whole run {seconds:.0f} s on a shared machine ({os.cpu_count()} cores, load average "
+        f"{load[0]:.1f} at the start, {load[1]:.1f} at the end: the times below move with the other jobs).",
         "",
         "A schema is refused when `constraint_spec()` raises: *invalid* = fails the JSON Schema metaschema "
         "(jsonschema's `check_schema`), *unsupported* = llguidance cannot enforce a feature it uses. "
@@ -317,6 +319,7 @@ def main() -> None:
     if not files:
         sys.exit(f"no JSONSchemaBench files in {args.data}")
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     with slmrun.load(args.model, n_ctx=256) as model:
         # Until the engine exposes the model's grammar tokenizer: its end-of-generation tokens, as the runtime knows them.
         h = model._h
@@ -334,7 +337,8 @@ def main() -> None:
             print(f"[{i + 1}/{len(files)}] {path.name}: {r['status']}"
                   + ("" if r.get("passed", True) else " (mismatch)"), file=sys.stderr)
         tokenizer.close()
-    text = report(results, compute_us, apply_us, step_us, model=model.name, seconds=time.perf_counter() - t_start)
+    text = report(results, compute_us, apply_us, step_us, model=model.name, seconds=time.perf_counter() - t_start,
+                  load=(load_start, os.getloadavg()[0]))
     text = text.replace(ANALYSIS_START + ANALYSIS_END, kept_analysis(args.out))
     args.out.write_text(text)
     print(text)
