@@ -15,7 +15,6 @@ from slmrun import structured as S
 from slmrun.errors import (ContextOverflowError, InvalidArgumentError, InvalidGrammarError, InvalidSchemaError,
                            SlmrunError, StructuredOutputError, UnsupportedSchemaError)
 
-import structured_loop as loop
 from tinymodels import write_tiny_gguf
 
 DATA = Path(__file__).parent / "data" / "jsonschemabench"
@@ -159,14 +158,13 @@ def tiny(tmp_path_factory):
     # a forced space would come back as its three UTF-8 byte tokens, which do not read as " ".
     path = write_tiny_gguf(tmp_path_factory.mktemp("tiny-json") / "tiny-json.gguf", extra_tokens=(("▁", 1),), seed=3)
     with slmrun.load(path, n_ctx=512, n_threads=1) as model:
-        yield model, loop.grammar_tokenizer(model)
-        S.release_tokenizer(id(model))
+        yield model, model._grammar()
 
 
 def test_the_tokenizer_is_built_once_per_model_and_released(tiny):
     model, tok = tiny
-    assert loop.grammar_tokenizer(model) is tok
-    assert tok.n_vocab == model.n_vocab and set(tok.eos_tokens) == set(loop.eog_tokens(model))
+    assert model._grammar() is tok
+    assert tok.n_vocab == model.n_vocab and set(tok.eos_tokens) == set(model._h.eog_tokens)
     other = S.tokenizer_for("another key", model._h.vocab)
     S.release_tokenizer("another key")
     S.release_tokenizer("another key")  # twice is fine
@@ -263,27 +261,25 @@ def test_forced_tokens_refuse_once_the_model_is_gone(tiny):
 
 def test_random_weights_under_a_schema_still_give_valid_json(tiny):
     model, tok = tiny
-    spec = S.constraint_spec(json_schema=SMALL)
     prompt = model.tokenize("the world is", special=False)
     for seed in range(3):
-        out = loop.generate(model, prompt, constraint=tok.constraint(spec), max_tokens=120, temperature=1.0,
-                            seed=seed)
-        value = S.parse_json(out.text, spec, finish_reason=out.finish_reason)
-        assert out.finish_reason == "stop" and set(value) == {"name", "n", "ok", "colour"}
-        assert out.n_forced > 0  # keys, quotes and separators came without sampling
-    free = loop.generate(model, prompt, max_tokens=40, temperature=1.0, seed=0)
+        r = model.generate(prompt, json_schema=SMALL, max_tokens=120, temperature=1.0, seed=seed)
+        pieces = list(r)  # streaming works under a constraint
+        value = r.json()
+        assert "".join(pieces) == r.text and r.finish_reason == "stop" and set(value) == {"name", "n", "ok", "colour"}
+        assert 0 < r.stats.forced_tokens < r.stats.generated_tokens  # keys, quotes, separators: not sampled
+    free = model.generate(prompt, max_tokens=40, temperature=1.0, seed=0)
     with pytest.raises(StructuredOutputError):
-        S.parse_json(free.text, spec, finish_reason=free.finish_reason)
+        S.parse_json(free.text, SMALL, finish_reason=free.finish_reason)
 
 
 def test_a_value_that_cannot_finish_in_max_tokens_is_an_error_not_a_result(tiny):
     model, tok = tiny
-    spec = S.constraint_spec(json_schema={"type": "array", "items": {"type": "integer"}, "minItems": 50})
-    out = loop.generate(model, model.tokenize("the", special=False), constraint=tok.constraint(spec),
-                        max_tokens=20, temperature=1.0)
-    assert out.finish_reason == "length" and len(out.tokens) == 20
+    r = model.generate(model.tokenize("the", special=False), max_tokens=20, temperature=1.0,
+                       json_schema={"type": "array", "items": {"type": "integer"}, "minItems": 50})
+    assert r.finish_reason == "length" and len(r.tokens) == 20
     with pytest.raises(StructuredOutputError, match="stopped at max_tokens before the value was complete"):
-        S.parse_json(out.text, spec, finish_reason=out.finish_reason)
+        r.json()
 
 
 # --- the JSONSchemaBench sample -------------------------------------------------------------------------

@@ -36,7 +36,8 @@ class Request:
     state: ResponseState
     stops: tuple[str, ...] = ()
     strip_leading: bool = False
-    constraint: object | None = None  # per-sequence logits constraint (structured output)
+    constraint: object | None = None  # per-sequence grammar state (slmrun.structured.Constraint)
+    score_from: int | None = None  # scoring, not generating: keep the logits rows from this position on
     t_submit: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
@@ -55,7 +56,7 @@ class _Seq:
     """A request while it holds a slot (engine thread only)."""
 
     __slots__ = ("req", "slot", "pending", "n_past", "n_gen", "limit", "chain", "text", "in_prompt",
-                 "cached", "prompt_s", "t_admit", "t_first", "stopped")
+                 "cached", "prompt_s", "t_admit", "t_first", "stopped", "n_forced")
 
     def __init__(self, req: Request, slot: _Slot, n_keep: int, limit: int, chain, text: TextAssembler):
         self.req, self.slot, self.chain, self.text = req, slot, chain, text
@@ -69,6 +70,7 @@ class _Seq:
         self.t_admit = time.perf_counter()
         self.t_first: float | None = None
         self.stopped = False
+        self.n_forced = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -227,7 +229,9 @@ class Engine:
             tokens = req.tokens
             # The free slot sharing the longest prefix; else the one unused the longest.
             slot = max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
-            n_keep = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)  # the last token gives logits
+            # The last prompt token is always decoded: its logits are the first sample's (or score's).
+            last = len(tokens) - 1 if req.score_from is None else req.score_from - 1
+            n_keep = min(common_prefix(slot.tokens, tokens), last)
             if n_keep < len(slot.tokens) and not h.seq_rm(slot.seq_id, n_keep, -1):
                 h.seq_rm(slot.seq_id, 0, -1)  # a model that cannot cut a sequence (recurrent): start over
                 n_keep = 0
@@ -248,8 +252,12 @@ class Engine:
             self._active.append(seq)
             self.counters["prompt_tokens"] += len(tokens)
             self.counters["prompt_eval_tokens"] += len(tokens) - n_keep
+            if req.score_from is not None:
+                continue
             if limit <= 0:
                 self._end(seq, "length")
+            elif req.constraint is not None:
+                self._fast_forward(seq)  # a schema often fixes the first tokens: no sampling for those
 
     def _step(self) -> None:
         h = self._h
@@ -268,10 +276,18 @@ class Engine:
             n = min(len(seq.pending), budget)
             base, sid = seq.n_past, seq.slot.seq_id
             complete = n == len(seq.pending)
-            for j in range(n):
-                items.append((seq.pending[j], base + j, sid, complete and j == n - 1))
-            if complete:
-                outputs.append((seq, len(items) - 1))
+            score_from = seq.req.score_from
+            if score_from is None:
+                for j in range(n):
+                    items.append((seq.pending[j], base + j, sid, complete and j == n - 1))
+                if complete:
+                    outputs.append((seq, len(items) - 1))
+            else:  # teacher forcing: a logits row at every position that predicts a scored token
+                for j in range(n):
+                    keep = base + j >= score_from - 1
+                    items.append((seq.pending[j], base + j, sid, keep))
+                    if keep:
+                        outputs.append((seq, len(items) - 1))
             taken.append((seq, n))
             budget -= n
         t0 = time.perf_counter()
@@ -291,7 +307,13 @@ class Engine:
             seq.n_past += n
             del seq.pending[:n]
         for seq, index in outputs:
-            self._sample(seq, index)
+            if seq.req.score_from is None:
+                self._sample(seq, index)
+            else:
+                seq.req.state.score_rows.append(_row_copy(h.logits(index)))
+        for seq, _ in taken:
+            if seq.req.score_from is not None and not seq.pending and seq in self._active:
+                self._end(seq, "stop")
 
     def _sample(self, seq: _Seq, index: int) -> None:
         h, req = self._h, seq.req
@@ -307,15 +329,28 @@ class Engine:
             if constraint is not None:
                 constraint.apply(logits)
         token = h.sample(seq.chain, index)
+        if constraint is not None and not constraint.commit(token):
+            self._end(seq, None, error=GenerationError(f"the grammar refused token {token}: {constraint.error}"))
+            return
         if h.is_eog(token):
             self._end(seq, "stop")
             return
-        seq.n_gen += 1
-        req.state.tokens.append(token)
         if want_logprobs:
             if req.state.logprobs is None:
                 req.state.logprobs = []
             req.state.logprobs.append(_logprob_entry(row, logz, token, req.params.top_logprobs))
+        if self._emit(seq, token):
+            return
+        seq.pending.append(token)
+        if constraint is not None:
+            self._fast_forward(seq)
+
+    def _emit(self, seq: _Seq, token: int, *, more: bool = False) -> bool:
+        """A generated token's text to the reader; True when that ended the request. ``more``:
+        further tokens the grammar has already taken follow (its state is past this one)."""
+        req = seq.req
+        seq.n_gen += 1
+        req.state.tokens.append(token)
         piece, stopped = seq.text.feed(token)
         if piece:
             if seq.t_first is None:
@@ -324,10 +359,31 @@ class Engine:
         if stopped:
             seq.stopped = True
             self._end(seq, "stop")
+        elif not more and req.constraint is not None and req.constraint.is_stopped():
+            self._end(seq, "stop")  # the value is complete: nothing but the end can follow
         elif seq.n_gen >= seq.limit:
             self._end(seq, "length")
         else:
-            seq.pending.append(token)
+            return False
+        return True
+
+    def _fast_forward(self, seq: _Seq) -> None:
+        """Append the tokens the grammar forces next, unsampled; they are decoded in one batch."""
+        c = seq.req.constraint
+        forced = c.forced_tokens()[:max(0, seq.limit - seq.n_gen)]
+        if not forced:
+            if c.is_stopped():
+                self._end(seq, "stop")
+            return
+        if not c.commit_tokens(forced):
+            self._end(seq, None, error=GenerationError(f"the grammar refused its own tokens: {c.error}"))
+            return
+        for i, t in enumerate(forced):
+            self._h.sampler_accept(seq.chain, t)  # penalties see them, as if sampled
+            seq.n_forced += 1
+            if self._emit(seq, t, more=i < len(forced) - 1):
+                return
+            seq.pending.append(t)
 
     def _end(self, seq: _Seq, reason: str | None, *, error: BaseException | None = None) -> None:
         h, req, slot = self._h, seq.req, seq.slot
@@ -361,7 +417,13 @@ class Engine:
                      gen_tps=(seq.n_gen - 1) / gen_s if seq.n_gen > 1 and gen_s > 0 else 0.0,
                      ttft_s=first - req.t_submit, prompt_eval_tokens=evaluated, cached_tokens=seq.cached,
                      prompt_s=seq.prompt_s, gen_s=gen_s, total_s=end - req.t_submit,
-                     queue_s=seq.t_admit - req.t_submit, slot=seq.slot.seq_id)
+                     queue_s=seq.t_admit - req.t_submit, slot=seq.slot.seq_id, forced_tokens=seq.n_forced)
+
+
+def _row_copy(logits):
+    import numpy as np
+
+    return np.ctypeslib.as_array(logits).copy()
 
 
 def _logsoftmax_row(logits):

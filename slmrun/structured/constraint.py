@@ -165,7 +165,13 @@ class Constraint:
         max_tokens leaves room for)."""
         if self._tokenizer.closed:  # llguidance would call into the freed llama.cpp vocab
             raise InvalidArgumentError("the model this constraint belongs to was closed")
-        return self._m.compute_ff_tokens()
+        forced = self._m.compute_ff_tokens()
+        if forced:
+            # The forced bytes are tokenized by llama.cpp; where its tokens spell them differently
+            # from what the grammar reads (a vocabulary without "▁", say), keep only the prefix the
+            # grammar takes: committing the rest would put the constraint in its error state for good.
+            forced = forced[:self._m.validate_tokens(forced)]
+        return forced
 
     def rollback(self, n_tokens: int) -> bool:
         return self._m.rollback(n_tokens)
