@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ContextOverflowError, InvalidArgumentError, ModelClosedError
-from .engine import Engine, Request
+from .engine import Engine
+from .slots import Request
 from .llama import ContextSpec, LlamaHandle
 from .params import make_params
 from .response import Response, ResponseState
