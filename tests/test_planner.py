@@ -4,7 +4,7 @@ monotonicity properties, the error and override paths, and the `plan` / `hw` com
 
 The oracle uses the planner's estimates (estimate_memory, estimate_speed: measured
 against real loads in test_memory_estimate.py) and its data (QUANT_FACTS, checked
-against ../shared/reference.md below), but none of its decision code.
+against tests/data/reference.md below), but none of its decision code.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from slmrun.errors import InsufficientMemoryError, UnknownQuantError
 from slmrun.registry import load_registry
 
 MiB, GiB = 1 << 20, 1 << 30
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference.md"
 
 MATRIX_DEVICES = ["rpi4-2gb", "rpi4-4gb", "rpi4-8gb", "rpi5-8gb", "laptop-8gb", "laptop-16gb", "container-1gb"]
 ALL_DEVICES = sorted(set(MATRIX_DEVICES) | set(hardware.PROFILES))
@@ -352,10 +352,8 @@ def test_fast_kernel_breaks_ties_of_equal_quality():
 
 
 def test_quant_facts_match_reference_table():
-    ref = SHARED / "reference.md"
-    if not ref.is_file():
-        pytest.skip("../shared/reference.md not present")
-    rows = re.findall(r"^\| (Q\w+|F16) \| \d+ \| [^|]+ \| \+([0-9.]+) \| ~?([0-9.]+) \|$", ref.read_text(), re.M)
+    table = REFERENCE.read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (Q\w+|F16) \| \d+ \| [^|]+ \| \+([0-9.]+) \| ~?([0-9.]+) \|$", table, re.M)
     assert len(rows) >= 15
     for quant, ppl, bpw in rows:
         fact = planner.QUANT_FACTS[quant]
