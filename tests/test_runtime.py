@@ -1,4 +1,8 @@
-"""The runtime on tiny random-weight models loaded by the real llama.cpp."""
+"""The runtime on tiny random-weight models loaded by the real llama.cpp.
+
+The tiny models' control tokens have zero output rows (tinymodels.py), so greedy
+decoding never picks end-of-text: at temperature 0 a reply is always max_tokens long.
+"""
 
 from __future__ import annotations
 
@@ -27,22 +31,17 @@ def test_load_applies_fast_defaults(tiny_llama):
 def test_complete_returns_text_reason_and_stats(model):
     c = model.complete("the world is", max_tokens=8, temperature=0)
     assert isinstance(c, Completion) and isinstance(c.stats, Stats)
-    assert c.finish_reason in ("stop", "length")
+    assert c.finish_reason == "length"
     s = c.stats
     assert s.prompt_tokens == len(model.tokenize("the world is", special=False))
-    assert 0 < s.generated_tokens <= 8
-    assert s.load_s > 0 and s.ttft_s > 0 and s.prompt_tps > 0
-    if s.generated_tokens > 1:
-        assert s.gen_tps > 0
+    assert s.generated_tokens == 8
+    assert s.load_s > 0 and s.ttft_s > 0 and s.prompt_tps > 0 and s.gen_tps > 0
     assert set(Stats().to_dict()) >= {"prompt_tokens", "generated_tokens", "load_s", "prompt_tps", "gen_tps", "ttft_s"}
 
 
 def test_max_tokens_gives_length(model):
-    # Random weights rarely emit end-of-text; one token is always a length stop unless it is EOS.
     c = model.complete("hello", max_tokens=1, temperature=0)
-    assert c.stats.generated_tokens <= 1
-    if c.stats.generated_tokens == 1:
-        assert c.finish_reason == "length"
+    assert c.stats.generated_tokens == 1 and c.finish_reason == "length"
 
 
 def test_stream_yields_the_same_text_as_complete(model):
@@ -62,8 +61,7 @@ def test_seed_makes_sampling_repeatable(model):
 
 def test_stop_strings_end_the_text(model):
     text = model.complete("the", max_tokens=40, temperature=0).text
-    if len(text) < 4:
-        pytest.skip("the random model stopped too early to test stops")
+    assert len(text) >= 4
     stop = text[2:4]
     cut = model.complete("the", max_tokens=40, temperature=0, stop=[stop])
     assert cut.text == text[:text.find(stop)]
@@ -78,8 +76,8 @@ def test_chat_uses_the_gguf_template(model):
     assert rendered.count("<|im_start|>") == 2 and "hello<|im_end|>" in rendered
     assert tokens.count(m_special := model.tokenize("<|im_start|>", add_bos=False)[0]) == 2 and m_special == 3
     c = model.chat(msgs, max_tokens=4, temperature=0)
-    assert isinstance(c, Completion)
-    assert isinstance("".join(model.chat(msgs, stream=True, max_tokens=4, temperature=0)), str)
+    assert isinstance(c, Completion) and c.stats.generated_tokens == 4
+    assert "".join(model.chat(msgs, stream=True, max_tokens=4, temperature=0)) == c.text
 
 
 def test_chat_without_any_format_is_a_clear_error(tiny_llama_plain):
