@@ -1,4 +1,5 @@
-"""The model registry: models.toml (shipped in the package) plus the user's own files.
+"""The model registry: models.toml (the repository's top level, shipped in the package) plus
+the user's own files.
 
 Parses TOML into frozen dataclasses, validates every field (a bad entry is reported
 with its file and field), and resolves names like ``tinyllama``, ``TinyLlama:Q5_K_M``
@@ -12,6 +13,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from . import config
@@ -23,7 +25,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-BUILTIN_REGISTRY = Path(__file__).with_name("models.toml")
+
+
+def builtin_registry() -> Path:
+    """The shipped models.toml.
+
+    In a wheel it is package data, slmrun/models.toml (setup.py copies it there from the
+    repository's top level). A source checkout or an editable install runs the package
+    from the repository itself, where the file sits beside the package directory.
+    """
+    shipped = resources.files(__package__).joinpath("models.toml")
+    if shipped.is_file():
+        return Path(str(shipped))
+    return Path(__file__).resolve().parent.parent / "models.toml"
+
 
 # A model or alias name: what a user types, and a directory name in the store.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -299,7 +314,7 @@ def _load_cached(paths: tuple[tuple[str, float], ...]) -> Registry:
 
 def load_registry() -> Registry:
     """The built-in registry with the user's files merged over it."""
-    paths = [BUILTIN_REGISTRY]
+    paths = [builtin_registry()]
     for extra in config.registry_files():
         if extra.is_file():
             paths.append(extra)

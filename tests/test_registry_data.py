@@ -1,4 +1,5 @@
-"""The shipped registry (slmrun/models.toml) and the validator in slmrun/registry.py.
+"""The shipped registry (models.toml, at the repository's top level) and the validator in
+slmrun/registry.py.
 
 The first half checks real facts in the data file: the values quoted here come from
 the public sources named in models.toml's comments (reference.md for Phi-2 and the
@@ -24,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODELS_TOML = Path(registry.__file__).with_name("models.toml")
+MODELS_TOML = Path(__file__).resolve().parents[1] / "models.toml"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -51,9 +52,11 @@ def all_files(models):
 
 # --- the shipped data ---------------------------------------------------------
 
-def test_builtin_path_is_the_shipped_file():
-    assert registry.BUILTIN_REGISTRY == MODELS_TOML
-    assert MODELS_TOML.is_file()
+def test_builtin_registry_is_the_top_level_file():
+    """Tests run against the editable install: the package reads the repository's own file
+    (tests/test_packaging.py checks what a wheel carries)."""
+    assert registry.builtin_registry() == MODELS_TOML and MODELS_TOML.is_file()
+    assert not (MODELS_TOML.parent / "slmrun" / "models.toml").exists()  # one file, no copy
 
 
 def test_required_models_are_present(models):
