@@ -91,12 +91,10 @@ def max_auto_ctx() -> int:
 def flash_attn_default() -> bool:
     """Whether load() turns flash attention on when not told (default: on).
 
-    On is what small devices need: no n_head x batch x context score buffer (134 MB for
-    TinyLlama at n_ctx 2048) and a quantized V cache becomes possible. The price, measured
-    here with llama-bench itself (SmolLM2-135M, 2 threads, x86 AVX-512): tg64 102 vs 99 t/s
-    with it on at an empty cache, but 54 vs 81 t/s at 512 cached tokens. With memory to
-    spare and long chats, SLMRUN_FLASH_ATTN=off is faster there; `slmrun bench --sweep -d 512`
-    tells for a given device.
+    On is what small devices need: no n_head x batch x context score buffer and a
+    quantized V cache becomes possible. The price is slower decoding deep into a long
+    context on some CPUs (docs/CALIBRATION.md); with memory to spare and long chats,
+    SLMRUN_FLASH_ATTN=off can be faster; `slmrun bench --sweep -d 512` tells for a device.
     """
     value = FLASH_ATTN.get().strip().lower()
     return value not in ("0", "off", "false", "no")

@@ -301,7 +301,7 @@ def test_measure_bandwidth_small():
 def test_cached_bandwidth(monkeypatch, isolated_home):
     assert hardware.cached_bandwidth(measure_if_missing=False) is None
     calls = []
-    monkeypatch.setattr(hardware, "measure_bandwidth", lambda **kw: calls.append(kw) or 12.5)
+    monkeypatch.setattr(hardware.bandwidth, "measure_bandwidth", lambda **kw: calls.append(kw) or 12.5)
     assert hardware.cached_bandwidth() == 12.5
     assert hardware.cached_bandwidth() == 12.5 and len(calls) == 1  # second time from the cache
     cache = json.loads((isolated_home / "hardware.json").read_text())

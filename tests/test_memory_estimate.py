@@ -6,7 +6,7 @@ and flash attention on, slmrun's defaults), evaluates a prompt of one full micro
 and generates a few tokens, then takes the growth of the process's resident set
 (/proc/self/status VmRSS) over a baseline taken after every import. The mmap'd weights
 count because generation reads every one of them; the measurement is RSS, not the
-compute buffer llama.cpp reserves (see slmrun/planner.py's docstring). The estimate
+compute buffer llama.cpp reserves (see docs/CALIBRATION.md). The estimate
 must be within 10% of the measured growth.
 
 Speed: the default model's measured generation speed against estimate_speed() with this

@@ -451,7 +451,7 @@ def test_pick_for_this_machine_never_measures_the_bandwidth(monkeypatch, isolate
     def measure(**kw):
         raise AssertionError("pick_for_this_machine measured the bandwidth")
     detect, seen = hardware.detect, []
-    monkeypatch.setattr(hardware, "measure_bandwidth", measure)
+    monkeypatch.setattr(hardware.bandwidth, "measure_bandwidth", measure)
     monkeypatch.setattr(hardware, "detect", lambda **kw: seen.append(detect(**kw)) or seen[-1])
     assert planner.pick_for_this_machine(entry("tinyllama")) == oracle_pick(entry("tinyllama"), seen[0])
     assert seen[0].bandwidth_gbs is None and not (isolated_home / "hardware.json").exists()
