@@ -16,11 +16,6 @@ from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFo
                      ModelNotFoundError, ModelNotPulledError)
 from .registry import ModelEntry, load_registry, split_ref
 
-# Best quality first (by perplexity loss; ../shared/reference.md): used to pick
-# among the quants a user has when they name none.
-QUALITY_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_K_S", "Q5_0", "Q4_K_M",
-                 "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
-
 
 @dataclass(frozen=True)
 class Resolved:
@@ -34,10 +29,6 @@ class Resolved:
 def looks_like_path(ref: str) -> bool:
     return ("/" in ref or os.sep in ref or ref.lower().endswith(".gguf") or ref.startswith("~")
             or ref.startswith("."))
-
-
-def _quality_rank(quant: str) -> int:
-    return QUALITY_ORDER.index(quant) if quant in QUALITY_ORDER else len(QUALITY_ORDER)
 
 
 def choose_quant(entry: ModelEntry) -> str:
@@ -56,7 +47,8 @@ def _best_local(entry: ModelEntry, local: list[store.StoredModel]) -> store.Stor
         quant = plan((spec_from_entry(entry), {m.quant: m.size for m in local}), detect(), force=True).quant
         return next(m for m in local if m.quant == quant)
     except Exception:  # planning must never stop a load: then the best quality here
-        return min(local, key=lambda m: _quality_rank(m.quant))
+        from .planner import quality_rank
+        return min(local, key=lambda m: quality_rank(m.quant))
 
 
 def resolve(ref: str) -> Resolved:
@@ -170,7 +162,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
 def check_memory(info, options, *, name: str, hw) -> None:
     """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit on ``hw``."""
     from .errors import InsufficientMemoryError
-    from .planner import budget_bytes, estimate_memory, format_bytes, spec_from_gguf
+    from .planner import budget_bytes, estimate_memory, spec_from_gguf
+    from .units import format_bytes
 
     need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",

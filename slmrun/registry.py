@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from . import config
 from .errors import ModelNotFoundError, RegistryError, UnknownQuantError
 from .shape import ModelShape
+from .store import MODEL_NAME_RULE, is_model_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,8 +41,6 @@ def builtin_registry() -> Path:
     return Path(__file__).resolve().parent.parent / "models.toml"
 
 
-# A model or alias name: what a user types, and a directory name in the store.
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _QUANT_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -241,12 +240,12 @@ def parse_entry(name: str, raw: dict, origin: str) -> ModelEntry:
     where = f"{origin}: [models.{name}]"
     if not isinstance(raw, dict):
         raise RegistryError(f"{where}: must be a table")
-    if not _NAME_RE.match(name):
-        raise RegistryError(f"{where}: the name must be lower-case letters, digits, '.', '_' or '-'")
+    if not is_model_name(name):
+        raise RegistryError(f"{where}: the name must be {MODEL_NAME_RULE}")
     aliases = _need(raw, "aliases", list, where, required=False) or []
     for alias in aliases:
-        if not isinstance(alias, str) or not _NAME_RE.match(alias):
-            raise RegistryError(f"{where}: alias {alias!r} must be lower-case letters, digits, '.', '_' or '-'")
+        if not is_model_name(alias):
+            raise RegistryError(f"{where}: alias {alias!r} must be {MODEL_NAME_RULE}")
     raw_files = _need(raw, "files", list, where)
     if not raw_files:
         raise RegistryError(f"{where}: field 'files' must list at least one file")

@@ -11,15 +11,15 @@ from .errors import InvalidArgumentError
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 
-def format_bytes(n: int | float | None) -> str:
-    """1.5 GiB, 812 MiB, 93.8 MiB, 512 B; "?" for an unknown size."""
+def format_bytes(n: int | float | None, *, unknown: str = "?") -> str:
+    """1.5 GiB, 812 MiB, 93.8 MiB, 512 B; `unknown` for a size nobody knows (None)."""
     if n is None:
-        return "?"
+        return unknown
     n = float(n)
     for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if abs(n) >= scale:
             value = n / scale
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+            return f"{value:.1f} {unit}" if round(value, 1) < 100 else f"{value:.0f} {unit}"
     return f"{int(n)} B"
 
 

@@ -352,6 +352,18 @@ def test_fast_kernel_breaks_ties_of_equal_quality():
     assert any("Q8_0 over F16" in r for r in p.reasons)
 
 
+def test_one_quality_order_for_the_pick_and_the_tiers():
+    """QUALITY_ORDER (what a load falls back to among local files) is the perplexity order, and
+    the planner's quality tiers never disagree with it."""
+    losses = [planner.QUANT_FACTS[q].ppl_loss for q in planner.QUALITY_ORDER]
+    assert sorted(planner.QUALITY_ORDER) == sorted(planner.QUANT_FACTS) and losses == sorted(losses)
+    tiers = [planner.quality_tier(q) for q in planner.QUALITY_ORDER]
+    assert tiers == sorted(tiers)
+    assert [planner.quality_rank(q) for q in planner.QUALITY_ORDER] == list(range(len(planner.QUALITY_ORDER)))
+    assert planner.quality_rank("q8_0") == planner.quality_rank("Q8_0")
+    assert planner.quality_rank("IQ9_Z") == len(planner.QUALITY_ORDER)  # unknown quants rank last
+
+
 def test_quant_facts_match_reference_table():
     table = REFERENCE.read_text(encoding="utf-8")
     rows = re.findall(r"^\| (Q\w+|F16) \| \d+ \| [^|]+ \| \+([0-9.]+) \| ~?([0-9.]+) \|$", table, re.M)

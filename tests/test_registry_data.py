@@ -505,6 +505,33 @@ def test_bad_model_names_are_rejected(name):
     assert "name must be lower-case" in error(text)
 
 
+@pytest.mark.parametrize("name", ["tiny", "x", "a" * 64, "qwen2.5-0.5b", "a_b", "a..b", "Tiny", " tiny ", "-x",
+                                  ".hidden", "a/b", "../x", "a" * 65, "x:y"])
+def test_the_registry_and_import_share_one_name_rule(name, tiny_llama):
+    """A name the registry refuses, `slmrun import --name` refuses too (after lower-casing), and
+    the other way round: both ask store.is_model_name, and both messages state the rule."""
+    from slmrun import api
+    from slmrun.errors import InvalidArgumentError
+    from slmrun.store import MODEL_NAME_RULE
+
+    key = name.strip().lower()
+    text = MINIMAL.replace("[models.x]", f"[models.{q(key)}]").replace("[[models.x.files]]",
+                                                                       f"[[models.{q(key)}.files]]")
+    try:
+        parse_text(text, ORIGIN)
+        registry_ok = True
+    except RegistryError as exc:
+        assert MODEL_NAME_RULE in exc.message
+        registry_ok = False
+    try:
+        api.import_model(tiny_llama, name=name)
+        import_ok = True
+    except InvalidArgumentError as exc:
+        assert MODEL_NAME_RULE in exc.hint and repr(name) in exc.message
+        import_ok = False
+    assert registry_ok == import_ok
+
+
 @pytest.mark.parametrize("alias", ["smollm2:135m", "Upper", "a b", "../up", ""])
 def test_bad_aliases_are_rejected(alias):
     message = error(with_line(MINIMAL, "aliases", f"aliases = [{q(alias)}]"))

@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InvalidArgumentError
+from ..units import format_bytes
 from . import app
 
 CSV_FIELDS = ("model", "quant", "path", "file_size", "n_threads", "flash_attn", "n_batch", "n_ctx", "test",
@@ -57,10 +58,6 @@ def _pm(mean, std) -> str:
     return "-" if mean is None else f"{mean:.1f} ± {std or 0:.1f}"
 
 
-def _mb(n) -> str:
-    return "-" if not n else f"{n / 1e6:.0f} MB" if n >= 10e6 else f"{n / 1e6:.2f} MB"
-
-
 def _threads(n: int) -> str:
     return f"{n} thread" + ("" if n == 1 else "s")
 
@@ -73,11 +70,11 @@ def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     head = ["#", "model", "quant", "size", "threads", "fa", "batch", f"{bench_name('pp', p, d)} t/s",
             f"{bench_name('tg', n, d)} t/s",
             f"e2e{n} t/s", "ttft", "load", "peak RSS", "roofline"]
-    body = [[str(x["rank"]), x["model"], x["quant"] or "-", _mb(x["file_size"]), str(x["n_threads"]),
+    body = [[str(x["rank"]), x["model"], x["quant"] or "-", format_bytes(x["file_size"] or None, unknown="-"), str(x["n_threads"]),
              "on" if x["flash_attn"] else "off", str(x["n_batch"]), _pm(x["pp_tps"], x["pp_std"]),
              _pm(x["tg_tps"], x["tg_std"]), _pm(x["e2e_tps"], x["e2e_std"]),
              "-" if x["ttft_s"] is None else f"{x['ttft_s'] * 1000:.0f} ms",
-             "-" if x["load_s"] is None else f"{x['load_s']:.2f} s", _mb(x["peak_rss"]),
+             "-" if x["load_s"] is None else f"{x['load_s']:.2f} s", format_bytes(x["peak_rss"] or None, unknown="-"),
              "-" if x["roofline"] is None else f"{x['roofline']:.0%}"]
             for x in summarize(data)]
     return head, body
@@ -90,7 +87,7 @@ def header_lines(data: dict) -> list[str]:
     lines = [
         f"machine:   {m.get('cpu_model', '?')} ({m.get('arch', '?')}), {m.get('physical_cores', '?')} cores "
         f"({m.get('performance_cores', '?')} performance, {m.get('logical_cores', '?')} logical), "
-        f"{(m.get('ram_total') or 0) / 2**30:.1f} GiB RAM" + (f", {bw:.1f} GB/s read" if bw else ""),
+        f"{format_bytes(m.get('ram_total'))} RAM" + (f", {bw:.1f} GB/s read" if bw else ""),
         f"llama.cpp: llama-cpp-python {h.get('llama_cpp_python_version')}, "
         f"{', '.join(h['llama_cpp']['features']) or 'no CPU features reported'}",
         f"slmrun {h.get('slmrun_version')}, {h.get('timestamp')}; load average "

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..store import human_size
+from ..units import format_bytes
 from . import app
 
 
@@ -33,9 +33,9 @@ def pull(
     before = {m.path for m in _stored()}
     m = do_pull(model, force=force, progress=not quiet)
     if m.path in before and not force:
-        typer.echo(f"{m.ref} is already here ({human_size(m.size)}): {m.path}")
+        typer.echo(f"{m.ref} is already here ({format_bytes(m.size)}): {m.path}")
     else:
-        typer.echo(f"pulled {m.ref} ({human_size(m.size)}, sha256 {m.sha256[:12]}…) "
+        typer.echo(f"pulled {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…) "
                    f"in {time.perf_counter() - t0:.1f}s: {m.path}")
 
 
@@ -55,7 +55,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
         typer.echo("No models yet. Try: slmrun pull smollm2-135m")
         return
     rows = [("NAME", "QUANT", "SIZE", "MODIFIED")] + [
-        (m.name, m.quant, human_size(m.size), _ago(m.modified)) for m in models]
+        (m.name, m.quant, format_bytes(m.size), _ago(m.modified)) for m in models]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -67,7 +67,7 @@ def rm(model: str = typer.Argument(..., help="NAME (every quant) or NAME:QUANT."
     from ..api import remove
 
     for m in remove(model):
-        typer.echo(f"deleted {m.ref} ({human_size(m.size)})")
+        typer.echo(f"deleted {m.ref} ({format_bytes(m.size)})")
 
 
 @app.command("import")
@@ -80,7 +80,7 @@ def import_cmd(
     from ..api import import_model
 
     m = import_model(path, name=name, link=link)
-    typer.echo(f"imported {m.ref} ({human_size(m.size)}, sha256 {m.sha256[:12]}…): {m.path}")
+    typer.echo(f"imported {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…): {m.path}")
 
 
 @app.command()
@@ -100,7 +100,7 @@ def show(
         if key == "quants":
             value = ", ".join(f"{q}{'*' if here else ''}" for q, here in value.items()) + "   (* = downloaded)"
         elif key in ("size", "file_size") and isinstance(value, int):
-            value = f"{human_size(value)} ({value} bytes)"
+            value = f"{format_bytes(value)} ({value} bytes)"
         elif key == "chat_template" and isinstance(value, str):
             value = value if len(value) < 300 else value[:300] + "…"
         typer.echo(f"{key.replace('_', ' '):<18} {value}")

@@ -8,12 +8,12 @@ from typing import Optional
 
 import typer
 
+from ..units import format_bytes
 from . import app
 
 
-def _gb(n: int | None) -> str:
-    from ..planner import format_bytes
-    return "unknown" if n is None else format_bytes(n)
+def _size(n: int | None) -> str:
+    return format_bytes(n, unknown="unknown")
 
 
 def _llama_features() -> list[str] | None:
@@ -51,10 +51,10 @@ def hw(
         cores += f" (clusters: {', '.join(speeds)})"
     if profile.cpu_quota:
         cores += f"; cgroup CPU quota {profile.cpu_quota:g} -> {profile.usable_cores} threads"
-    memory = f"{_gb(profile.ram_total)} total, {_gb(profile.ram_available)} available"
+    memory = f"{_size(profile.ram_total)} total, {_size(profile.ram_available)} available"
     if profile.cgroup_limit is not None:
-        memory += f"; cgroup limit {_gb(profile.cgroup_limit)}"
-    memory += f"; usable now {_gb(profile.memory_available)}"
+        memory += f"; cgroup limit {_size(profile.cgroup_limit)}"
+    memory += f"; usable now {_size(profile.memory_available)}"
     features = d["llama_cpp_features"]
     bandwidth = (f"{profile.bandwidth_gbs:.1f} GB/s (cached)" if profile.bandwidth_gbs
                  else "not measured (run `slmrun hw --measure`)")
@@ -65,9 +65,9 @@ def hw(
         ("simd (os)", " ".join(profile.simd) or "none"),
         ("simd (llama.cpp)", " ".join(features) if features is not None else "unknown (llama_cpp did not load)"),
         ("memory", memory),
-        ("swap", _gb(profile.swap_total)),
+        ("swap", _size(profile.swap_total)),
         ("raspberry pi", profile.pi_model or "no"),
-        ("disk free", f"{_gb(profile.disk_free)} at {d['store']}"),
+        ("disk free", f"{_size(profile.disk_free)} at {d['store']}"),
         ("bandwidth", bandwidth),
     ]
     for key, value in rows:
@@ -137,8 +137,6 @@ def plan_cmd(
 
 
 def _print_plan(p, hw) -> None:
-    from ..planner import format_bytes
-
     bandwidth = f"{p.bandwidth_gbs:g} GB/s" if p.bandwidth_gbs else "bandwidth unknown"
     typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores, {bandwidth}): "
                f"budget {format_bytes(p.budget_bytes)}, n_ctx {p.n_ctx}, KV cache {p.type_k}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import ContextOverflowError, InvalidArgumentError, ModelLoadError
+from ..planner.quants import KV_CACHE_TYPE_IDS as _CACHE_TYPES
 
 # llama.cpp logs through a C callback; keeping a reference stops it being collected.
 _LOG_CALLBACK = None
@@ -91,9 +92,6 @@ class LoadOptions:
     type_v: str | None = None
     seed: int | None = None
     verbose: bool = False
-
-
-_CACHE_TYPES = {"f16": 1, "f32": 0, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7}
 
 
 class Model:
