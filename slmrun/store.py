@@ -184,29 +184,25 @@ def remove(name: str, quant: str | None = None) -> list[StoredModel]:
 
 @contextlib.contextmanager
 def lock(name: str, quant: str, *, timeout: float = 3600.0):
-    """An exclusive inter-process lock for one model file (flock; released on exit or crash)."""
+    """An exclusive inter-process lock for one model file, waiting up to `timeout` seconds.
+
+    filelock's: flock on POSIX, msvcrt on Windows, so the OS releases it when the holder
+    exits or crashes.
+    """
+    from filelock import FileLock, Timeout
+
     lock_dir = config.home() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / f"{name}-{quant.lower()}.lock"
-    with open(path, "a+") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no inter-process lock
-            yield
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreLockedError(f"timed out waiting for the lock on {name}:{quant.lower()}") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    file_lock = FileLock(lock_dir / f"{name}-{quant.lower()}.lock")
+    try:
+        file_lock.acquire(timeout=timeout, poll_interval=0.2)
+    except Timeout:
+        raise StoreLockedError(f"timed out after {timeout:g} s waiting for the lock on "
+                               f"{name}:{quant.lower()}") from None
+    try:
+        yield
+    finally:
+        file_lock.release()
 
 
 # A model's name: what a user types, and the name of its directory in the store. The

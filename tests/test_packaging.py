@@ -1,5 +1,6 @@
-"""What an installed slmrun carries: models.toml lives at the repository's top level and
-must reach both a wheel install and an editable one (the test suite runs in the latter).
+"""What an installed slmrun carries and needs: models.toml lives at the repository's top
+level and must reach both a wheel install and an editable one (the test suite runs in the
+latter); every package the code imports is declared in pyproject.toml.
 
 The wheel is built by pip from a copy of the files a source distribution holds, so the
 check also covers MANIFEST.in, and installed with --no-deps into a throwaway venv; the
@@ -9,7 +10,9 @@ no slmrun package of its own (the editable install is a finder, not files).
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,8 +24,6 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-
-pytestmark = pytest.mark.slow
 
 SDIST_FILES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "models.toml")
 
@@ -41,6 +42,7 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_models_toml_once(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert [n for n in names if n.endswith("models.toml")] == ["slmrun/models.toml"]
@@ -49,6 +51,7 @@ def test_the_wheel_carries_models_toml_once(wheel):
     assert "slmrun/models.toml," in record
 
 
+@pytest.mark.slow
 def test_an_installed_wheel_reads_its_registry(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
@@ -68,3 +71,40 @@ def test_an_installed_wheel_reads_its_registry(wheel, tmp_path):
     assert Path(registry_path) == installed / "models.toml"
     from slmrun.registry import load_registry
     assert int(n_models) == len(load_registry().models)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imports(folder: Path) -> dict[str, str]:
+    """Top-level names imported (absolutely) by the .py files under `folder` -> one file that does."""
+    found = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            for name in names:
+                found.setdefault(name.split(".")[0], str(path.relative_to(REPO)))
+    return found
+
+
+@pytest.mark.parametrize("folder, groups", [("slmrun", ()), ("tests", ("test",)), ("benchmarks", ("bench",))])
+def test_every_imported_package_is_declared(folder, groups):
+    import importlib.metadata as md
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + [r for g in groups for r in project["optional-dependencies"][g]]
+    declared = {_canonical(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in requirements}
+    local = {"slmrun"} | {p.stem for p in (REPO / folder).glob("*.py")}
+    owners = md.packages_distributions()
+    missing = {}
+    for name, where in _imports(REPO / folder).items():
+        if name in sys.stdlib_module_names or name in local:
+            continue
+        dists = {_canonical(d) for d in owners.get(name, [name])}
+        if not dists & declared:
+            missing[name] = where
+    assert missing == {}, f"imported but not declared in pyproject.toml: {missing}"

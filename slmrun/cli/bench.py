@@ -1,6 +1,6 @@
 """`slmrun bench`: tokens/s people can trust.
 
-Parses the options, runs slmrun.bench with a progress line on stderr, and prints a
+Parses the options, runs slmrun.bench with a progress display on stderr, and prints a
 ranked table (or --json / --csv / --md). The JSON is the stable interface for
 scripts; its schema is in slmrun/bench.py's docstring.
 """
@@ -121,12 +121,12 @@ def sweep_lines(data: dict) -> list[str]:
     return out
 
 
-def format_text(data: dict) -> str:
+def format_text(data: dict, *, tty: bool = False) -> str:
+    from .output import render_table
+
     head, body = table_rows(data)
-    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.rjust(w) if i not in (1, 2) else c.ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    parts = header_lines(data) + ["", line(head)] + [line(r) for r in body]
+    numbers = [i for i in range(len(head)) if i not in (1, 2)]  # all but model and quant
+    parts = header_lines(data) + ["", render_table(head, body, right=numbers, tty=tty)]
     sweep = sweep_lines(data)
     return "\n".join(parts + ([""] + sweep if sweep else []))
 
@@ -147,29 +147,6 @@ def format_csv(data: dict) -> str:
     for r in data["results"]:
         w.writerow({**r, "samples": ";".join(f"{x:.6g}" for x in r["samples"])})
     return buf.getvalue()
-
-
-class ProgressLine:
-    """One self-overwriting status line on a terminal; finished steps only otherwise."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last = (0, "")
-
-    def __call__(self, done: int, total: int, label: str) -> None:
-        text = f"[{done}/{total}] {label}"
-        if self.tty:
-            self.stream.write("\r\033[K" + text[:200])
-        elif done != self.last[0]:  # one line per finished step
-            self.stream.write(text + "\n")
-        self.stream.flush()
-        self.last = (done, text)
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
 
 
 @app.command()
@@ -199,7 +176,9 @@ def bench(
     if as_json + as_csv + as_md > 1:
         raise InvalidArgumentError("choose one of --json, --csv and --md")
     refs, all_local = expand_quants(list(model or []), quants)
-    progress = None if quiet else ProgressLine()
+    from .output import Progress
+
+    progress = None if quiet else Progress()
     try:
         report = run(refs or None, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=parse_threads(threads),
                      n_ctx=ctx, all_local=all_local, sweep=sweep, n_depth=depth, progress=progress)
@@ -214,4 +193,4 @@ def bench(
     elif as_md:
         typer.echo(format_markdown(data))
     else:
-        typer.echo(format_text(data))
+        typer.echo(format_text(data, tty=sys.stdout.isatty()))

@@ -54,11 +54,10 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
     if not models:
         typer.echo("No models yet. Try: slmrun pull smollm2-135m")
         return
-    rows = [("NAME", "QUANT", "SIZE", "MODIFIED")] + [
-        (m.name, m.quant, format_bytes(m.size), _ago(m.modified)) for m in models]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    from .output import echo_table
+
+    echo_table(("NAME", "QUANT", "SIZE", "MODIFIED"),
+               [(m.name, m.quant, format_bytes(m.size), _ago(m.modified)) for m in models])
 
 
 @app.command()
@@ -96,6 +95,9 @@ def show(
     if as_json:
         typer.echo(json.dumps(d, indent=2, default=str))
         return
+    from .output import echo_table
+
+    rows = []
     for key, value in d.items():
         if key == "quants":
             value = ", ".join(f"{q}{'*' if here else ''}" for q, here in value.items()) + "   (* = downloaded)"
@@ -103,4 +105,5 @@ def show(
             value = f"{format_bytes(value)} ({value} bytes)"
         elif key == "chat_template" and isinstance(value, str):
             value = value if len(value) < 300 else value[:300] + "…"
-        typer.echo(f"{key.replace('_', ' '):<18} {value}")
+        rows.append((key.replace("_", " "), str(value)))
+    echo_table(None, rows)

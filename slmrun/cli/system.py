@@ -70,8 +70,9 @@ def hw(
         ("disk free", f"{_size(profile.disk_free)} at {d['store']}"),
         ("bandwidth", bandwidth),
     ]
-    for key, value in rows:
-        typer.echo(f"{key:<17} {value}")
+    from .output import echo_table
+
+    echo_table(None, rows)
 
 
 def _target(profile: str | None, ram: str | None, cores: int | None, arch: str | None):
@@ -141,8 +142,9 @@ def _print_plan(p, hw) -> None:
     typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores, {bandwidth}): "
                f"budget {format_bytes(p.budget_bytes)}, n_ctx {p.n_ctx}, KV cache {p.type_k}")
     typer.echo("")
-    header = ("", "QUANT", "FILE", "MEMORY", "SPEED", "QUALITY", "FITS", "KERNEL")
-    rows = [header]
+    from .output import echo_table
+
+    rows = []
     for o in p.options:
         rows.append((
             "*" if o.quant == p.quant else "",
@@ -154,9 +156,7 @@ def _print_plan(p, hw) -> None:
             "yes" if o.fits else "no",
             "fast" if o.fast_kernel else "",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    echo_table(("", "QUANT", "FILE", "MEMORY", "SPEED", "QUALITY", "FITS", "KERNEL"), rows)
     typer.echo("")
     typer.echo(f"Pick: {p.quant} — ~{format_bytes(p.estimated_bytes)}, ~{p.estimated_tps:.1f} tok/s, "
                f"{p.n_threads} threads")
