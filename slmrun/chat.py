@@ -145,6 +145,7 @@ class ChatSession:
         self.params = {"max_tokens": 512, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "seed": None}
         self.params.update({k: v for k, v in params.items() if v is not None})
         self.last: object = None  # the last Completion
+        self.last_dropped = 0  # turns the last send() dropped to fit the context
         self.dropped_total = 0
 
     @property

@@ -1,8 +1,9 @@
 """How the CLI shows tables and progress: rich, imported only by the commands that print them.
 
-On a terminal rich draws them (a bold header, a progress bar). Anywhere else (a pipe, a file, a test) the same tables come out as plain aligned
-text with no colour, no wrapping and no trailing spaces, and progress as one line per
-finished step, so scripts can read them.
+On a terminal rich draws them (a bold header, a progress bar). Anywhere else (a pipe, a
+file, a test) the same tables come out as plain aligned text with no colour, no wrapping
+and no trailing spaces, and progress as one line per finished step, so scripts can read
+them.
 """
 
 from __future__ import annotations
