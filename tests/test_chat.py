@@ -129,7 +129,7 @@ def test_piped_plain_model_says_so_and_completes(tiny_llama_plain):
 # --- the chat command's parts -----------------------------------------------------------
 
 def _wrapped(pieces, width):
-    from slmrun.cli.chat import WordWrap
+    from slmrun.cli.output import WordWrap
 
     out = []
     wrap = WordWrap(out.append, width)

@@ -13,6 +13,7 @@ import typer
 
 from .. import config
 from . import app
+from .output import WordWrap
 from .run import format_verbose, load_for_cli
 
 HELP = """Commands:
@@ -29,91 +30,6 @@ HELP = """Commands:
 Ctrl-C stops an answer; at the prompt it leaves."""
 
 _SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "seed": int, "max_tokens": int, "ctx": int}
-
-
-class WordWrap:
-    """Streamed text wrapped at word boundaries to `width` terminal columns.
-
-    textwrap needs the whole text; a reply arrives in pieces cut anywhere, mid-word too.
-    So the current column is counted, and each word (and the spaces before it) is held
-    back until it ends: a word that would pass the edge starts a new line, one wider than
-    a whole line fills the line and is cut at the edge. Spaces at a break are dropped; the
-    model's own newlines and indentation stay. Widths are terminal cells (CJK: two).
-    """
-
-    def __init__(self, write, width: int):
-        from rich.cells import get_character_cell_size
-
-        self._write, self._cells = write, get_character_cell_size
-        self.width = max(1, width)
-        self.col = 0  # cells already on the current line
-        self.space, self.space_cells = "", 0  # whitespace waiting for the next word
-        self.word, self.word_cells = "", 0
-        self._broke = False  # the current line began at a break of ours
-        self._long = False  # the word being written is wider than a line: it goes on where it is
-
-    def write(self, text: str) -> None:
-        for ch in text:
-            if ch == "\n":
-                self._flush_word()
-                self.space, self.space_cells, self._long = "", 0, False
-                self._write("\n")
-                self.col, self._broke = 0, False
-            elif ch in " \t":
-                self._flush_word()
-                self._long = False
-                if self._broke and self.col == 0:
-                    continue  # the spaces we broke the line at
-                at = self.col + self.space_cells
-                self.space += ch
-                self.space_cells += 8 - at % 8 if ch == "\t" else 1
-            else:
-                self.word += ch
-                self.word_cells += self._cells(ch)
-                if self.word_cells > self.width:  # wider than any line: no need to wait for its end
-                    self._flush_word()
-                    self._long = True
-
-    def close(self) -> None:
-        """Write the word held back (the end of a reply); trailing spaces are dropped."""
-        self._flush_word()
-
-    def _newline(self) -> None:
-        self._write("\n")
-        self.col, self._broke = 0, True
-
-    def _put(self, text: str, cells: int) -> None:
-        self._write(text)
-        self.col += cells
-        self._broke = False
-
-    def _flush_word(self) -> None:
-        word, cells, space, space_cells = self.word, self.word_cells, self.space, self.space_cells
-        if not word:
-            return
-        self.word, self.word_cells, self.space, self.space_cells = "", 0, "", 0
-        if self.col + space_cells + cells <= self.width:
-            self._put(space + word, space_cells + cells)
-            return
-        if cells <= self.width and self.col + space_cells > 0 and not self._long:
-            self._newline()  # and the spaces before the word go
-            self._put(word, cells)
-            return
-        # Wider than a line: fill what is left of this one, go on cutting at the edge.
-        if self.col + space_cells < self.width:
-            self._put(space, space_cells)
-        elif self.col:
-            self._newline()
-        start, used = 0, self.col
-        for i, ch in enumerate(word):
-            size = self._cells(ch)
-            if used + size > self.width and used:
-                self._write(word[start:i])
-                self._newline()
-                start, used = i, 0
-            used += size
-        self._put(word[start:], 0)
-        self.col = used
 
 
 class ChatUI:
@@ -135,9 +51,10 @@ class ChatUI:
         t0 = time.perf_counter()
         gen = self.session.send(text)
         out = self.out
-        wrap = WordWrap(out.write, self.width()) if self.width else None
-        write = wrap.write if wrap else out.write
-        try:
+        wrap = None
+        try:  # from here on, Ctrl-C stops the answer (the wrapper's first use imports rich)
+            wrap = WordWrap(out.write, self.width()) if self.width else None
+            write = wrap.write if wrap else out.write
             while True:
                 write(next(gen))
                 out.flush()
