@@ -18,7 +18,7 @@ import pytest
 
 from slmrun import hardware, planner
 from slmrun.cli import EXIT_CODES
-from slmrun.errors import InsufficientMemoryError, UnknownQuantError
+from slmrun.errors import InsufficientMemoryError, InvalidArgumentError, UnknownQuantError
 from slmrun.registry import load_registry
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -588,3 +588,36 @@ def test_plan_cli_bad_device_is_one_line(args, message):
     lines = p.stderr.strip().splitlines()
     assert lines[0].startswith("Error: ") and message in lines[0]
     assert lines[1].startswith("Hint: ") and "Traceback" not in p.stderr and p.stdout == ""
+
+
+# --- slots: how many requests a device decodes together -------------------------------------------------
+@pytest.mark.parametrize("profile, model, slots", [
+    ("rpi4-2gb", "smollm2-135m", 4), ("rpi4-2gb", "llama3.2-1b", 1), ("rpi4-4gb", "phi-2", 1),
+    ("laptop-8gb", "phi-2", 1), ("laptop-16gb", "phi-2", 4), ("container-1gb", "smollm2-135m", 3),
+    ("container-1gb", "tinyllama", 1),
+])
+def test_slots_fit_the_device(profile, model, slots):
+    from slmrun import hardware
+    from slmrun.registry import load_registry
+
+    hw = hardware.profile(profile)
+    p = planner.plan(load_registry().get(model), hw)
+    assert p.n_parallel == slots
+    assert any("slot" in r for r in p.reasons)
+    one = planner.plan(load_registry().get(model), hw, n_parallel=1)
+    # Extra slots take at most half of what one slot leaves of the budget.
+    assert p.parallel_bytes - one.parallel_bytes <= (p.budget_bytes - one.parallel_bytes) // 2
+    assert p.quant == one.quant  # the quant is chosen for one request, whatever the slots
+    assert p.load_kwargs()["n_parallel"] == slots
+
+
+def test_more_slots_cost_their_kv_cache_exactly():
+    from slmrun.registry import load_registry
+
+    spec = planner.spec_from_entry(load_registry().get("tinyllama"))
+    one = planner.estimate_memory(spec, weights_bytes=10 << 20, n_ctx=2048)
+    four = planner.estimate_memory(spec, weights_bytes=10 << 20, n_ctx=2048, n_parallel=4)
+    assert four.kv_cache == 4 * one.kv_cache == 4 * planner.kv_cache_bytes(spec, 2048)
+    assert four.total > one.total + 3 * one.kv_cache  # and the mask and the extra logits rows
+    with pytest.raises(InvalidArgumentError, match="n_parallel"):
+        planner.estimate_memory(spec, weights_bytes=1, n_ctx=2048, n_parallel=0)
