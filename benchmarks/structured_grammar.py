@@ -28,7 +28,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared next to the main checkout; a worktree sits one level deeper.
@@ -268,37 +267,12 @@ def _reason_kind(reason: str) -> str:
     return reason.split(". ")[0]
 
 
-# --- the model part: needs the engine ------------------------------------------------------------
+# --- the prompt of the model part (benchmarks/structured_e2e.py runs it) -------------------------
 def e2e_messages(schema: dict) -> list[dict]:
     """The paper's setting: the schema in the system prompt, asked for one valid instance."""
     return [{"role": "system", "content": "You are a helpful assistant that answers in JSON. Here is the JSON "
                                           f"Schema the answer must follow:\n{json.dumps(schema)}"},
             {"role": "user", "content": "Give one valid example instance, as JSON only."}]
-
-
-def end_to_end(generate: Callable, files: list[Path], *, constrained: bool = True) -> list[dict]:
-    """Per schema: does the output of ``generate(messages, spec_or_None)`` -> (text, finish_reason,
-    n_tokens, seconds) validate (``parse_json``)? ``constrained=False`` passes None, the baseline."""
-    from slmrun.errors import SlmrunError, StructuredOutputError
-    from slmrun.structured import constraint_spec, parse_json
-
-    out = []
-    for path in files:
-        case = json.loads(path.read_text())
-        row = {"file": path.name, "split": path.name.split("---")[0]}
-        try:
-            spec = constraint_spec(json_schema=case["schema"])
-        except SlmrunError as exc:
-            out.append({**row, "status": "refused", "reason": exc.message})
-            continue
-        text, finish, n_tokens, seconds = generate(e2e_messages(case["schema"]), spec if constrained else None)
-        try:
-            parse_json(text, spec, finish_reason=finish)
-            status = "valid"
-        except StructuredOutputError as exc:
-            status, row["reason"] = "invalid", exc.message
-        out.append({**row, "status": status, "tokens": n_tokens, "seconds": seconds})
-    return out
 
 
 def main() -> None:
