@@ -97,8 +97,11 @@ class LlamaHandle:
         _ensure_backend()
         type_k, type_v = cache_type_id(spec.type_k), cache_type_id(spec.type_v)
         mparams = llama_cpp.llama_model_default_params()
-        mparams.use_mmap = use_mmap
-        mparams.use_mlock = use_mlock
+        # llama.cpp's default (AUTO) need not map the file; say what slmrun promises: mmap unless told.
+        mparams.load_mode = {(True, False): llama_cpp.LLAMA_LOAD_MODE_MMAP,
+                             (True, True): llama_cpp.LLAMA_LOAD_MODE_MMAP_MLOCK,
+                             (False, True): llama_cpp.LLAMA_LOAD_MODE_MLOCK,
+                             (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE}[(bool(use_mmap), bool(use_mlock))]
         mparams.n_gpu_layers = 0
         self._keepalive = model_params_hook(mparams) if model_params_hook else None
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
