@@ -62,12 +62,19 @@ def _best_local(entry: ModelEntry, local: list[store.StoredModel]) -> store.Stor
         return min(local, key=lambda m: _quality_rank(m.quant))
 
 
-def resolve(ref: str) -> Resolved:
-    """Find the local file for a model reference; raise with the next step if it is not here."""
+def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
+    """Find the local file for a model reference; raise with the next step if it is not here.
+
+    ``allow_path=False`` (names from the network): only registry and store names, never a file.
+    """
     if not isinstance(ref, (str, os.PathLike)) or not str(ref).strip():
         raise InvalidArgumentError("a model name or path is required", hint="Example: slmrun run -m tinyllama 'Hi'")
     ref = os.fspath(ref).strip()
-    if looks_like_path(ref) or Path(ref).is_file():
+    if not allow_path:
+        if looks_like_path(ref):
+            raise InvalidArgumentError(f"{ref!r} looks like a file path; only model names are accepted here",
+                                       hint="Use a name from `slmrun list` (import a file first with `slmrun import`).")
+    elif looks_like_path(ref) or Path(ref).is_file():
         path = Path(ref).expanduser()
         if not path.exists():
             raise ModelFileNotFoundError(f"no such model file: {path}")
@@ -130,17 +137,18 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
-         max_queue: int | None = None):
+         max_queue: int | None = None, allow_path: bool = True):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
     (default: as many slots as the planner says fit, up to 4), the rest wait in a queue
     of at most ``max_queue`` (default: no limit). Refuses (InsufficientMemoryError) when
     the planner's estimate exceeds what this machine has available, unless ``force=True``.
+    ``allow_path=False`` refuses file paths (see resolve()).
     """
     from .runtime import LoadOptions, Model
 
-    resolved = resolve(ref if ref is not None else config.default_model())
+    resolved = resolve(ref if ref is not None else config.default_model(), allow_path=allow_path)
     info = inspect_file(resolved)
     cores = os.cpu_count() or 1
     for key, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):

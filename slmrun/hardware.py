@@ -435,6 +435,15 @@ def _disk_free(path) -> int | None:
         return None
 
 
+def process_rss() -> int | None:
+    """This process's resident memory in bytes (for the server's /metrics), None if unknown."""
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except Exception:
+        return None
+
+
 def detect(*, root: str | os.PathLike = "/", store_path=None,
            measure_bandwidth: bool = False) -> HardwareProfile:
     """Describe this machine, or the recorded tree under `root`.

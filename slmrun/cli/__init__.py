@@ -45,7 +45,7 @@ def fail(message: str, hint: str = "", code: int = 1):
 
 
 def _register() -> None:
-    from . import bench, chat, models, run, system  # noqa: F401  (each module adds its commands to `app`)
+    from . import bench, chat, models, run, serve, system  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:
