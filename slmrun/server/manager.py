@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from ..errors import InsufficientMemoryError, QueueFullError
+from ..errors import InsufficientMemoryError, ModelNotFoundError, QueueFullError
 
 log = logging.getLogger("slmrun.server")
 
@@ -132,7 +132,12 @@ class ModelManager:
         hit = self._resolved.get(ref)
         if hit and now - hit[0] < self._resolve_ttl:
             return hit[1]
-        r = api.resolve(ref, allow_path=False)
+        try:
+            r = api.resolve(ref, allow_path=False)
+        except ModelNotFoundError as exc:  # the library's hint speaks of the command line
+            guess = exc.hint.split("Known models")[0] if exc.hint.startswith("Did you mean") else ""
+            raise ModelNotFoundError(exc.message, hint=guess + "GET /v1/models or /api/tags lists the local "
+                                                       "models; POST /api/pull fetches one from the registry.") from None
         key = f"{r.name}:{r.quant.lower()}" if r.quant else r.name
         self._resolved[ref] = (now, key)
         return key
@@ -288,4 +293,5 @@ class ModelManager:
 
 
 def _param_size(n: int) -> str:
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+    """Ollama's style: 7.2B, 135M, 98K."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"

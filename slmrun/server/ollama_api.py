@@ -197,7 +197,7 @@ def _show(ref: str) -> dict:
     stored = r.stored
     details = _details(stored) if stored is not None else {"format": "gguf", "family": arch, "families": [arch],
                                                             "parameter_size": "", "quantization_level": info.quant}
-    return {"license": d.get("license", ""), "modelfile": f"# slmrun model {r.name}\nFROM {r.path}\n",
+    return {"license": d.get("license", ""), "modelfile": f"# slmrun model\nFROM {r.name}:{(r.quant or info.quant).lower()}\n",
             "parameters": "", "template": info.chat_template or "", "details": details, "model_info": model_info,
             "capabilities": structured.capabilities(), "modified_at": now_iso(stored.modified if stored else None)}
 

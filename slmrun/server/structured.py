@@ -25,3 +25,8 @@ def plan_for(call: Call) -> Plan:
         raise InvalidArgumentError(f"{what} needs structured output, which this build of slmrun does not have yet",
                                    hint="Leave it out for a free-text reply.")
     return Plan()
+
+
+def capabilities() -> list[str]:
+    """What /api/show says a served model can do (Ollama's names)."""
+    return ["completion"]
