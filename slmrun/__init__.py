@@ -25,6 +25,8 @@ _EXPORTS = {
     "DownloadError": "slmrun.errors", "ChecksumMismatchError": "slmrun.errors",
     "InsufficientMemoryError": "slmrun.errors", "InvalidArgumentError": "slmrun.errors",
     "ModelClosedError": "slmrun.errors", "QueueFullError": "slmrun.errors", "GenerationError": "slmrun.errors",
+    "InvalidSchemaError": "slmrun.errors", "InvalidGrammarError": "slmrun.errors",
+    "UnsupportedSchemaError": "slmrun.errors", "StructuredOutputError": "slmrun.errors",
 }
 
 __all__ = sorted(_EXPORTS)

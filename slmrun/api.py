@@ -137,19 +137,22 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
-         max_queue: int | None = None, allow_path: bool = True):
+         max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
     (default: as many slots as the planner says fit, up to 4), the rest wait in a queue
     of at most ``max_queue`` (default: no limit). Refuses (InsufficientMemoryError) when
     the planner's estimate exceeds what this machine has available, unless ``force=True``.
+    ``chat_format`` names a prompt format (prompt_formats.names(), or "none") to chat
+    with instead of the model's own; ``model.chat_format`` says what is used and why.
     ``allow_path=False`` refuses file paths (see resolve()).
     """
     from .runtime import LoadOptions, Model
 
     resolved = resolve(ref if ref is not None else config.default_model(), allow_path=allow_path)
     info = inspect_file(resolved)
+    choice = chat_format_for(resolved, info, chat_format)
     cores = os.cpu_count() or 1
     for key, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
         if value is not None and not 1 <= value <= cores:
@@ -186,11 +189,24 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         max_queue=max_queue)
     if not force:
         check_memory(info, options, name=resolved.name, hw=hw)
-    entry = resolved.entry
-    fmt = entry.prompt_format if entry is not None else None
-    return Model(resolved.path, options, prompt_format=fmt, chat_template=info.chat_template,
-                 name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
-                 info=info)
+    template = None
+    if choice.template:
+        from .template_sandbox import ChatTemplate, sandbox
+        template = ChatTemplate(choice.template, origin=resolved.path.name, n_ctx=ctx)
+        sandbox().start()  # the renderer starts while llama.cpp loads the weights
+    model = Model(resolved.path, options, prompt_format=choice.fmt, chat_template=template,
+                  name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
+                  info=info)
+    model.chat_format = choice
+    return model
+
+
+def chat_format_for(resolved: Resolved, info, override: str | None = None):
+    """What the model chats with (prompt_formats.choose_chat_format) and why."""
+    from .prompt_formats import choose_chat_format
+
+    meta = store.read_sidecar(resolved.stored.path) if resolved.stored is not None else {}
+    return choose_chat_format(info, resolved.entry, meta, override)
 
 
 def check_memory(info, options, *, name: str, hw) -> None:
@@ -248,12 +264,20 @@ def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.Store
                              source=source, extra=extra)
 
 
-def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False) -> store.StoredModel:
-    """Validate a local GGUF and copy (or hard-link/symlink) it into the store."""
+def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False,
+                 prompt_format: str | None = None) -> store.StoredModel:
+    """Validate a local GGUF and copy (or hard-link/symlink) it into the store.
+
+    ``prompt_format`` names the format to chat with (recorded in the store; it wins
+    over the file's own template and over inference), or "none" for plain completion.
+    """
     import shutil
 
     from .gguf_info import read_info
+    from .prompt_formats import NONE, get_format
 
+    if prompt_format is not None:  # a bad name fails before anything is copied
+        prompt_format = NONE if prompt_format.strip().lower() == NONE else get_format(prompt_format).name
     src = Path(path).expanduser()
     info = read_info(src)  # raises for missing, non-GGUF or corrupt files
     model_name = store.check_store_name(name or src.stem.split(".")[0])
@@ -272,7 +296,8 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
             digest = store.sha256_file(tmp)
         return store.install(tmp, name=model_name, filename=filename, quant=quant, sha256=digest,
                              source=f"import:{src.resolve()}",
-                             extra={"architecture": info.architecture, "filename": filename})
+                             extra={"architecture": info.architecture, "filename": filename,
+                                    **({"prompt_format": prompt_format} if prompt_format else {})})
 
 
 def remove(ref: str) -> list[store.StoredModel]:
@@ -306,8 +331,10 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  context_length=entry.context_length)
         here = {m.quant for m in store.find(entry.name)}
         d["quants"] = {q: q in here for q in entry.quants}
-        d["prompt_format"] = "the GGUF's chat template" if entry.has_chat_template else (
-            repr(entry.prompt_format.user + entry.prompt_format.generation) if entry.prompt_format else "none")
+        if resolved is None:  # not downloaded: what the registry says
+            from .prompt_formats import choose_chat_format
+            d["prompt_format"] = ("the GGUF's chat template" if entry.has_chat_template
+                                  else choose_chat_format(None, entry, {}, None).describe())
     if resolved is not None:
         info = inspect_file(resolved)
         d.update(name=resolved.name, architecture=info.architecture, parameters=_params(info.n_params),
@@ -315,8 +342,8 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  license=d.get("license") or info.license or "unknown",
                  embedding_length=info.embedding_length, block_count=info.block_count,
                  head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size,
-                 chat_template=info.chat_template or "none (uses the registry's prompt format)",
-                 file=str(resolved.path), file_size=info.size)
+                 prompt_format=chat_format_for(resolved, info).describe(),
+                 chat_template=info.chat_template or "none", file=str(resolved.path), file_size=info.size)
         if resolved.stored is not None:
             d["source"] = resolved.stored.source
             d["sha256"] = resolved.stored.sha256

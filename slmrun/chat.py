@@ -1,16 +1,16 @@
 """Prompt formats and conversation state; no terminal I/O.
 
-A GGUF's own chat template is code (Jinja2): it is rendered in an immutable sandbox,
-as llama-cpp-python has done since CVE-2024-34359. Models without one use the
-registry's declared ``PromptFormat``; a model with neither gets ``ChatFormatError``,
-never a silent fallback to an unrelated format.
+A GGUF's own chat template is code (Jinja2): it renders in a bounded worker process
+(slmrun/template_sandbox.py), in jinja2's immutable sandbox. Models without one use a
+``PromptFormat`` (slmrun/prompt_formats.py: named, from the registry, or inferred);
+rendering with neither is ``ChatFormatError``, never a silent fallback to an
+unrelated format (ChatSession falls back to plain completion, and says so).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from .errors import ChatFormatError, InvalidArgumentError, SlmrunError
+from .prompt_formats import render, stop_strings
 
 ROLES = ("system", "user", "assistant")
 
@@ -27,42 +27,23 @@ def validate_messages(messages) -> list[dict]:
     return out
 
 
-@lru_cache(maxsize=16)
-def _compile(template: str):
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template)
-    except TemplateError as exc:
-        raise ChatFormatError(f"the model's chat template does not compile: {exc}") from None
-
-
 def render_template(template: str, messages: list[dict], *, bos: str = "", eos: str = "",
                     add_generation_prompt: bool = True) -> str:
-    from jinja2 import TemplateError
-    from jinja2.exceptions import SecurityError
+    """Render a GGUF chat template in the sandbox; ChatTemplateError (naming the model
+    file when ``template`` is a template_sandbox.ChatTemplate) if it fails or is stopped."""
+    from .template_sandbox import output_limit, sandbox
 
-    try:
-        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=bos, eos_token=eos)
-    except SecurityError as exc:
-        raise ChatFormatError(f"the model's chat template tried something unsafe: {exc}") from None
-    except (TemplateError, TypeError, ValueError) as exc:
-        raise ChatFormatError(f"the model's chat template failed: {exc}") from None
+    size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
+    variables = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+                 "bos_token": bos, "eos_token": eos}
+    return sandbox().render(template, variables, limit=output_limit(getattr(template, "n_ctx", None), size),
+                            origin=getattr(template, "origin", None))
 
 
-def render_format(fmt, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
-    """Render a registry PromptFormat: each turn through its template, then the generation cue."""
-    parts = [getattr(fmt, m["role"]).replace("{content}", m["content"]) for m in messages]
-    if add_generation_prompt:
-        parts.append(fmt.generation)
-    return "".join(parts)
+def render_format(fmt, messages: list[dict], *, bos: str = "", eos: str = "",
+                  add_generation_prompt: bool = True) -> str:
+    """Render a PromptFormat: each turn through its template, then the generation cue."""
+    return render(fmt, messages, bos=bos, eos=eos, add_generation_prompt=add_generation_prompt)
 
 
 def render_prompt(messages, *, template: str | None, fmt, bos: str = "", eos: str = "",
@@ -73,8 +54,9 @@ def render_prompt(messages, *, template: str | None, fmt, bos: str = "", eos: st
         return render_template(template, messages, bos=bos, eos=eos,
                                add_generation_prompt=add_generation_prompt), ()
     if fmt is not None:
-        return render_format(fmt, messages, add_generation_prompt=add_generation_prompt), tuple(fmt.stop)
-    raise ChatFormatError("this model has no chat template and no prompt format in the registry")
+        return (render_format(fmt, messages, bos=bos, eos=eos, add_generation_prompt=add_generation_prompt),
+                stop_strings(fmt, bos=bos, eos=eos))
+    raise ChatFormatError("this model has no chat template, and no prompt format was named or inferred")
 
 
 # --- conversation state -------------------------------------------------------------

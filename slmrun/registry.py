@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from . import config
-from .errors import ModelNotFoundError, RegistryError, UnknownQuantError
+from .errors import ModelNotFoundError, RegistryError, UnknownPromptFormatError, UnknownQuantError
+from .prompt_formats import PromptFormat, get_format
 from .shape import ModelShape
 
 if sys.version_info >= (3, 11):
@@ -30,21 +31,6 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _QUANT_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """A plain-text chat format for models whose GGUF carries no chat template.
-
-    Each turn is rendered with its template (``{content}`` is replaced); the prompt
-    ends with ``generation``. ``stop`` strings end the reply.
-    """
-
-    system: str
-    user: str
-    assistant: str
-    generation: str
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,7 +162,12 @@ def check_repo(repo: str, where: str) -> str:
     return repo
 
 
-def _parse_format(raw: dict, where: str) -> PromptFormat:
+def _parse_format(raw: dict | str, where: str) -> PromptFormat:
+    if isinstance(raw, str):  # a named format: prompt_format = "gemma"
+        try:
+            return get_format(raw)
+        except UnknownPromptFormatError as exc:
+            raise RegistryError(f"{where}: {exc.message}", hint=exc.hint) from None
     parts = {}
     for key in ("system", "user", "assistant"):
         text = _need(raw, key, str, where)
@@ -240,7 +231,7 @@ def parse_entry(name: str, raw: dict, origin: str) -> ModelEntry:
     quants = [f.quant for f in files]
     if len(set(quants)) != len(quants):
         raise RegistryError(f"{where}: a quant is listed twice in 'files'")
-    fmt = _need(raw, "prompt_format", dict, where, required=False)
+    fmt = _need(raw, "prompt_format", (dict, str), where, required=False)
     default_quant = (_need(raw, "default_quant", str, where, required=False) or
                      ("Q4_K_M" if "Q4_K_M" in quants else quants[0])).upper()
     if default_quant not in quants:

@@ -230,3 +230,16 @@ def test_flash_attention_follows_the_environment(tiny_llama, monkeypatch):
         assert m.options.flash_attn is True
     with pytest.raises(InvalidArgumentError, match="needs flash attention"):
         slmrun.load(tiny_llama, n_ctx=64, type_v="q8_0", flash_attn=False)
+
+
+def test_ignore_eos_generates_to_max_tokens(tiny_llama):
+    with slmrun.load(tiny_llama, n_ctx=128, n_threads=1, n_parallel=1) as m:
+        # At a very high temperature the end token is drawn now and then; with ignore_eos never.
+        ended = [m.complete("hello", max_tokens=60, temperature=50.0, seed=s, top_k=0, min_p=0.0, top_p=1.0)
+                 for s in range(12)]
+        assert any(r.finish_reason == "stop" for r in ended)
+        kept = [m.complete("hello", max_tokens=60, temperature=50.0, seed=s, top_k=0, min_p=0.0, top_p=1.0,
+                           ignore_eos=True) for s in range(12)]
+        assert all(r.finish_reason == "length" and r.stats.generated_tokens == 60 for r in kept)
+        with pytest.raises(InvalidArgumentError, match="ignore_eos"):
+            m.complete("hello", ignore_eos="yes")

@@ -12,7 +12,7 @@ import typer
 
 from .. import config
 from . import app
-from .run import format_verbose, load_for_cli
+from .run import FORMAT_HELP, format_verbose, load_for_cli
 
 HELP = """Commands:
   /help                 this help
@@ -141,7 +141,14 @@ class ChatUI:
         except SlmrunError as exc:
             self.say(f"Could not set ctx: {exc.message}")
             return
-        new.name, new.prompt_format = old.name, old.prompt_format
+        # Keep the chat format the model was loaded with (a reload by path knows no
+        # registry entry or import record); the template's output bound follows the new context.
+        new.name, new.prompt_format, new.chat_format = old.name, old.prompt_format, getattr(old, "chat_format", None)
+        if old.chat_template:
+            from ..template_sandbox import ChatTemplate
+            new.chat_template = ChatTemplate(old.chat_template, origin=old.path.name, n_ctx=new.n_ctx)
+        else:
+            new.chat_template = None
         old.close()
         self.session.model = new
         self.say(f"Set ctx to {new.n_ctx} tokens.")
@@ -236,16 +243,17 @@ def chat(
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
+    chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force)
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:
-            typer.echo(f"Note: {m.name} has no chat template and the registry gives no prompt format; "
-                       "using plain completion (each message continues the text).", err=True)
+            typer.echo(f"Note: {m.name} has no chat template and no prompt format fits it; using plain "
+                       "completion (each message continues the text). --format NAME chooses a format.", err=True)
         interactive = sys.stdin.isatty()
         ui = ChatUI(session, interactive=interactive, show_stats=verbose)
         if interactive:

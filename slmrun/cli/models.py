@@ -75,12 +75,18 @@ def import_cmd(
     path: str = typer.Argument(..., help="A .gguf file brought by hand (USB stick, scp, ...)."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Name in the store (default: from the file name)."),
     link: bool = typer.Option(False, "--link", help="Symlink instead of copying."),
+    prompt_format: Optional[str] = typer.Option(
+        None, "--format", help="The prompt format to chat with (chatml, llama3, gemma, zephyr, mistral, phi3, "
+                               "phi2, ...), recorded in the store; for a GGUF without a chat template."),
 ):
     """Validate a local GGUF and add it to the store, for air-gapped machines."""
     from ..api import import_model
+    from ..store import read_sidecar
 
-    m = import_model(path, name=name, link=link)
-    typer.echo(f"imported {m.ref} ({human_size(m.size)}, sha256 {m.sha256[:12]}…): {m.path}")
+    m = import_model(path, name=name, link=link, prompt_format=prompt_format)
+    recorded = read_sidecar(m.path).get("prompt_format")
+    typer.echo(f"imported {m.ref} ({human_size(m.size)}, sha256 {m.sha256[:12]}…): {m.path}"
+               + (f"; prompt format {recorded}" if recorded else ""))
 
 
 @app.command()

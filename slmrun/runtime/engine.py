@@ -22,61 +22,12 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from ..errors import GenerationError, ModelClosedError, QueueFullError
-from .params import PENALTY_LAST_N, SamplingParams
-from .response import ResponseState, Stats, TextAssembler, closed_error
-
-
-@dataclass(eq=False)
-class Request:
-    tokens: list[int]
-    params: SamplingParams
-    state: ResponseState
-    stops: tuple[str, ...] = ()
-    strip_leading: bool = False
-    constraint: object | None = None  # per-sequence logits constraint (structured output)
-    t_submit: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-
-
-class _Slot:
-    __slots__ = ("seq_id", "tokens", "busy", "last_used")
-
-    def __init__(self, seq_id: int):
-        self.seq_id = seq_id
-        self.tokens: list[int] = []  # what the KV cache holds for this sequence, in order
-        self.busy = False
-        self.last_used = 0.0
-
-
-class _Seq:
-    """A request while it holds a slot (engine thread only)."""
-
-    __slots__ = ("req", "slot", "pending", "n_past", "n_gen", "limit", "chain", "text", "in_prompt",
-                 "cached", "prompt_s", "t_admit", "t_first", "stopped")
-
-    def __init__(self, req: Request, slot: _Slot, n_keep: int, limit: int, chain, text: TextAssembler):
-        self.req, self.slot, self.chain, self.text = req, slot, chain, text
-        self.pending = list(req.tokens[n_keep:])  # tokens to decode next
-        self.n_past = n_keep  # tokens of this sequence in the KV cache
-        self.cached = n_keep
-        self.n_gen = 0
-        self.limit = limit
-        self.in_prompt = True
-        self.prompt_s = 0.0
-        self.t_admit = time.perf_counter()
-        self.t_first: float | None = None
-        self.stopped = False
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+from .params import PENALTY_LAST_N
+from .response import Stats, TextAssembler, closed_error
+from .rows import logprob_entry, logsoftmax_row, row_copy
+from .slots import Request, Seq, Slot, common_prefix
 
 
 class Engine:
@@ -90,9 +41,9 @@ class Engine:
         self.load_s = load_s
         self.max_queue = max_queue
         self._piece_of = piece_of or (lambda t: handle.piece(t))
-        self._slots = [_Slot(i) for i in range(n_parallel)]
+        self._slots = [Slot(i) for i in range(n_parallel)]
         self._queue: deque[Request] = deque()
-        self._active: list[_Seq] = []
+        self._active: list[Seq] = []
         self._cond = threading.Condition()
         self._step_lock = threading.Lock()
         self._paused = 0
@@ -227,7 +178,9 @@ class Engine:
             tokens = req.tokens
             # The free slot sharing the longest prefix; else the one unused the longest.
             slot = max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
-            n_keep = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)  # the last token gives logits
+            # The last prompt token is always decoded: its logits are the first sample's (or score's).
+            last = len(tokens) - 1 if req.score_from is None else req.score_from - 1
+            n_keep = min(common_prefix(slot.tokens, tokens), last)
             if n_keep < len(slot.tokens) and not h.seq_rm(slot.seq_id, n_keep, -1):
                 h.seq_rm(slot.seq_id, 0, -1)  # a model that cannot cut a sequence (recurrent): start over
                 n_keep = 0
@@ -238,18 +191,22 @@ class Engine:
             chain = h.sampler_chain(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
                                     repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
                                     frequency_penalty=p.frequency_penalty, penalty_last_n=PENALTY_LAST_N,
-                                    seed=p.seed)
+                                    seed=p.seed, ignore_eos=p.ignore_eos)
             if p.penalized:  # penalties count the prompt's recent tokens too, as llama.cpp's tools do
                 for t in tokens[-PENALTY_LAST_N:]:
                     h.sampler_accept(chain, t)
-            seq = _Seq(req, slot, n_keep, limit, chain,
+            seq = Seq(req, slot, n_keep, limit, chain,
                        TextAssembler(self._piece_of, req.stops, req.strip_leading))
             slot.busy = True
             self._active.append(seq)
             self.counters["prompt_tokens"] += len(tokens)
             self.counters["prompt_eval_tokens"] += len(tokens) - n_keep
+            if req.score_from is not None:
+                continue
             if limit <= 0:
                 self._end(seq, "length")
+            elif req.constraint is not None:
+                self._fast_forward(seq)  # a schema often fixes the first tokens: no sampling for those
 
     def _step(self) -> None:
         h = self._h
@@ -258,8 +215,8 @@ class Engine:
         if not self._active:
             return
         items: list[tuple[int, int, int, bool]] = []
-        outputs: list[tuple[_Seq, int]] = []
-        taken: list[tuple[_Seq, int]] = []
+        outputs: list[tuple[Seq, int]] = []
+        taken: list[tuple[Seq, int]] = []
         budget = self.n_batch
         # Generating sequences first (one token each), then prompt chunks in arrival order.
         for seq in sorted(self._active, key=lambda s: len(s.pending) > 1):
@@ -268,10 +225,18 @@ class Engine:
             n = min(len(seq.pending), budget)
             base, sid = seq.n_past, seq.slot.seq_id
             complete = n == len(seq.pending)
-            for j in range(n):
-                items.append((seq.pending[j], base + j, sid, complete and j == n - 1))
-            if complete:
-                outputs.append((seq, len(items) - 1))
+            score_from = seq.req.score_from
+            if score_from is None:
+                for j in range(n):
+                    items.append((seq.pending[j], base + j, sid, complete and j == n - 1))
+                if complete:
+                    outputs.append((seq, len(items) - 1))
+            else:  # teacher forcing: a logits row at every position that predicts a scored token
+                for j in range(n):
+                    keep = base + j >= score_from - 1
+                    items.append((seq.pending[j], base + j, sid, keep))
+                    if keep:
+                        outputs.append((seq, len(items) - 1))
             taken.append((seq, n))
             budget -= n
         t0 = time.perf_counter()
@@ -291,9 +256,15 @@ class Engine:
             seq.n_past += n
             del seq.pending[:n]
         for seq, index in outputs:
-            self._sample(seq, index)
+            if seq.req.score_from is None:
+                self._sample(seq, index)
+            else:
+                seq.req.state.score_rows.append(row_copy(h.logits(index)))
+        for seq, _ in taken:
+            if seq.req.score_from is not None and not seq.pending and seq in self._active:
+                self._end(seq, "stop")
 
-    def _sample(self, seq: _Seq, index: int) -> None:
+    def _sample(self, seq: Seq, index: int) -> None:
         h, req = self._h, seq.req
         if req.cancelled:
             self._end(seq, "cancelled")
@@ -303,19 +274,32 @@ class Engine:
         if want_logprobs or constraint is not None:
             logits = h.logits(index)
             if want_logprobs:
-                row, logz = _logsoftmax_row(logits)
+                row, logz = logsoftmax_row(logits)
             if constraint is not None:
                 constraint.apply(logits)
         token = h.sample(seq.chain, index)
+        if constraint is not None and not constraint.commit(token):
+            self._end(seq, None, error=GenerationError(f"the grammar refused token {token}: {constraint.error}"))
+            return
         if h.is_eog(token):
             self._end(seq, "stop")
             return
-        seq.n_gen += 1
-        req.state.tokens.append(token)
         if want_logprobs:
             if req.state.logprobs is None:
                 req.state.logprobs = []
-            req.state.logprobs.append(_logprob_entry(row, logz, token, req.params.top_logprobs))
+            req.state.logprobs.append(logprob_entry(row, logz, token, req.params.top_logprobs))
+        if self._emit(seq, token):
+            return
+        seq.pending.append(token)
+        if constraint is not None:
+            self._fast_forward(seq)
+
+    def _emit(self, seq: Seq, token: int, *, more: bool = False) -> bool:
+        """A generated token's text to the reader; True when that ended the request. ``more``:
+        further tokens the grammar has already taken follow (its state is past this one)."""
+        req = seq.req
+        seq.n_gen += 1
+        req.state.tokens.append(token)
         piece, stopped = seq.text.feed(token)
         if piece:
             if seq.t_first is None:
@@ -324,12 +308,33 @@ class Engine:
         if stopped:
             seq.stopped = True
             self._end(seq, "stop")
+        elif not more and req.constraint is not None and req.constraint.is_stopped():
+            self._end(seq, "stop")  # the value is complete: nothing but the end can follow
         elif seq.n_gen >= seq.limit:
             self._end(seq, "length")
         else:
-            seq.pending.append(token)
+            return False
+        return True
 
-    def _end(self, seq: _Seq, reason: str | None, *, error: BaseException | None = None) -> None:
+    def _fast_forward(self, seq: Seq) -> None:
+        """Append the tokens the grammar forces next, unsampled; they are decoded in one batch."""
+        c = seq.req.constraint
+        forced = c.forced_tokens()[:max(0, seq.limit - seq.n_gen)]
+        if not forced:
+            if c.is_stopped():
+                self._end(seq, "stop")
+            return
+        if not c.commit_tokens(forced):
+            self._end(seq, None, error=GenerationError(f"the grammar refused its own tokens: {c.error}"))
+            return
+        for i, t in enumerate(forced):
+            self._h.sampler_accept(seq.chain, t)  # penalties see them, as if sampled
+            seq.n_forced += 1
+            if self._emit(seq, t, more=i < len(forced) - 1):
+                return
+            seq.pending.append(t)
+
+    def _end(self, seq: Seq, reason: str | None, *, error: BaseException | None = None) -> None:
         h, req, slot = self._h, seq.req, seq.slot
         if reason in ("stop", "length") and not seq.stopped:
             tail = seq.text.finish()
@@ -350,7 +355,7 @@ class Engine:
         with self._cond:
             self._cond.notify_all()
 
-    def _stats(self, seq: _Seq) -> Stats:
+    def _stats(self, seq: Seq) -> Stats:
         end = time.perf_counter()
         req = seq.req
         first = seq.t_first or end
@@ -361,25 +366,4 @@ class Engine:
                      gen_tps=(seq.n_gen - 1) / gen_s if seq.n_gen > 1 and gen_s > 0 else 0.0,
                      ttft_s=first - req.t_submit, prompt_eval_tokens=evaluated, cached_tokens=seq.cached,
                      prompt_s=seq.prompt_s, gen_s=gen_s, total_s=end - req.t_submit,
-                     queue_s=seq.t_admit - req.t_submit, slot=seq.slot.seq_id)
-
-
-def _logsoftmax_row(logits):
-    """A copy of a logits row (before any constraint masks it) and its log-normaliser."""
-    import numpy as np
-
-    row = np.ctypeslib.as_array(logits).copy()
-    m = float(row.max())
-    return row, m + float(np.log(np.exp(row - m).sum()))
-
-
-def _logprob_entry(row, logz: float, token: int, k: int) -> dict:
-    """OpenAI's per-token shape: the chosen token's log-probability and the k likeliest."""
-    import numpy as np
-
-    entry = {"token": token, "logprob": float(row[token]) - logz}
-    if k:
-        top = np.argpartition(-row, k)[:k]
-        top = top[np.argsort(-row[top])]
-        entry["top_logprobs"] = [{"token": int(t), "logprob": float(row[t]) - logz} for t in top]
-    return entry
+                     queue_s=seq.t_admit - req.t_submit, slot=seq.slot.seq_id, forced_tokens=seq.n_forced)

@@ -140,6 +140,7 @@ class LlamaHandle:
         self._piece_buf = ctypes.create_string_buffer(64)
         self.batch = llama_cpp.llama_batch_init(spec.n_batch, 0, 1)
         self._logits_type = ctypes.POINTER(ctypes.c_float * self.n_vocab)
+        self._eog: list[int] | None = None
 
     def close(self) -> None:
         lib = self._lib
@@ -217,14 +218,26 @@ class LlamaHandle:
         self._lib.llama_synchronize(self.ctx)
 
     # --- samplers ----------------------------------------------------------------------
+    @property
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (EOS, EOT, <|im_end|>, ...)."""
+        if self._eog is None:
+            is_eog, vocab = self._lib.llama_vocab_is_eog, self.vocab
+            self._eog = [t for t in range(self.n_vocab) if is_eog(vocab, t)]
+        return self._eog
+
     def sampler_chain(self, *, temperature: float, top_k: int, top_p: float, min_p: float,
                       repeat_penalty: float, presence_penalty: float, frequency_penalty: float,
-                      penalty_last_n: int, seed: int):
+                      penalty_last_n: int, seed: int, ignore_eos: bool = False):
         """A native sampler chain in llama.cpp's own order (penalties, top-k, top-p, min-p, temperature,
         then a seeded draw; greedy at temperature 0)."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lib.llama_sampler_chain_add
+        if ignore_eos:  # as llama.cpp's --ignore-eos: the end tokens' logits at -inf (llama.cpp copies them)
+            eog = self.eog_tokens
+            bias = (lib.llama_logit_bias * len(eog))(*[(t, float("-inf")) for t in eog])
+            add(chain, lib.llama_sampler_init_logit_bias(self.n_vocab, len(eog), bias))
         if repeat_penalty != 1.0 or presence_penalty or frequency_penalty:
             add(chain, lib.llama_sampler_init_penalties(self.n_vocab, penalty_last_n, repeat_penalty,
                                                         frequency_penalty, presence_penalty))

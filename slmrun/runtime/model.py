@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ContextOverflowError, InvalidArgumentError, ModelClosedError
-from .engine import Engine, Request
+from .engine import Engine
+from .slots import Request
 from .llama import ContextSpec, LlamaHandle
 from .params import make_params
 from .response import Response, ResponseState
@@ -95,6 +96,8 @@ class Model:
                               verbose=options.verbose, model_params_hook=model_params_hook)
         self.load_s = time.perf_counter() - t0
         self._pieces: dict[int, bytes] = {}
+        self._grammar_tokenizer = None  # built on the first structured request (~0.3 s)
+        self._terminators: dict[int, str] | None = None
         self._lock = threading.Lock()  # the vocabulary's users vs close()
         self._closed = False
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
@@ -110,6 +113,9 @@ class Model:
                 return
             self._closed = True
         self._engine.close()
+        if self._grammar_tokenizer is not None:  # it calls into the vocabulary: release it first
+            from ..structured import release_tokenizer
+            release_tokenizer(id(self))
         with self._lock:
             self._h.close()
         _OPEN.discard(self)
@@ -215,11 +221,29 @@ class Model:
         add_bos = not (bos and prompt.startswith(bos))
         return self.tokenize(prompt, special=True, add_bos=add_bos), stops
 
+    def _grammar(self):
+        """This model's grammar tokenizer (llguidance's view of the vocabulary), built once."""
+        from ..structured import tokenizer_for
+
+        with self._lock:
+            self._check_open()
+            if self._grammar_tokenizer is None:
+                self._grammar_tokenizer = tokenizer_for(id(self), self._h.vocab, eos_tokens=self._h.eog_tokens)
+            return self._grammar_tokenizer
+
     def _submit(self, tokens: list[int], params: dict, *, stops: Sequence[str], strip_leading: bool,
-                constraint=None) -> Response:
+                score_from: int | None = None) -> Response:
         self._check_open()
         extra_stop = params.pop("stop", None)
-        p = make_params(**params, stop=extra_stop, default_seed=self.options.seed)
+        spec = constraint = None
+        structured = {k: params.pop(k) for k in ("json_schema", "grammar", "json_object") if k in params}
+        if any(v is not None and v is not False for v in structured.values()):
+            from ..structured import constraint_spec
+
+            spec = constraint_spec(**structured)  # refused here, before anything is queued
+            constraint = self._grammar().constraint(spec)
+            stops = ()  # the grammar decides where the value ends; a stop string could cut it
+        p = make_params(**params, stop=extra_stop if spec is None else None, default_seed=self.options.seed)
         if not tokens:
             raise InvalidArgumentError("the prompt is empty", hint="Give a prompt with some text.")
         if len(tokens) >= self.n_ctx:
@@ -230,8 +254,62 @@ class Model:
                      + (f" (up to the model's {trained} tokens)." if trained else "."))
         state = ResponseState(len(tokens))
         req = Request(tokens=list(tokens), params=p, state=state, stops=tuple(p.stop) + tuple(stops),
-                      strip_leading=strip_leading, constraint=constraint)
+                      strip_leading=strip_leading, constraint=constraint, score_from=score_from)
         engine = self._engine
-        response = Response(state, model_name=self.name, on_cancel=lambda: engine.cancel(req))
+        response = Response(state, model_name=self.name, on_cancel=lambda: engine.cancel(req), spec=spec)
         engine.submit(req)
         return response
+
+    # --- tasks for small models: answers other programs consume ---------------------------------
+    def classify(self, text: str, labels: Sequence[str], *, instruction: str | None = None,
+                 examples=None):
+        """The label that fits ``text``, and a probability for every label, from the model's own
+        log-probabilities of each label's tokens (teacher forcing; see slmrun.structured.classify),
+        not from sampled text. ``examples``: (text, label) pairs shown to the model first."""
+        from .. import structured as st
+
+        labels = st.check_labels(labels)
+        messages = st.classify_messages(text, labels, instruction=instruction, examples=examples)
+        if self.has_chat_format:
+            prompt = self.chat_tokens(messages)
+            label_text = str
+        else:  # plain text: "Text: ... / Label: ..." lines, the labels after a space
+            prompt = self.tokenize(_plain_classify_prompt(messages), special=False)
+            label_text = " {}".format
+        sequences = st.label_tokens(labels, lambda s: self.tokenize(label_text(s), special=False, add_bos=False))
+        st.check_fits(len(prompt), labels, sequences, self.n_ctx)
+        ends = st.end_tokens(labels, self._h.eog_tokens, self._terminator_tokens())
+        # One after another: each reuses the prompt's cells the one before left in its slot.
+        logprobs = []
+        for seq, end in zip(sequences, ends):
+            r = self._submit(list(prompt) + list(seq), {"max_tokens": 0}, stops=(), strip_leading=False,
+                             score_from=len(prompt)).wait()
+            logprobs.append(st.sequence_logprob(r._s.score_rows, seq, end))
+        return st.label_probabilities(labels, logprobs)
+
+    def extract(self, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512):
+        """The fields of ``schema`` (a JSON Schema dict or string, or a pydantic model class)
+        found in ``text``, as a validated value; decoding is constrained to the schema."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidArgumentError("the text to extract from is empty")
+        system = instruction or "Extract the information from the user's text as JSON. Use only what the text says."
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        if self.has_chat_format:
+            r = self.chat(messages, json_schema=schema, temperature=0, max_tokens=max_tokens)
+        else:
+            r = self.complete(f"{system}\nText: {text}\nJSON:", json_schema=schema, temperature=0,
+                              max_tokens=max_tokens)
+        return r.json()
+
+    def _terminator_tokens(self) -> dict[int, str]:
+        if self._terminators is None:
+            from ..structured import terminator_tokens
+            self._terminators = terminator_tokens(self._piece(t) for t in range(self.n_vocab))
+        return self._terminators
+
+
+def _plain_classify_prompt(messages: list[dict]) -> str:
+    lines = [messages[0]["content"]]
+    for m in messages[1:]:
+        lines.append(("Text: " if m["role"] == "user" else "Label: ") + m["content"])
+    return "\n".join(lines) + "\nLabel:"

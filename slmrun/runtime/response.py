@@ -32,6 +32,7 @@ class Stats:
     total_s: float = 0.0  # call to the end
     queue_s: float = 0.0  # time waiting for a free slot
     slot: int = -1  # the sequence (slot) that served the request
+    forced_tokens: int = 0  # of generated_tokens, those a grammar forced (appended without sampling)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +102,7 @@ class ResponseState:
         self.consumed = 0  # pieces handed to a reader: what a user has seen
         self.logprobs: list[dict] | None = None  # per token, when asked for
         self.tokens: list[int] = []  # the generated token ids
+        self.score_rows: list = []  # scoring requests: the logits rows kept
 
     def push(self, piece: str) -> None:
         with self.cond:
@@ -134,10 +136,11 @@ class ResponseState:
 class Response:
     """One generation (see the module docstring). Created by ``Model.complete`` and ``Model.chat``."""
 
-    def __init__(self, state: ResponseState, *, model_name: str, on_cancel: Callable[[], None]):
+    def __init__(self, state: ResponseState, *, model_name: str, on_cancel: Callable[[], None], spec=None):
         self._s = state
         self._on_cancel = on_cancel
         self.model_name = model_name
+        self.spec = spec  # the structured-output constraint it was generated under (ConstraintSpec), if any
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -207,6 +210,28 @@ class Response:
         """Per generated token {"token", "logprob"[, "top_logprobs"]}, when asked for with logprobs=True."""
         self.wait()
         return self._s.logprobs
+
+    def json(self):
+        """The reply as a JSON value, validated against the json_schema it was generated under.
+
+        Raises StructuredOutputError when it is not JSON, does not validate, or was cut by
+        max_tokens or the context before the value was complete (finish_reason "length")."""
+        from ..structured import parse_json
+
+        return parse_json(self.text, self.spec, finish_reason=self.finish_reason)
+
+    def check(self) -> "Response":
+        """Raise StructuredOutputError unless the reply is a complete value of its constraint:
+        a JSON value that validates (see json()), or text a grammar finished; else return self."""
+        from ..errors import StructuredOutputError
+
+        if self.spec is not None and self.spec.is_json:
+            self.json()
+        elif self.spec is not None and self.finish_reason == "length":
+            raise StructuredOutputError(
+                f"the output stopped at max_tokens before the grammar was complete ({len(self.text)} characters)",
+                hint="Raise max_tokens (-n), or make the grammar's answers shorter.")
+        return self
 
     @property
     def text_so_far(self) -> str:
