@@ -2,9 +2,8 @@
 """`slmrun serve` against llama.cpp's llama-server under the same load, on this machine.
 
 1. Builds llama-server from the llama.cpp source vendored in the installed
-   llama-cpp-python's sdist (as benchmarks/compare_llama_bench.py builds llama-bench:
-   same version, Release, native CPU, AMX kernels off where the CPU has them), under
-   benchmarks/_build/llama-server-build/ (gitignored). No web UI is embedded.
+   llama-cpp-python's sdist (benchmarks/llama_tools.py: same version and switches as the
+   Makefile's llama-cpp-python), under benchmarks/_build/ (gitignored).
 2. Runs, interleaved in rounds, each server in its own process on 127.0.0.1 with the
    same model (the default SmolLM2-135M), threads, slots and per-slot context:
    C clients x R requests to /v1/completions (greedy, max_tokens 8), each prompt a few
@@ -24,7 +23,6 @@ import json
 import os
 import random
 import re
-import shutil
 import socket
 import statistics
 import string
@@ -36,32 +34,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare_llama_bench import (AMX_OFF, BUILD, fetch_source, has_amx, installed_build, loadavg,  # noqa: E402
-                                 log, run)
+from llama_tools import build_tools, installed_build, loadavg, log  # noqa: E402
 
 OUT = HERE / "SERVER.md"
 MARK_BEGIN, MARK_END = "<!-- load:begin -->", "<!-- load:end -->"
 CODE_LINES = 8
-
-
-def build_llama_server(src: Path, jobs: int) -> Path:
-    flags = AMX_OFF if has_amx() else ""
-    args = ["-G", "Ninja"] if shutil.which("ninja") else []
-    args += ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
-             "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF"]
-    if flags:
-        args += [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
-    out = BUILD / "llama-server-build"
-    exe = out / "bin" / "llama-server"
-    stamp = out / "slmrun-build-args.json"
-    if not (exe.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == args):
-        log("configuring llama.cpp for llama-server" + (" (AMX kernels off)" if flags else ""))
-        run(["cmake", "-S", src, "-B", out, *args], stdout=subprocess.DEVNULL)
-        log(f"building llama-server with -j{jobs} (several minutes the first time)")
-        run(["cmake", "--build", out, "--target", "llama-server", f"-j{jobs}"], stdout=subprocess.DEVNULL)
-        stamp.write_text(json.dumps(args))
-    return exe
 
 
 def free_port() -> int:
@@ -196,13 +173,15 @@ def main(argv=None) -> int:
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--llama-server", type=Path, help="use this llama-server (built from the same source) "
+                                                      "instead of building one under benchmarks/_build/")
     p.add_argument("--max-load", type=float, default=1.5, help="wait (up to 10 min) for a load average below this")
     a = p.parse_args(argv)
     from slmrun import api
 
     resolved = api.resolve("smollm2-135m")
     build = installed_build()
-    exe = build_llama_server(fetch_source(build["version"]), a.jobs)
+    exe = a.llama_server or build_tools("llama-server", jobs=a.jobs)["llama-server"]
     rows = []
     for rnd in range(1, a.rounds + 1):
         order = [("slmrun", None), ("llama-server", exe)]

@@ -50,7 +50,8 @@ class Server:
                                      stderr=subprocess.STDOUT, text=True, env={**server_env(home), **(env or {})})
         self._got_url = threading.Event()
         self.url = ""
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._got_url.wait(timeout) or not self.url:
             self.stop()
             raise RuntimeError(f"slmrun serve did not start: {self.log}")
@@ -113,6 +114,12 @@ class Server:
     def loaded(self) -> list[dict]:
         return self.json("GET", "/api/ps")[1]["models"]
 
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        """The exit status, once the process has ended and its last log lines are read."""
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
     def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -120,8 +127,7 @@ class Server:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return self.wait_exit()
 
     def __enter__(self) -> "Server":
         return self

@@ -245,7 +245,8 @@ def test_delete_removes_from_the_store(ol, server, tiny_llama):
 
 
 def test_every_request_gets_an_access_log_line(oa, server):
+    before = len(server.lines)
     oa.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, temperature=0)
-    line = server.wait_for(lambda: next((ln for ln in reversed(server.lines)
+    line = server.wait_for(lambda: next((ln for ln in server.lines[before:]
                                          if '"POST /v1/chat/completions" 200' in ln), None), what="the log line")
     assert "model=tiny:f32" in line and "gen=3" in line and "finish=length" in line

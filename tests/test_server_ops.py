@@ -187,8 +187,8 @@ def test_keep_alive_default_unloads_idle_models(home):
         ollama.Client(host=s.url).generate(model="tiny", prompt="x", options={"num_predict": 1})
         ps = s.loaded()
         assert ps[0]["slmrun"]["keep_alive"] == "1s"
-        s.wait_for(lambda: s.loaded() == [], timeout=20, what="the idle model to unload")
-        assert "unloaded tiny:f32" in s.log
+        s.wait_for(lambda: s.loaded() == [], timeout=20, what="the idle model to leave /api/ps")
+        s.wait_for(lambda: "unloaded tiny:f32" in s.log, timeout=20, what="its memory to be freed")
 
 
 def test_a_long_chat_is_trimmed_to_the_context_not_refused(server):

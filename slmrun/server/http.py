@@ -9,7 +9,7 @@ import json
 import logging
 import time
 
-import anyio
+import asyncio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
@@ -29,6 +29,8 @@ class HTTPError(Exception):
 # (library error, HTTP status, OpenAI's error code); first match wins.
 STATUS = (
     (E.ContextOverflowError, 400, "context_length_exceeded"),
+    (E.InvalidSchemaError, 400, "invalid_schema"), (E.UnsupportedSchemaError, 400, "unsupported_schema"),
+    (E.InvalidGrammarError, 400, "invalid_grammar"),
     (E.InvalidArgumentError, 400, "invalid_value"),
     (E.ChatFormatError, 400, "unsupported_model"),
     (E.ModelNotFoundError, 404, "model_not_found"), (E.ModelNotPulledError, 404, "model_not_found"),
@@ -38,6 +40,7 @@ STATUS = (
     (E.DownloadError, 502, "download_failed"), (E.ChecksumMismatchError, 502, "checksum_mismatch"),
     (E.InsufficientDiskSpaceError, 507, "insufficient_storage"),
     (E.InsufficientMemoryError, 500, "insufficient_memory"),
+    (E.StructuredOutputError, 500, "invalid_output"),
 )
 RETRY_AFTER_S = 1  # a slot frees when any one request ends; small models end them quickly
 
@@ -119,36 +122,33 @@ class EngineStream(StreamingResponse):
         self.generation = generation
 
     async def __call__(self, scope, receive, send) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                async def stream() -> None:
-                    await self.stream_response(send)
-                    tg.cancel_scope.cancel()
+        async def watch() -> None:
+            await self.listen_for_disconnect(receive)
+            self.generation.cancel()  # the stream then ends by itself; nobody reads it any more
 
-                tg.start_soon(stream)
-                await self.listen_for_disconnect(receive)
-                tg.cancel_scope.cancel()
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self.stream_response(send)
         finally:
+            watcher.cancel()
             self.generation.cancel()  # a no-op once it has ended
 
 
 async def wait_or_disconnect(request: Request, generation) -> None:
     """Await a generation; a client that leaves meanwhile cancels it (its slot frees at once)."""
-    try:
-        async with anyio.create_task_group() as tg:
-            async def watch() -> None:
-                while (await request.receive())["type"] != "http.disconnect":
-                    pass
-                generation.cancel()
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        generation.cancel()
 
-            tg.start_soon(watch)
-            try:
-                await generation
-            finally:
-                tg.cancel_scope.cancel()
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await generation
     except BaseException:
         generation.cancel()
         raise
+    finally:
+        watcher.cancel()
 
 
 # --- middleware (plain ASGI) -------------------------------------------------------------------

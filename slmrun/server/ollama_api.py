@@ -79,19 +79,16 @@ async def chat(request: Request):
         r = gen.response
         message, finish = plan.message(r.text, r.finish_reason)
         return {"model": gen.key, "created_at": now_iso(),
-                "message": _ollama_message(message, text_sent=streamed and not plan.buffered),
+                "message": _ollama_message(message, text_sent=streamed),
                 **_done_fields(gen, "stop" if finish == "tool_calls" else finish)}
 
     if call.stream:
         async def chunks():
             r = gen.response
             try:
-                if plan.buffered:  # a tool call goes out whole, once its arguments are complete
-                    await r
-                else:
-                    async for piece in r:
-                        yield ndjson({"model": gen.key, "created_at": now_iso(),
-                                      "message": {"role": "assistant", "content": piece}, "done": False})
+                async for piece in structured.stream_text(r, plan):
+                    yield ndjson({"model": gen.key, "created_at": now_iso(),
+                                  "message": {"role": "assistant", "content": piece}, "done": False})
                 yield ndjson(final(True))
             except SlmrunError as exc:
                 yield ndjson(error_body(exc, "/api")[1])
@@ -105,7 +102,8 @@ def _ollama_message(message: dict, *, text_sent: bool) -> dict:
     a stream's last line when the text went out already."""
     import json
 
-    out = {"role": "assistant", "content": "" if text_sent else message.get("content") or ""}
+    out = {"role": "assistant", "content": "" if text_sent and not message.get("tool_calls") else
+           message.get("content") or ""}
     calls = message.get("tool_calls")
     if calls:
         out["tool_calls"] = [{"function": {"name": c["function"]["name"],

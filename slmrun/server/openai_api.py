@@ -98,17 +98,11 @@ async def _chat_chunks(gen, call, plan, base):
     r = gen.response
     try:
         yield chunk({"role": "assistant", "content": ""})
-        if plan.buffered:  # a tool call is sent whole, once its arguments are complete
-            await r
-        else:
-            async for piece in r:
-                yield chunk({"content": piece})
+        async for piece in structured.stream_text(r, plan):
+            yield chunk({"content": piece})
         message, finish = plan.message(r.text, r.finish_reason)
-        if plan.buffered:
-            delta = {k: v for k, v in message.items() if k != "role"}
-            if delta.get("tool_calls"):
-                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
-            yield chunk(delta)
+        if message.get("tool_calls"):  # sent whole, once its arguments are complete
+            yield chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]})
         lp = chat_logprobs(gen.model, r.logprobs) if call.logprobs is not None else None
         yield chunk({}, finish=_finish(finish), logprobs=lp)
         if call.include_usage:
