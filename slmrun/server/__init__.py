@@ -7,7 +7,8 @@ that imports the web framework (Starlette) and its server (uvicorn), and only wh
     pull.py         /api/pull's progress events over slmrun's own pull
     generation.py   one generation for either API: lease, fit the history, submit
     structured.py   response_format / format and tools
-    translate.py    both APIs' request bodies to the engine's terms (pure)
+    translate.py    both APIs' request bodies to the engine's terms, keep_alive durations (pure)
+    messages.py     both APIs' chat messages to the engine's (pure)
     manager.py      which models are loaded: keep_alive, LRU unload, the memory budget
     http.py         error shapes, middleware (API key, body cap, access log), streaming
     metrics.py      /metrics in Prometheus' text format

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError
+from .messages import bad as _bad, chat_messages
 
 FOREVER = math.inf
 
@@ -26,11 +27,6 @@ OLLAMA_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top
 # Ollama's options that choose how a model is loaded: here the server's command line does.
 OLLAMA_LOAD_TIME = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock",
                               "numa", "low_vram", "vocab_only", "f16_kv", "num_keep", "logits_all"})
-
-
-def _bad(field_name: str, rule: str, value=None) -> InvalidArgumentError:
-    shown = "" if value is None else f", got {value!r}"
-    return InvalidArgumentError(f"{field_name} must be {rule}{shown}")
 
 
 @dataclass
@@ -100,113 +96,6 @@ def format_duration(seconds: float) -> str:
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)}m"
     return f"{seconds:g}s"
-
-
-# --- messages ---------------------------------------------------------------------------
-
-def _text_content(content, where: str) -> str:
-    """OpenAI's content: a string, null, or a list of parts of which only text is served here."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif kind in ("image_url", "input_image", "input_audio", "file"):
-                raise InvalidArgumentError(f"{where}: {kind} content is not supported: the models served here "
-                                           "read text only", hint="Send the message as text.")
-            else:
-                raise _bad(f"{where} content parts", 'objects like {"type": "text", "text": "..."}', part)
-        return "\n".join(texts)
-    raise _bad(f"{where}.content", "a string or a list of text parts", content)
-
-
-def tool_call_text(name: str, arguments) -> str:
-    """How a tool call the assistant made reads in the prompt of the next turn."""
-    import json
-
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            pass
-    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
-
-
-def openai_messages(messages) -> list[dict]:
-    """OpenAI chat messages -> the engine's {"role", "content"} list (tool turns as text)."""
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "a non-empty list", messages if not isinstance(messages, list) else None)
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _bad(where, "an object with role and content", m)
-        role = m.get("role")
-        if role == "developer":  # OpenAI's newer name for system
-            role = "system"
-        if role not in ("system", "user", "assistant", "tool"):
-            raise _bad(f"{where}.role", "one of system, developer, user, assistant, tool", role)
-        text = _text_content(m.get("content"), where)
-        if role == "assistant" and m.get("tool_calls"):
-            calls = m["tool_calls"]
-            if not isinstance(calls, list):
-                raise _bad(f"{where}.tool_calls", "a list", calls)
-            parts = [text] if text else []
-            for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                    raise _bad(f"{where}.tool_calls", 'items like {"function": {"name", "arguments"}}', call)
-                parts.append(tool_call_text(fn["name"], fn.get("arguments")))
-            text = "\n".join(parts)
-        if role == "tool":
-            role, text = "user", f"Tool result{_tool_label(m)}:\n{text}"
-        out.append({"role": role, "content": text})
-    return out
-
-
-def _tool_label(m: dict) -> str:
-    name = m.get("name") or m.get("tool_name") or m.get("tool_call_id")
-    return f" ({name})" if isinstance(name, str) and name else ""
-
-
-def ollama_messages(messages) -> list[dict]:
-    """Ollama chat messages (images refused, tool_calls with object arguments) -> the engine's."""
-    if not isinstance(messages, list):
-        raise _bad("messages", "a list", messages)
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise _bad(where, "an object with role and content", m)
-        if m.get("images"):
-            raise InvalidArgumentError(f"{where}: images are not supported: the models served here read text only")
-        role = m.get("role")
-        if role not in ("system", "user", "assistant", "tool"):
-            raise _bad(f"{where}.role", "one of system, user, assistant, tool", role)
-        content = m.get("content")
-        if content is not None and not isinstance(content, str):
-            raise _bad(f"{where}.content", "a string", content)
-        text = content or ""
-        if role == "assistant" and m.get("tool_calls"):
-            calls = m["tool_calls"] if isinstance(m["tool_calls"], list) else None
-            if calls is None:
-                raise _bad(f"{where}.tool_calls", "a list", m["tool_calls"])
-            parts = [text] if text else []
-            for call in calls:
-                fn = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                    raise _bad(f"{where}.tool_calls", 'items like {"function": {"name", "arguments"}}', call)
-                parts.append(tool_call_text(fn["name"], fn.get("arguments")))
-            text = "\n".join(parts)
-        if role == "tool":
-            role, text = "user", f"Tool result{_tool_label(m)}:\n{text}"
-        out.append({"role": role, "content": text})
-    return out
 
 
 # --- OpenAI -----------------------------------------------------------------------------
@@ -317,7 +206,7 @@ def tool_choice_field(choice, tools) -> object:
 
 
 def openai_chat(body: dict) -> Call:
-    call = Call(model=_model_field(body), messages=openai_messages(body.get("messages")))
+    call = Call(model=_model_field(body), messages=chat_messages(body.get("messages"), api="openai"))
     _openai_common(body, call)
     logprobs, top = body.get("logprobs"), body.get("top_logprobs")
     if logprobs not in (None, True, False):
@@ -414,7 +303,7 @@ def _ollama_common(body: dict, call: Call) -> list[str]:
 
 
 def ollama_chat(body: dict) -> tuple[Call, list[str]]:
-    call = Call(model=_model_field(body), messages=ollama_messages(body.get("messages", [])))
+    call = Call(model=_model_field(body), messages=chat_messages(body.get("messages", []), api="ollama"))
     ignored = _ollama_common(body, call)
     call.tools = tools_field(body.get("tools"))
     call.tool_choice = "auto" if call.tools else "none"
