@@ -1,18 +1,17 @@
 #!/usr/bin/env python3
 """Does a long-running `slmrun serve` keep its memory flat?
 
-1. The library alone, each variant in a fresh process: N cycles of load / generate /
-   close of the default model, with Model.close()'s malloc_trim(0) and without it
-   (patched out), RSS after every cycle.
-2. `slmrun serve --keep-alive 0`: N requests through Ollama's API, each loading the
+1. `slmrun serve --keep-alive 0`: N requests through Ollama's API, each loading the
    model and unloading it after; RSS (the server's /metrics) after every unload.
-3. One connection, a 1,000-turn chat through /v1/chat/completions, the client resending
+2. One connection, a 1,000-turn chat through /v1/chat/completions, the client resending
    the whole history each turn (as chat clients do); the server trims it to the context.
    RSS and the prompt's size every 50 turns.
+3. The library alone, each variant in a fresh process: cycles of load / generate / close
+   of the default model, with Model.close()'s malloc_trim(0) and without it (patched out).
 
-Writes the figures between the "soak" markers of benchmarks/SERVER.md.
+Writes the figures between the "soak" markers of benchmarks/SERVER.md, after each part.
 
-    .venv/bin/python benchmarks/server_soak.py [--cycles 200] [--turns 1000]
+    .venv/bin/python benchmarks/server_soak.py [--cycles 200] [--turns 1000] [--library-cycles 40]
 """
 
 from __future__ import annotations
@@ -137,18 +136,24 @@ def growth(rss: list[int], skip: int) -> float:
 
 
 def write(a, lib_trim, lib_plain, cycles, chat) -> None:
-    skip = min(10, max(0, len(cycles) - 2))
+    """The section as far as measured (each phase rewrites it when it ends)."""
+    skip = min(10, max(0, len(cycles or lib_trim or [0, 0]) - 2))
     lines = [MARK_BEGIN, "", f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `benchmarks/server_soak.py --cycles "
              f"{a.cycles} --turns {a.turns}`, model {a.model}. RSS in MiB; growth per cycle after the first {skip}.",
              "", "| what | cycles | RSS after 1 | after 10 | at the end | growth per cycle |", "|---|---|---|---|---|---|"]
     for label, rss in (("library: load / generate / close, with malloc_trim(0) in close()", lib_trim),
                        ("library: the same, malloc_trim patched out", lib_plain),
                        ("`slmrun serve --keep-alive 0`: one request = one load and unload", cycles)):
+        if not rss:
+            lines.append(f"| {label} | not measured yet | | | | |")
+            continue
         lines.append(f"| {label} | {len(rss)} | {rss[0] / MB:.1f} | {rss[min(9, len(rss) - 1)] / MB:.1f} | "
                      f"{rss[-1] / MB:.1f} | {growth(rss, skip):+.3f} MB |")
     lines += ["", f"A {a.turns}-turn chat on one connection (the client resends the whole history; "
               "`--ctx 1024`, max_tokens 12):", "",
               "| turn | messages sent | prompt tokens after trimming | server RSS (MiB) |", "|---|---|---|---|"]
+    if not chat:
+        lines.append("| not measured yet | | | |")
     for turn, rss, prompt, sent in chat:
         lines.append(f"| {turn} | {sent} | {prompt} | {rss / MB:.1f} |")
     lines += ["", MARK_END]
@@ -165,19 +170,23 @@ def write(a, lib_trim, lib_plain, cycles, chat) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cycles", type=int, default=200)
-    p.add_argument("--library-cycles", type=int, default=110)
+    p.add_argument("--library-cycles", type=int, default=40, help="0: skip the library comparison")
     p.add_argument("--turns", type=int, default=1000)
     p.add_argument("--model", default="smollm2-135m:q4_1")
     a = p.parse_args(argv)
-    log(f"library, {a.library_cycles} cycles with malloc_trim")
-    lib_trim = library(a.model, a.library_cycles, True)
-    log(f"library, {a.library_cycles} cycles without")
-    lib_plain = library(a.model, a.library_cycles, False)
+    lib_trim = lib_plain = cycles = chat = []
     log(f"server, {a.cycles} load/unload cycles")
     cycles = server_cycles(a.model, a.cycles)
+    write(a, lib_trim, lib_plain, cycles, chat)
     log(f"server, a {a.turns}-turn chat")
     chat = long_chat(a.model, a.turns)
     write(a, lib_trim, lib_plain, cycles, chat)
+    if a.library_cycles:
+        log(f"library, {a.library_cycles} cycles with malloc_trim")
+        lib_trim = library(a.model, a.library_cycles, True)
+        log(f"library, {a.library_cycles} cycles without")
+        lib_plain = library(a.model, a.library_cycles, False)
+        write(a, lib_trim, lib_plain, cycles, chat)
     return 0
 
 

@@ -71,6 +71,7 @@ def test_the_page_streams_a_reply_from_the_real_model(tmp_path, default_model_fi
         try:
             driver.get(s.url + "/")
             wait(driver, lambda d: models_listed(d) == ["smollm2-135m:q4_1"])
+            assert not driver.find_element("id", "api-key").is_displayed()  # no key asked by this server
             for field, value in (("temperature", "0"), ("max-tokens", "40")):
                 box = driver.find_element("id", field)
                 box.clear()
