@@ -268,6 +268,8 @@ def write_plot(agg: dict, p: int, n: int, title: str) -> str:
 
 
 def write_results(ctx: dict) -> None:
+    from slmrun.units import format_bytes
+
     a, agg, p, n = ctx["args"], ctx["agg"], ctx["args"].n_prompt, ctx["args"].n_gen
     lb_pp, lb_tg, lb_tgd = (ms(agg["lb"][k])[0] for k in ("pp", "tg", "tg_depth"))
     sl_pp, sl_tg, sl_e2e = (ms(agg["sl"][k])[0] for k in ("pp", "tg", "e2e"))
@@ -290,7 +292,7 @@ def write_results(ctx: dict) -> None:
         "## Setup",
         "",
         f"- Machine: {machine['cpu_model']} ({machine['arch']}), {machine['logical_cores']} logical / "
-        f"{machine['physical_cores']} physical cores, {machine['ram_total'] / 2**30:.1f} GiB RAM; Linux "
+        f"{machine['physical_cores']} physical cores, {format_bytes(machine['ram_total'])} RAM; Linux "
         f"{platform.release()}.",
         f"- llama.cpp features (llama-cpp-python's build): {', '.join(ctx['features'])}.",
         f"- llama-cpp-python {ctx['build']['version']}, vendored llama.cpp {ctx['build']['commit']}; llama-bench "
@@ -335,7 +337,7 @@ def write_results(ctx: dict) -> None:
         "",
         f"Other slmrun bench figures: time to first token of a short chat prompt {ms(agg['sl']['ttft'])[0] * 1000:.0f} "
         f"± {ms(agg['sl']['ttft'])[1] * 1000:.0f} ms, load {ms(agg['sl']['load'])[0]:.2f} s (page cache warm), "
-        f"peak RSS {max(agg['sl']['peak_rss']) / 1e6:.0f} MB.",
+        f"peak RSS {format_bytes(max(agg['sl']['peak_rss']))}.",
         "",
         "### Per round (mean t/s; in brackets, cores other processes used during that tool's run)",
         "",

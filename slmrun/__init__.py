@@ -19,14 +19,16 @@ _EXPORTS = {
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
-    "SlmrunError": "slmrun.errors", "ModelNotFoundError": "slmrun.errors",
-    "ModelNotPulledError": "slmrun.errors", "ModelFileNotFoundError": "slmrun.errors",
-    "InvalidModelFileError": "slmrun.errors", "ContextOverflowError": "slmrun.errors",
-    "DownloadError": "slmrun.errors", "ChecksumMismatchError": "slmrun.errors",
-    "InsufficientMemoryError": "slmrun.errors", "InvalidArgumentError": "slmrun.errors",
-    "ModelClosedError": "slmrun.errors", "QueueFullError": "slmrun.errors", "GenerationError": "slmrun.errors",
-    "InvalidSchemaError": "slmrun.errors", "InvalidGrammarError": "slmrun.errors",
-    "UnsupportedSchemaError": "slmrun.errors", "StructuredOutputError": "slmrun.errors",
+    # Every error (tests/test_api_surface.py checks that none is missing).
+    **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
+                     "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
+                     "RegistryError", "UnknownQuantError", "DownloadError", "OfflineError",
+                     "RemoteFileNotFoundError", "ChecksumMismatchError", "InsufficientDiskSpaceError",
+                     "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
+                     "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
+                     "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
+                     "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError"),
+                    "slmrun.errors"),
 }
 
 __all__ = sorted(_EXPORTS)

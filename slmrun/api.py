@@ -16,11 +16,6 @@ from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFo
                      ModelNotFoundError, ModelNotPulledError)
 from .registry import ModelEntry, load_registry, split_ref
 
-# Best quality first (by perplexity loss; ../shared/reference.md): used to pick
-# among the quants a user has when they name none.
-QUALITY_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_K_S", "Q5_0", "Q4_K_M",
-                 "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
-
 
 MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
 
@@ -39,10 +34,6 @@ def looks_like_path(ref: str) -> bool:
             or ref.startswith("."))
 
 
-def _quality_rank(quant: str) -> int:
-    return QUALITY_ORDER.index(quant) if quant in QUALITY_ORDER else len(QUALITY_ORDER)
-
-
 def choose_quant(entry: ModelEntry) -> str:
     """The quant to use when the user names none: the planner's pick for this machine."""
     try:
@@ -52,14 +43,19 @@ def choose_quant(entry: ModelEntry) -> str:
     return pick_for_this_machine(entry)
 
 
-def _best_local(entry: ModelEntry, local: list[store.StoredModel]) -> store.StoredModel:
+def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> store.StoredModel:
+    """Of the local quants, what the planner picks on this machine (the best that fits)."""
+    if len(local) == 1:
+        return local[0]
     try:
         from .hardware import detect
         from .planner import plan, spec_from_entry
-        quant = plan((spec_from_entry(entry), {m.quant: m.size for m in local}), detect(), force=True).quant
+        target = (spec_from_entry(entry), {m.quant: m.size for m in local}) if entry else local_target(local)
+        quant = plan(target, detect(), force=True).quant
         return next(m for m in local if m.quant == quant)
     except Exception:  # planning must never stop a load: then the best quality here
-        return min(local, key=lambda m: _quality_rank(m.quant))
+        from .planner import quality_rank
+        return min(local, key=lambda m: quality_rank(m.quant))
 
 
 def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
@@ -87,7 +83,8 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
         local = store.find(name, quant)
     except ModelNotFoundError:
         if local:  # an imported model the registry does not know
-            return Resolved(path=local[0].path, name=name, quant=local[0].quant, stored=local[0])
+            pick = _best_local(None, local)
+            return Resolved(path=pick.path, name=name, quant=pick.quant, stored=pick)
         raise
     if quant is None:
         if not local:
@@ -102,6 +99,44 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
         raise ModelNotPulledError(f"{entry.name}:{quant.lower()} is not downloaded yet",
                                   hint=f"Run `slmrun pull {entry.name}:{quant.lower()}` first.")
     return Resolved(path=local[0].path, name=entry.name, quant=quant, entry=entry, stored=local[0])
+
+
+def local_target(local: list[store.StoredModel]):
+    """What the planner plans an imported model from: its GGUFs' own metadata, its local quants."""
+    from .gguf_info import read_info
+    from .planner import LocalModel, spec_from_gguf
+
+    info = read_info(local[0].path)
+    return LocalModel(name=local[0].name, spec=spec_from_gguf(info), files={m.quant: m.size for m in local})
+
+
+def plan_target(ref: str):
+    """What ``slmrun plan REF`` plans: a registry entry (its published quants), an imported
+    model (its local files) or a .gguf path (that file), each from the best facts there are.
+    Returns (target, quant named in REF or None)."""
+    from .gguf_info import read_info
+    from .planner import LocalModel, spec_from_gguf
+
+    ref = os.fspath(ref).strip()
+    if looks_like_path(ref) or Path(ref).is_file():
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelFileNotFoundError(f"no such model file: {path}")
+        info = read_info(path)
+        return LocalModel(name=path.name, spec=spec_from_gguf(info), files={info.quant: info.size}), None
+    name, quant = split_ref(ref)
+    try:
+        entry, quant = load_registry().resolve(ref)
+        return entry, quant
+    except ModelNotFoundError:
+        local = store.find(name)
+        if not local:
+            raise
+    if quant is not None and quant not in {m.quant for m in local}:
+        from .errors import UnknownQuantError
+        raise UnknownQuantError(f"{name} has no local quant {quant}",
+                                hint=f"Local quants: {', '.join(m.quant for m in local)}.")
+    return local_target(local), quant
 
 
 def inspect_file(resolved: Resolved):
@@ -212,7 +247,8 @@ def chat_format_for(resolved: Resolved, info, override: str | None = None):
 def check_memory(info, options, *, name: str, hw) -> None:
     """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit on ``hw``."""
     from .errors import InsufficientMemoryError
-    from .planner import budget_bytes, estimate_memory, format_bytes, spec_from_gguf
+    from .planner import budget_bytes, estimate_memory, spec_from_gguf
+    from .units import format_bytes
 
     need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",

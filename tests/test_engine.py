@@ -229,3 +229,24 @@ def test_default_model_eight_threads_each_continue_their_own_code(default_model_
         for code, text in pairs:
             assert code in text, (code, text)
             assert not any(other in text for other in codes if other != code)
+
+
+def test_a_model_nobody_holds_is_closed(tiny_llama):
+    m = slmrun.load(tiny_llama, n_ctx=128, n_threads=1, n_parallel=1)
+    m.complete("hi", max_tokens=2).wait()
+    engine = m._engine
+    del m
+    gc.collect()
+    assert not engine._thread.is_alive()  # the engine held nothing that kept the Model alive
+
+
+def test_a_done_callback_may_close_the_model(tiny_llama):
+    m = slmrun.load(tiny_llama, n_ctx=128, n_threads=1, n_parallel=2)
+    first = m.complete("hello", max_tokens=4, temperature=0)
+    other = m.complete("the world", max_tokens=200, temperature=0)
+    first.add_done_callback(lambda r: m.close())  # runs on the engine's own thread
+    assert first.wait(timeout=30).finish_reason == "length"
+    with pytest.raises(ModelClosedError):
+        other.wait(timeout=30)
+    m._engine._thread.join(timeout=30)
+    assert not m._engine._thread.is_alive() and m.closed

@@ -6,7 +6,7 @@ and flash attention on, slmrun's defaults), evaluates a prompt of one full micro
 and generates a few tokens, then takes the growth of the process's resident set
 (/proc/self/status VmRSS) over a baseline taken after every import. The mmap'd weights
 count because generation reads every one of them; the measurement is RSS, not the
-compute buffer llama.cpp reserves (see slmrun/planner.py's docstring). The estimate
+compute buffer llama.cpp reserves (see docs/CALIBRATION.md). The estimate
 must be within 10% of the measured growth.
 
 Speed: the default model's measured generation speed against estimate_speed() with this
@@ -159,6 +159,35 @@ def test_kv_cache_q8_0_matches_llama_cpp(default_model_file):
     from slmrun.gguf_info import read_info
     spec = planner.spec_from_gguf(read_info(default_model_file))
     assert abs(planner.kv_cache_bytes(spec, 1024, "q8_0", "q8_0") / MiB - kv) < 0.01
+
+
+_KV_TYPES = textwrap.dedent("""
+    import sys, slmrun
+    from slmrun.planner import KV_CACHE_TYPES
+    for name in KV_CACHE_TYPES:
+        print("TYPE", name, file=sys.stderr, flush=True)
+        with slmrun.load(sys.argv[1], n_ctx=4096, n_threads=1, type_k=name, type_v=name, verbose=True,
+                         n_parallel=1) as m:
+            assert m.complete("hello world", max_tokens=2, temperature=0).stats.generated_tokens == 2
+""")
+
+
+def test_every_kv_cache_type_is_the_one_llama_cpp_allocates(small_llama):
+    """One table gives the runtime each type's ggml id and the planner its size: llama.cpp names
+    the type it got back ("K (q4_0): ...") and allocates what kv_cache_bytes() says."""
+    from slmrun.gguf_info import read_info
+
+    proc = subprocess.run([sys.executable, "-c", _KV_TYPES, str(small_llama)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    spec = planner.spec_from_gguf(read_info(small_llama))
+    blocks = proc.stderr.split("TYPE ")[1:]
+    assert [b.split()[0] for b in blocks] == list(planner.KV_CACHE_TYPES)
+    for block in blocks:
+        name = block.split()[0]
+        assert f"K ({name}):" in block and f"V ({name}):" in block, block
+        kv = float(re.search(_MIB_LINE.format("CPU KV buffer size"), block).group(1))
+        assert abs(planner.kv_cache_bytes(spec, 4096, name, name) / MiB - kv) < 0.01, name
 
 
 @pytest.mark.real_model

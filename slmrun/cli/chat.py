@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 
 from .. import config
 from . import app
+from .output import WordWrap
 from .run import FORMAT_HELP, format_verbose, load_for_cli
 
 HELP = """Commands:
@@ -31,9 +33,13 @@ _SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "seed": int, "m
 
 
 class ChatUI:
-    def __init__(self, session, *, interactive: bool, show_stats: bool, out=sys.stdout, err=sys.stderr):
+    def __init__(self, session, *, interactive: bool, show_stats: bool, out=sys.stdout, err=sys.stderr,
+                 width=None):
+        """`width`: a callable giving the terminal's columns, to wrap replies at word
+        boundaries; None writes replies as they come (pipes)."""
         self.session, self.interactive, self.show_stats = session, interactive, show_stats
         self.out, self.err = out, err
+        self.width = width
         self.warned_trim = False
 
     def say(self, text: str) -> None:
@@ -44,16 +50,20 @@ class ChatUI:
     def reply(self, text: str) -> None:
         t0 = time.perf_counter()
         out = self.out
-        response = None
-        try:
+        response = wrap = None
+        try:  # from here on, Ctrl-C stops the answer (the wrapper's first use imports rich)
             response = self.session.send(text)
+            wrap = WordWrap(out.write, self.width()) if self.width else None
+            write = wrap.write if wrap else out.write
             for piece in response:
-                out.write(piece)
+                write(piece)
                 out.flush()
         except KeyboardInterrupt:
             if response is not None:
                 response.cancel()
                 response.wait()  # the history gets the partial reply before the next message
+            if wrap:
+                wrap.close()
             out.write("\n")
             self.say("(stopped)")
             return
@@ -61,6 +71,8 @@ class ChatUI:
             if self.session.last_dropped and not self.warned_trim:
                 self.say("(the conversation outgrew the context: the oldest turns were dropped; /clear starts over)")
                 self.warned_trim = True
+        if wrap:
+            wrap.close()
         out.write("\n")
         out.flush()
         if self.show_stats:
@@ -88,7 +100,8 @@ class ChatUI:
             self._set(arg)
         elif cmd == "/show":
             m = s.model
-            used = len(m.chat_tokens(s.conversation.messages())) if s.conversation.messages() else 0
+            messages = s.conversation.messages()
+            used = s.count_tokens(messages) if messages else 0  # the chat template's count, or plain text's
             o = m.options
             self.say(f"model:    {m.name}  ({m.path})\n"
                      f"quant:    {m.info.quant if m.info else '?'}   arch: {m.info.architecture if m.info else '?'}\n"
@@ -255,7 +268,8 @@ def chat(
             typer.echo(f"Note: {m.name} has no chat template and no prompt format fits it; using plain "
                        "completion (each message continues the text). --format NAME chooses a format.", err=True)
         interactive = sys.stdin.isatty()
-        ui = ChatUI(session, interactive=interactive, show_stats=verbose)
+        width = (lambda: shutil.get_terminal_size().columns) if interactive and sys.stdout.isatty() else None
+        ui = ChatUI(session, interactive=interactive, show_stats=verbose, width=width)
         if interactive:
             ui.loop()
         else:

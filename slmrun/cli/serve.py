@@ -61,7 +61,7 @@ def serve(
 ):
     """Serve models over HTTP: OpenAI's API under /v1, Ollama's under /api, a chat page at /."""
     from ..errors import InvalidArgumentError
-    from ..hardware import parse_size
+    from ..units import parse_size
 
     bind_host, bind_port = _address(host, port)
     key = config.api_key() if api_key is None else api_key.strip()
@@ -132,7 +132,7 @@ def ps(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
     """List the models a running `slmrun serve` has loaded."""
-    from ..store import human_size
+    from ..units import format_bytes
 
     models = _request("GET", "/api/ps", None, host, port).get("models", [])
     if as_json:
@@ -144,7 +144,7 @@ def ps(
     rows = [("NAME", "SIZE", "CONTEXT", "SLOTS", "QUEUE", "UNTIL")]
     for m in models:
         extra = m.get("slmrun", {})
-        rows.append((m["name"], human_size(m.get("size")), str(m.get("context_length", "?")),
+        rows.append((m["name"], format_bytes(m.get("size")), str(m.get("context_length", "?")),
                      f"{extra.get('slots_busy', '?')}/{extra.get('slots', '?')} busy", str(extra.get("queue_depth", 0)),
                      _until(m.get("expires_at", ""), extra)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

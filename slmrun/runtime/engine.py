@@ -32,8 +32,9 @@ from .slots import Request, Seq, Slot, common_prefix
 
 class Engine:
     def __init__(self, handle, *, n_parallel: int, n_ctx_seq: int, n_batch: int, name: str,
-                 load_s: float = 0.0, max_queue: int | None = None, piece_of=None):
+                 load_s: float = 0.0, max_queue: int | None = None, piece_of=None, on_exit=None):
         self._h = handle
+        self._on_exit = on_exit  # frees llama.cpp: run by this thread, after its last use of the context
         self.n_parallel = n_parallel
         self.n_ctx_seq = n_ctx_seq
         self.n_batch = n_batch
@@ -74,7 +75,9 @@ class Engine:
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Fail what is running or waiting with ModelClosedError, stop the thread, free llama.cpp."""
+        """Fail what is running or waiting with ModelClosedError, stop the thread, free llama.cpp.
+        Called on the engine's own thread (a done-callback that closes the model), it returns at
+        once and the thread frees everything when the step it is in ends."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -142,6 +145,11 @@ class Engine:
             raise
         finally:
             self._fail_all(closed_error())
+            for slot_seq in list(self._active):  # a failure inside _end: free what is left
+                self._h.sampler_free(slot_seq.chain)
+            self._active.clear()
+            if self._on_exit is not None:
+                self._on_exit()
             self._stopped.set()
 
     def _fail_all(self, error) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InvalidArgumentError, ModelLoadError
+from ..errors import ModelLoadError
 
 # llama.cpp logs through a C callback; keeping a reference stops it being collected.
 _LOG_CALLBACK = None
@@ -65,13 +65,9 @@ def cache_type_id(name: str | None) -> int | None:
     """ggml's type id for a KV cache type name ("q8_0" -> 8); None keeps llama.cpp's f16."""
     if not name:
         return None
-    from ..planner import KV_CACHE_TYPES
+    from ..planner import kv_cache_type
 
-    found = KV_CACHE_TYPES.get(name.lower())
-    if found is None:
-        raise InvalidArgumentError(f"unknown KV cache type {name!r}",
-                                   hint=f"Use one of {', '.join(KV_CACHE_TYPES)}.")
-    return found.ggml_type
+    return kv_cache_type(name).ggml_type  # raises InvalidArgumentError naming the known types
 
 
 @dataclass(frozen=True)

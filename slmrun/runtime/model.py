@@ -72,6 +72,33 @@ def _return_freed_heap() -> None:
         pass
 
 
+class _Shared:
+    """What a Model and its engine thread both use. The engine holds this, never the Model, so
+    a Model nobody holds any more is collected, and its ``__del__`` closes it."""
+
+    def __init__(self, handle: LlamaHandle):
+        self.h = handle
+        self.lock = threading.Lock()  # the vocabulary's users vs freeing it
+        self.pieces: dict[int, bytes] = {}
+        self.grammar = None  # the grammar tokenizer, built on the first structured request (~0.3 s)
+
+    def piece(self, token: int) -> bytes:
+        """The text bytes of a generated token, cached: the token loop's only lookup."""
+        piece = self.pieces.get(token)
+        if piece is None:
+            piece = self.pieces[token] = self.h.piece(token)
+        return piece
+
+    def free(self) -> None:
+        """On the engine's thread, after its last step: the grammar tokenizer (it calls into the
+        vocabulary), then the context and the model, while no tokenize() runs."""
+        if self.grammar is not None:
+            from ..structured import release_tokenizer
+            release_tokenizer(id(self))
+        with self.lock:
+            self.h.close()
+
+
 class Model:
     """A loaded model. Use as a context manager, or call ``close()``."""
 
@@ -95,14 +122,13 @@ class Model:
         self._h = LlamaHandle(self.path, spec, use_mmap=options.use_mmap, use_mlock=options.use_mlock,
                               verbose=options.verbose, model_params_hook=model_params_hook)
         self.load_s = time.perf_counter() - t0
-        self._pieces: dict[int, bytes] = {}
-        self._grammar_tokenizer = None  # built on the first structured request (~0.3 s)
+        self._shared = shared = _Shared(self._h)
+        self._lock = shared.lock
         self._terminators: dict[int, str] | None = None
-        self._lock = threading.Lock()  # the vocabulary's users vs close()
         self._closed = False
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
                               n_batch=options.n_batch, name=self.name, load_s=self.load_s,
-                              max_queue=options.max_queue, piece_of=self._piece)
+                              max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free)
         _OPEN.add(self)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -112,12 +138,7 @@ class Model:
             if self._closed:
                 return
             self._closed = True
-        self._engine.close()
-        if self._grammar_tokenizer is not None:  # it calls into the vocabulary: release it first
-            from ..structured import release_tokenizer
-            release_tokenizer(id(self))
-        with self._lock:
-            self._h.close()
+        self._engine.close()  # the engine thread frees llama.cpp as it ends (_Shared.free)
         _OPEN.discard(self)
         _return_freed_heap()
 
@@ -181,10 +202,7 @@ class Model:
         return self._piece(token).decode("utf-8", "replace")
 
     def _piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            piece = self._pieces[token] = self._h.piece(token)
-        return piece
+        return self._shared.piece(token)
 
     # --- generation ------------------------------------------------------------------
     def complete(self, prompt: str, **params) -> Response:
@@ -225,11 +243,12 @@ class Model:
         """This model's grammar tokenizer (llguidance's view of the vocabulary), built once."""
         from ..structured import tokenizer_for
 
-        with self._lock:
+        shared = self._shared
+        with shared.lock:
             self._check_open()
-            if self._grammar_tokenizer is None:
-                self._grammar_tokenizer = tokenizer_for(id(self), self._h.vocab, eos_tokens=self._h.eog_tokens)
-            return self._grammar_tokenizer
+            if shared.grammar is None:
+                shared.grammar = tokenizer_for(id(shared), self._h.vocab, eos_tokens=self._h.eog_tokens)
+            return shared.grammar
 
     def _submit(self, tokens: list[int], params: dict, *, stops: Sequence[str], strip_leading: bool,
                 score_from: int | None = None) -> Response:

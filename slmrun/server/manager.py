@@ -46,7 +46,7 @@ def plan_unloads(loaded: list[Resident], *, key: str, need: int, budget: int) ->
     """The idle models to unload (least recently used first) so that ``need`` more bytes fit
     the budget. Raises InsufficientMemoryError if the model cannot fit even alone, and
     QueueFullError (retry later) if only busy models stand in the way."""
-    from ..planner import format_bytes
+    from ..units import format_bytes
 
     if need > budget:
         raise InsufficientMemoryError(
