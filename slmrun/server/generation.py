@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import anyio
+import asyncio
 
 from ..chat import fit_history
 from .translate import Call, model_ref
@@ -66,7 +66,7 @@ async def start(state, call: Call, request, extra: dict | None = None) -> Genera
     note = request.scope.get("slmrun.log", {})
     note["model"] = key
     try:
-        response, dropped, prompt_tokens = await anyio.to_thread.run_sync(submit, lease.model, call, extra)
+        response, dropped, prompt_tokens = await asyncio.to_thread(submit, lease.model, call, extra)
     except BaseException:
         lease.release()
         raise
