@@ -71,21 +71,21 @@ class Server:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def get(self, path: str, *, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    def get(self, path: str, *, headers: dict | None = None) -> tuple[int, object, bytes]:
         return self.request("GET", path, headers=headers)
 
-    def post(self, path: str, body, *, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    def post(self, path: str, body, *, headers: dict | None = None) -> tuple[int, object, bytes]:
         return self.request("POST", path, body, headers=headers)
 
     def request(self, method: str, path: str, body=None, *, headers: dict | None = None,
-                timeout: float = 120.0) -> tuple[int, dict, bytes]:
+                timeout: float = 120.0) -> tuple[int, object, bytes]:
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, dict(r.headers), r.read()
+                return r.status, r.headers, r.read()  # the headers: a case-insensitive mapping
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+            return e.code, e.headers, e.read()
 
     def json(self, method: str, path: str, body=None, **kw):
         status, _, data = self.request(method, path, body, **kw)

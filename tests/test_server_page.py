@@ -84,7 +84,7 @@ def test_the_page_streams_a_reply_from_the_real_model(tmp_path, default_model_fi
                   if (b) window.lengths.push(b.textContent.length);
                 }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
             """)
-            question = "What is the capital of France?"
+            question = "What is the capital of France? Answer in one sentence."
             send(driver, question)
             text = wait(driver, reply_done).text
             lengths = driver.execute_script("return window.lengths")

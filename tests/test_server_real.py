@@ -3,10 +3,10 @@ that leaves, a full server, SIGTERM, /health while loading, and RSS over load/un
 
 Greedy decoding of "1, 2, 3, ..." keeps counting until max_tokens, so those requests run
 as long as a test needs them to; "Code: X" repeated makes the model continue with X,
-which lets the load test see whose answer is whose. The codes are six digits: SmolLM2
-copies those every time (0 misses in 200 six-digit ones here), while six random capitals it misspells
-about once in a hundred (UPGMTM -> UGMTM), even alone, which would fail the test for the
-model's sake, not the server's."""
+which lets the load test see whose answer is whose. The codes are three words from a list
+(apple-river-stone), all different: SmolLM2 copies those every time (200 of 200 here, even
+alone), while six random capitals or digits it miscopies about once in a hundred (UPGMTM ->
+UGMTM, 89693504 -> 89693505), which would fail the test for the model's sake, not the server's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import http.client
 import json
 import random
 import signal
-import string
 import sys
 import threading
 import time
@@ -46,8 +45,16 @@ def code_prompt(code: str) -> str:
     return "".join(f"Code: {code}\n" for _ in range(CODE_LINES)) + "Code:"
 
 
-def new_code(rng: random.Random) -> str:
-    return "".join(rng.choice(string.digits) for _ in range(8))  # 200 of them: no two alike, in all likelihood
+WORDS = ("apple river stone cloud tiger piano garden silver rocket candle forest window yellow dragon marble "
+         "pepper castle orange rabbit winter summer violin planet island bottle button jacket ladder mirror "
+         "pillow").split()
+
+
+def new_codes(n: int, seed: int = 0) -> list[str]:
+    rng, codes = random.Random(seed), set()
+    while len(codes) < n:
+        codes.add("-".join(rng.choice(WORDS) for _ in range(3)))
+    return sorted(codes, key=lambda _: rng.random())
 
 
 class Stream:
@@ -66,7 +73,11 @@ class Stream:
         return line.decode()
 
     def rest(self) -> str:
-        return self.response.read().decode()
+        """Everything still to come; what arrived, when the server cuts the stream."""
+        try:
+            return self.response.read().decode()
+        except http.client.IncompleteRead as cut:
+            return cut.partial.decode()
 
     def close(self) -> None:
         self.conn.sock.close()  # no goodbye: as a crashed or impatient client leaves
@@ -89,12 +100,12 @@ def test_eight_clients_each_get_their_own_answer(home):
     with Server(home, "-m", "smollm2-135m", "--ctx", "512", "--parallel", "4") as s:
         results, errors = [], []
 
+        codes = new_codes(200)
+
         def client(i: int) -> None:
-            rng = random.Random(i)
             oa = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=300)
             ol = ollama.Client(host=s.url, timeout=300)
-            for _ in range(25):
-                code = new_code(rng)
+            for code in codes[i * 25:(i + 1) * 25]:
                 try:
                     if i % 2:
                         text = ol.generate(model="smollm2-135m", prompt=code_prompt(code), raw=True,
@@ -228,8 +239,8 @@ def test_load_unload_cycles_keep_rss_flat(home):
         rss = []
         for i in range(40):
             ol.generate(model="smollm2-135m", prompt="Hi", options={"num_predict": 2}, keep_alive=0)
-            s.wait_for(lambda: s.loaded() == [], what="the unload")
-            data = s.get("/metrics")[2].decode()
+            data = s.wait_for(lambda: (lambda d: d if f"slmrun_model_unloads_total {i + 1}\n" in d else None)(
+                s.get("/metrics")[2].decode()), what="the unload")
             rss.append(int(float(next(ln.split()[1] for ln in data.splitlines()
                                      if ln.startswith("process_resident_memory_bytes")))))
         assert 'slmrun_model_loads_total 40' in data and 'slmrun_model_unloads_total 40' in data
