@@ -98,7 +98,8 @@ def server_cycles(ref: str, cycles: int) -> list[int]:
             status, body = s.call("POST", "/api/generate", {"model": ref, "prompt": "Hello", "stream": False,
                                                             "options": {"num_predict": 4, "temperature": 0}})
             assert status == 200, body
-            while s.call("GET", "/api/ps")[1]["models"]:
+            # Measured once the model is freed (it leaves /api/ps first, then closes).
+            while f"slmrun_model_unloads_total {i + 1}\n" not in s.call("GET", "/metrics")[1]:
                 time.sleep(0.01)
             rss.append(s.rss())
             if (i + 1) % 50 == 0:
