@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = next(m.group(1) for line in server.stderr if (m := re.search(r"slmrun serve on (http://\S+) ", line)))
+        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()  # a full pipe blocks it
         options = Options()
         options.binary_location = "/usr/bin/chromium"
         for flag in FLAGS:

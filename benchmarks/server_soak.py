@@ -22,6 +22,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class Serve:
                 break
         else:
             raise RuntimeError("slmrun serve did not start")
+        # Keep reading its log (one line per request): a full pipe would block the server.
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
         while self.call("GET", "/health")[0] != 200:
             time.sleep(0.2)
