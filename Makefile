@@ -18,7 +18,7 @@ endif
 export CMAKE_ARGS ?= $(LLAMA_CMAKE)
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: setup chat test test-fast bench clean
+.PHONY: setup browser chat test test-fast bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,10 +38,22 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 	$(BIN)/slmrun pull smollm2-135m
 
+# The server's tests drive its chat page in Debian's headless Chromium and read raw
+# server-sent events with curl: install them once (quiet, and nothing to do when present).
+BROWSER_TOOLS := chromium chromedriver curl
+browser:
+	@missing=""; for t in $(BROWSER_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "The tests need$$missing: sudo apt-get install chromium chromium-driver curl" >&2; exit 1; fi; \
+	  echo "installing chromium, chromium-driver and curl for the server's tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver curl >/dev/null; \
+	fi
+
 chat: setup
 	@$(BIN)/slmrun chat
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 test-fast: $(VENV)/.installed

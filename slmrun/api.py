@@ -58,12 +58,19 @@ def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> sto
         return min(local, key=lambda m: quality_rank(m.quant))
 
 
-def resolve(ref: str) -> Resolved:
-    """Find the local file for a model reference; raise with the next step if it is not here."""
+def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
+    """Find the local file for a model reference; raise with the next step if it is not here.
+
+    ``allow_path=False`` (names from the network): only registry and store names, never a file.
+    """
     if not isinstance(ref, (str, os.PathLike)) or not str(ref).strip():
         raise InvalidArgumentError("a model name or path is required", hint="Example: slmrun run -m tinyllama 'Hi'")
     ref = os.fspath(ref).strip()
-    if looks_like_path(ref) or Path(ref).is_file():
+    if not allow_path:
+        if looks_like_path(ref):
+            raise InvalidArgumentError(f"{ref!r} looks like a file path; only model names are accepted here",
+                                       hint="Use a name from `slmrun list` (import a file first with `slmrun import`).")
+    elif looks_like_path(ref) or Path(ref).is_file():
         path = Path(ref).expanduser()
         if not path.exists():
             raise ModelFileNotFoundError(f"no such model file: {path}")
@@ -165,7 +172,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
-         max_queue: int | None = None, chat_format: str | None = None):
+         max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
@@ -174,10 +181,11 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     the planner's estimate exceeds what this machine has available, unless ``force=True``.
     ``chat_format`` names a prompt format (prompt_formats.names(), or "none") to chat
     with instead of the model's own; ``model.chat_format`` says what is used and why.
+    ``allow_path=False`` refuses file paths (see resolve()).
     """
     from .runtime import LoadOptions, Model
 
-    resolved = resolve(ref if ref is not None else config.default_model())
+    resolved = resolve(ref if ref is not None else config.default_model(), allow_path=allow_path)
     info = inspect_file(resolved)
     choice = chat_format_for(resolved, info, chat_format)
     cores = os.cpu_count() or 1

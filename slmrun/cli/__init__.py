@@ -47,7 +47,7 @@ def fail(message: str, hint: str = "", code: int = 1):
 
 
 def _register() -> None:
-    from . import bench, chat, models, run, system, tasks  # noqa: F401  (each module adds its commands to `app`)
+    from . import bench, chat, models, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:

@@ -221,3 +221,12 @@ def memory(root: Path, live: bool) -> tuple[int, int, int]:
     available = info.get("MemAvailable",  # kernels before 3.14 lack it
                          info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0))
     return total, min(available, total) if total else available, info.get("SwapTotal", 0)
+
+
+def process_rss() -> int | None:
+    """This process's resident memory in bytes (for the server's /metrics), None if unknown."""
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except Exception:
+        return None

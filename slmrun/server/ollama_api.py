@@ -1,0 +1,295 @@
+"""Ollama's API: /api/chat, /api/generate (NDJSON streams), /api/tags, /api/show, /api/ps,
+/api/version, /api/pull, /api/delete; shapes as Ollama's docs/api.md gives them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import InvalidArgumentError, SlmrunError
+from . import generation, structured, translate
+from .http import EngineStream, error_body, ndjson, read_json, wait_or_disconnect
+
+log = logging.getLogger("slmrun.server")
+NDJSON = "application/x-ndjson"
+
+
+def now_iso(ts: float | None = None) -> str:
+    t = datetime.now(timezone.utc) if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+def _done_fields(gen, reason: str) -> dict:
+    s = gen.response.stats
+    return {"done": True, "done_reason": reason if reason in ("stop", "length") else "stop",
+            "total_duration": ns(s.total_s + gen.load_s), "load_duration": ns(gen.load_s),
+            "prompt_eval_count": s.prompt_tokens, "prompt_eval_duration": ns(s.prompt_s),
+            "eval_count": s.generated_tokens, "eval_duration": ns(s.gen_s)}
+
+
+def _warn_ignored(ignored: list[str]) -> None:
+    if ignored:
+        log.warning("ignoring options %s: the server's command line sets how models load", ", ".join(ignored))
+
+
+def _name(body: dict) -> str:
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgumentError("model is required: a name from /api/tags")
+    return translate.check_name(translate.model_ref(name.strip()))
+
+
+async def _load_or_unload(state, call, empty: dict):
+    """An empty prompt (or no messages) loads the model; with keep_alive 0 it unloads it."""
+    ref = translate.model_ref(call.model or state.default_model)
+    if call.keep_alive == 0:
+        key = await asyncio.to_thread(state.manager.resolve, ref)
+        await state.manager.unload(key)
+        reason = "unload"
+    else:
+        lease = await state.manager.lease(ref, keep_alive=call.keep_alive)
+        key = lease.entry.key
+        lease.release()
+        reason = "load"
+    return JSONResponse({"model": key, "created_at": now_iso(), **empty, "done_reason": reason, "done": True})
+
+
+async def chat(request: Request):
+    state = request.app.state.slmrun
+    call, ignored = translate.ollama_chat(await read_json(request))
+    _warn_ignored(ignored)
+    empty = {"message": {"role": "assistant", "content": ""}}
+    if not call.messages:
+        return await _load_or_unload(state, call, empty)
+    plan = structured.plan_for(call)
+    gen = await generation.start(state, call, request, extra=plan.params)
+
+    def final(streamed: bool) -> dict:
+        r = gen.response
+        message, finish = plan.message(r.text, r.finish_reason)
+        return {"model": gen.key, "created_at": now_iso(),
+                "message": _ollama_message(message, text_sent=streamed),
+                **_done_fields(gen, "stop" if finish == "tool_calls" else finish)}
+
+    if call.stream:
+        async def chunks():
+            r = gen.response
+            try:
+                async for piece in structured.stream_text(r, plan):
+                    yield ndjson({"model": gen.key, "created_at": now_iso(),
+                                  "message": {"role": "assistant", "content": piece}, "done": False})
+                yield ndjson(final(True))
+            except SlmrunError as exc:
+                yield ndjson(error_body(exc, "/api")[1])
+        return EngineStream(gen.response, chunks(), media_type=NDJSON)
+    await wait_or_disconnect(request, gen.response)
+    return JSONResponse(final(False))
+
+
+def _ollama_message(message: dict, *, text_sent: bool) -> dict:
+    """OpenAI-style message -> Ollama's: tool-call arguments as objects; the content empty in
+    a stream's last line when the text went out already."""
+    import json
+
+    out = {"role": "assistant", "content": "" if text_sent and not message.get("tool_calls") else
+           message.get("content") or ""}
+    calls = message.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [{"function": {"name": c["function"]["name"],
+                                           "arguments": json.loads(c["function"]["arguments"])}} for c in calls]
+    return out
+
+
+async def generate(request: Request):
+    state = request.app.state.slmrun
+    call, ignored = translate.ollama_generate(await read_json(request))
+    _warn_ignored(ignored)
+    if not call.prompt and not call.context:
+        return await _load_or_unload(state, call, {"response": ""})
+    plan = structured.plan_for(call)
+    gen = await generation.start(state, call, request, extra=plan.params)
+
+    def final(text: str) -> dict:
+        r = gen.response
+        out = {"model": gen.key, "created_at": now_iso(), "response": text, **_done_fields(gen, r.finish_reason)}
+        if gen.prompt_tokens is not None:
+            out["context"] = list(gen.prompt_tokens) + r.tokens
+        return out
+
+    if call.stream:
+        async def chunks():
+            r = gen.response
+            try:
+                async for piece in r:
+                    yield ndjson({"model": gen.key, "created_at": now_iso(), "response": piece, "done": False})
+                yield ndjson(final(""))
+            except SlmrunError as exc:
+                yield ndjson(error_body(exc, "/api")[1])
+        return EngineStream(gen.response, chunks(), media_type=NDJSON)
+    await wait_or_disconnect(request, gen.response)
+    return JSONResponse(final(gen.response.text))
+
+
+# --- models -----------------------------------------------------------------------------------
+
+_FACTS: dict[tuple[str, float], dict] = {}
+
+
+def _facts(stored) -> dict:
+    """GGUF facts of a stored file, read once per file version (tags are listed often)."""
+    from ..gguf_info import read_info
+
+    key = (str(stored.path), stored.modified)
+    facts = _FACTS.get(key)
+    if facts is None:
+        try:
+            info = read_info(stored.path)
+            facts = {"family": info.architecture, "n_params": info.n_params, "context_length": info.context_length}
+        except SlmrunError:
+            facts = {"family": stored.architecture or "unknown", "n_params": 0, "context_length": None}
+        _FACTS[key] = facts
+    return facts
+
+
+def _details(stored) -> dict:
+    from .manager import _param_size
+
+    f = _facts(stored)
+    return {"parent_model": "", "format": "gguf", "family": f["family"], "families": [f["family"]],
+            "parameter_size": _param_size(f["n_params"]) if f["n_params"] else "", "quantization_level": stored.quant}
+
+
+def _tags() -> dict:
+    from .. import store
+
+    return {"models": [{"name": m.ref, "model": m.ref, "modified_at": now_iso(m.modified), "size": m.size,
+                        "digest": m.sha256 or "", "details": _details(m)} for m in store.list_models()]}
+
+
+async def tags(request: Request):
+    return JSONResponse(await asyncio.to_thread(_tags))
+
+
+def _show(ref: str) -> dict:
+    from .. import api
+
+    r = api.resolve(ref, allow_path=False)
+    info = api.inspect_file(r)
+    arch = info.architecture
+    d = api.describe(f"{r.name}:{r.quant.lower()}" if r.quant else r.name, verify=False)
+    model_info = {"general.architecture": arch, "general.parameter_count": info.n_params,
+                  f"{arch}.context_length": info.context_length, f"{arch}.embedding_length": info.embedding_length,
+                  f"{arch}.block_count": info.block_count, f"{arch}.attention.head_count": info.head_count,
+                  f"{arch}.attention.head_count_kv": info.head_count_kv, f"{arch}.vocab_size": info.vocab_size}
+    stored = r.stored
+    details = _details(stored) if stored is not None else {"format": "gguf", "family": arch, "families": [arch],
+                                                            "parameter_size": "", "quantization_level": info.quant}
+    return {"license": d.get("license", ""), "modelfile": f"# slmrun model\nFROM {r.name}:{(r.quant or info.quant).lower()}\n",
+            "parameters": "", "template": info.chat_template or "", "details": details, "model_info": model_info,
+            "capabilities": structured.capabilities(), "modified_at": now_iso(stored.modified if stored else None)}
+
+
+async def show(request: Request):
+    return JSONResponse(await asyncio.to_thread(_show, _name(await read_json(request))))
+
+
+async def ps(request: Request):
+    manager = request.app.state.slmrun.manager
+    out = []
+    for m in manager.loaded():
+        st = m.model.status()
+        if m.in_flight:
+            until = time.time() + m.keep_alive if m.keep_alive != float("inf") else None
+        else:
+            left = m.expires_at - time.monotonic()
+            until = time.time() + left if left != float("inf") else None
+        expires = now_iso(until) if until is not None else "9999-12-31T23:59:59Z"
+        d = m.details
+        out.append({"name": m.key, "model": m.key, "size": m.bytes, "digest": d.get("digest") or "",
+                    "details": {"parent_model": "", "format": "gguf", "family": d.get("family"),
+                                "families": [d.get("family")], "parameter_size": d.get("parameter_size"),
+                                "quantization_level": d.get("quantization_level")},
+                    "expires_at": expires, "size_vram": 0, "context_length": m.model.n_ctx,
+                    "slmrun": {"slots": st["n_parallel"], "slots_busy": st["slots_busy"],
+                               "queue_depth": st["queue_depth"], "in_flight": m.in_flight,
+                               "keep_alive": translate.format_duration(m.keep_alive),
+                               "loaded_at": now_iso(m.loaded_at)}})
+    return JSONResponse({"models": out})
+
+
+async def version(request: Request):
+    return JSONResponse({"version": __version__})
+
+
+async def delete(request: Request):
+    from .. import api
+
+    state = request.app.state.slmrun
+    ref = _name(await read_json(request))
+    removed = await asyncio.to_thread(api.remove, ref)
+    gone = {m.ref for m in removed}
+    for entry in state.manager.loaded():
+        if entry.key in gone:
+            await state.manager.unload(entry.key)
+    state.manager.forget_names()
+    return Response(status_code=200)
+
+
+async def pull(request: Request):
+    from .pull import pull_events
+
+    state = request.app.state.slmrun
+    body = await read_json(request)
+    ref = _name(body)
+    stream = body.get("stream", True) is not False
+    events = pull_events(ref, on_done=state.manager.forget_names)
+    first = await events.__anext__()  # an unknown name fails here, as a 404, before any stream starts
+    if not stream:
+        last = first
+        async for last in events:
+            if "error" in last:
+                break
+        if "error" in last:
+            return JSONResponse(last, status_code=last.pop("_status", 500))
+        return JSONResponse({"status": "success"})
+
+    async def lines():
+        yield ndjson(first)
+        async for event in events:
+            event.pop("_status", None)
+            yield ndjson(event)
+    return _StreamOnly(lines())
+
+
+class _StreamOnly(EngineStream):
+    """A stream with no generation behind it (a pull keeps going if the client leaves)."""
+
+    class _Nothing:
+        def cancel(self) -> None:
+            pass
+
+    def __init__(self, chunks):
+        super().__init__(self._Nothing(), chunks, media_type=NDJSON)
+
+
+routes = [
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/generate", generate, methods=["POST"]),
+    Route("/api/tags", tags, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/version", version, methods=["GET"]),
+    Route("/api/pull", pull, methods=["POST"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
+]
