@@ -97,6 +97,7 @@ class _Shared:
             release_tokenizer(id(self))
         with self.lock:
             self.h.close()
+        _return_freed_heap()
 
 
 class Model:
@@ -140,7 +141,6 @@ class Model:
             self._closed = True
         self._engine.close()  # the engine thread frees llama.cpp as it ends (_Shared.free)
         _OPEN.discard(self)
-        _return_freed_heap()
 
     @property
     def closed(self) -> bool:
