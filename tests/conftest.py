@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,24 @@ def default_model_in_store(default_model_file, isolated_home) -> Path:
 def slmrun_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("slmrun")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "slmrun"]
+
+
+@contextmanager
+def paced(model, seconds: float = 0.02):
+    """Slow a model's engine to one step per ``seconds``, so a test can act (cancel, close)
+    between two tokens of a tiny model however busy the machine is: they decode a token in
+    well under a millisecond, faster than a test thread is scheduled again under load."""
+    import time
+
+    engine = model._engine
+    step = engine._step
+
+    def slow_step():
+        time.sleep(seconds)
+        step()
+
+    engine._step = slow_step  # the engine thread looks the method up on each step
+    try:
+        yield
+    finally:
+        del engine._step

@@ -13,7 +13,7 @@ from slmrun.chat import ChatSession, Conversation, fit_history, render_format, r
 from slmrun.errors import ChatFormatError, InvalidArgumentError
 from slmrun.registry import load_registry
 
-from conftest import slmrun_cmd
+from conftest import paced, slmrun_cmd
 
 Q = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -102,10 +102,11 @@ def test_long_conversation_trims_instead_of_crashing(tiny_llama):
 def test_partial_reply_is_kept_when_the_reader_stops(tiny_llama):
     with slmrun.load(tiny_llama, n_ctx=256, n_threads=1) as m:
         s = ChatSession(m, temperature=0, max_tokens=50)
-        response = s.send("hello")
-        first = next(iter(response))
-        response.cancel()  # what Ctrl-C does in the CLI
-        response.wait()
+        with paced(m):
+            response = s.send("hello")
+            first = next(iter(response))
+            response.cancel()  # what Ctrl-C does in the CLI
+            response.wait()
         assert response.finish_reason == "cancelled"
         assert s.conversation.turns == [{"role": "user", "content": "hello"},
                                         {"role": "assistant", "content": first}]

@@ -8,6 +8,7 @@ model (prompts that repeat their own code word, which greedy decoding continues)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import random
 import string
@@ -17,6 +18,8 @@ import pytest
 
 import slmrun
 from slmrun.errors import ContextOverflowError, ModelClosedError, QueueFullError
+
+from conftest import paced
 
 PROMPTS = ["the world is", "hello a of", "what is 2+2?", "and to in the", "a a a", "hello world", "is of",
            "the the", "of and", "world hello the"]
@@ -93,7 +96,7 @@ def test_asyncio_callers_stream_and_await(model):
 
 
 def test_cancel_frees_the_slot_for_the_next_in_line(tiny_llama):
-    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1) as m:
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1) as m, paced(m):
         first = m.complete("the world is", max_tokens=200, temperature=0)
         second = m.complete("hello", max_tokens=4, temperature=0)  # waits: one slot
         next(iter(first))
@@ -107,7 +110,7 @@ def test_cancel_frees_the_slot_for_the_next_in_line(tiny_llama):
 
 
 def test_a_response_nobody_holds_is_cancelled(tiny_llama):
-    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1) as m:
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1) as m, paced(m):
         for piece in m.complete("the world is", max_tokens=200, temperature=0):
             break  # the loop let go of the only reference
         gc.collect()
@@ -116,7 +119,7 @@ def test_a_response_nobody_holds_is_cancelled(tiny_llama):
 
 
 def test_waiting_requests_are_served_first_come_first_served(tiny_llama):
-    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1) as m:
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1) as m, paced(m, 0.005):
         order = []
         blocker = m.complete("the world is", max_tokens=200, temperature=0)
         next(iter(blocker))  # the only slot is taken: what follows waits in the queue
@@ -132,7 +135,7 @@ def test_waiting_requests_are_served_first_come_first_served(tiny_llama):
 
 
 def test_a_full_queue_is_refused_at_once(tiny_llama):
-    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1, max_queue=1) as m:
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=1, max_queue=1) as m, paced(m):
         running = m.complete("the world is", max_tokens=100, temperature=0)
         next(iter(running))  # it holds the only slot
         waiting = m.complete("hello", max_tokens=2, temperature=0)
@@ -153,6 +156,8 @@ def test_context_overflow_fails_alone(model):
 
 def test_close_ends_running_and_waiting_requests_with_a_clear_error(tiny_llama):
     m = slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=2)
+    stack = contextlib.ExitStack()
+    stack.enter_context(paced(m))
     responses = [m.complete(p, max_tokens=200, temperature=0) for p in PROMPTS[:5]]  # 2 run, 3 wait
     seen = []
 
@@ -168,6 +173,7 @@ def test_close_ends_running_and_waiting_requests_with_a_clear_error(tiny_llama):
     while not responses[0].text_so_far:
         pass
     m.close()
+    stack.close()
     t.join(timeout=30)
     assert not t.is_alive() and isinstance(seen[-1], ModelClosedError)
     for r in responses:
@@ -242,6 +248,8 @@ def test_a_model_nobody_holds_is_closed(tiny_llama):
 
 def test_a_done_callback_may_close_the_model(tiny_llama):
     m = slmrun.load(tiny_llama, n_ctx=128, n_threads=1, n_parallel=2)
+    stack = contextlib.ExitStack()
+    stack.enter_context(paced(m))
     first = m.complete("hello", max_tokens=4, temperature=0)
     other = m.complete("the world", max_tokens=200, temperature=0)
     first.add_done_callback(lambda r: m.close())  # runs on the engine's own thread
@@ -249,4 +257,5 @@ def test_a_done_callback_may_close_the_model(tiny_llama):
     with pytest.raises(ModelClosedError):
         other.wait(timeout=30)
     m._engine._thread.join(timeout=30)
+    stack.close()
     assert not m._engine._thread.is_alive() and m.closed
