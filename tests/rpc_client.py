@@ -78,7 +78,8 @@ class Generator:
         self.decode(self.tokenize(prompt))
         out, times = b"", []
         for _ in range(n):
-            tok = self.ll.llama_sampler_sample(self.sampler, self.ctx, -1)
+            with self._watch():  # decode is asynchronous over RPC: reading the logits waits for it
+                tok = self.ll.llama_sampler_sample(self.sampler, self.ctx, -1)
             if self.ll.llama_vocab_is_eog(self.vocab, tok):
                 break
             piece = self.piece(tok)

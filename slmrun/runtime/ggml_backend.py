@@ -3,8 +3,7 @@
 llama-cpp-python binds llama.h only; the RPC entry points live in ggml and are reached
 the way common/arg.cpp and tools/rpc/rpc-server.cpp do: ``ggml_backend_reg_by_name("RPC")``
 then ``ggml_backend_reg_get_proc_address(reg, "ggml_backend_rpc_add_server")`` (or
-``..._start_server``). The libraries are the ones llama_cpp already loaded (same files in
-its lib/ directory, so the same instances: one device registry, one abort hook).
+``..._start_server``). The libraries are the instances libllama loaded (see _loaded).
 
 Signatures are those of the vendored llama.cpp 0c1e570 (ggml-rpc.h, ggml-backend.h,
 ggml-backend-impl.h); they changed across versions, which is why everything here is
@@ -60,6 +59,24 @@ class _Device(ctypes.Structure):
                 ("context", ctypes.c_void_p)]
 
 
+def _loaded(name: str, lib_dir: Path):
+    """The instance of lib<name> that libllama itself uses.
+
+    Not a fresh dlopen of lib/lib<name>.so: the wheel ships libggml.so and libggml.so.0
+    as copies, not links, and opening the other file makes a second ggml (a second device
+    registry, a second abort hook) that llama.cpp never looks at. RTLD_NOLOAD by the names
+    libllama links against finds the loaded one, or nothing."""
+    import os
+    mode = getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL
+    for soname in (f"lib{name}.so.0", f"lib{name}.0.dylib", f"lib{name}.so", f"lib{name}.dylib"):
+        try:
+            return ctypes.CDLL(soname, mode=mode)
+        except OSError:
+            continue
+    from llama_cpp._ctypes_extensions import load_shared_library
+    return load_shared_library(name, lib_dir)
+
+
 def _fn(lib, name, restype, *argtypes):
     f = getattr(lib, name)
     f.restype, f.argtypes = restype, list(argtypes)
@@ -71,12 +88,10 @@ class Ggml:
 
     def __init__(self):
         import llama_cpp  # loads libllama and, with it, libggml, libggml-base, libggml-rpc
-        from llama_cpp import _ggml
-        from llama_cpp._ctypes_extensions import load_shared_library
 
         self.lib_dir = Path(llama_cpp.__file__).parent / "lib"
-        ggml = _ggml.libggml
-        base = load_shared_library("ggml-base", self.lib_dir)
+        ggml = _loaded("ggml", self.lib_dir)
+        base = _loaded("ggml-base", self.lib_dir)
         llama_cpp.llama_backend_init()  # ggml_backend_load_all() when nothing is registered yet
         vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
         self.reg_by_name = _fn(ggml, "ggml_backend_reg_by_name", vp, cp)

@@ -155,6 +155,22 @@ class Watchdog:
             self._deadline = None
             self._cond.notify()
 
+    def _error(self) -> RpcServerError:
+        from .rpc_wire import awaiting_reply, own_connections
+
+        err = lost_error(f"no answer within {self.timeout:g} s during {self.what}", endpoints=self.endpoints)
+        if not err.message.startswith("an RPC server failed"):
+            return err  # one no longer accepts connections: gone
+        # All still accept (their kernels do even when the process is frozen): name the
+        # ones whose connection has a request out and no reply since.
+        stuck = [label for label, ip, port in self.endpoints
+                 if any(awaiting_reply(fd) for fd in own_connections(ip, port))] or \
+            [label for label, _, _ in self.endpoints]
+        who = f"RPC server {stuck[0]}" if len(stuck) == 1 else "RPC servers " + ", ".join(stuck)
+        return RpcServerError(f"{who} gave no answer within {self.timeout:g} s during {self.what}: "
+                              "stuck, or far too slow",
+                              hint="Check that server; raise SLMRUN_RPC_TIMEOUT if a slow device needs longer.")
+
     def _watch(self) -> None:
         while True:
             with self._cond:
@@ -164,13 +180,6 @@ class Watchdog:
                 if left > 0:
                     self._cond.wait(left)
                     continue
-            names = ", ".join(label for label, _, _ in self.endpoints)
-            err = lost_error(f"no answer within {self.timeout:g} s during {self.what}", endpoints=self.endpoints)
-            if err.message.startswith("an RPC server failed"):  # all still accept: frozen or overloaded
-                err = RpcServerError(
-                    f"RPC servers {names} gave no answer within {self.timeout:g} s during {self.what}: one of "
-                    "them is stuck or far too slow",
-                    hint="Check the servers; raise SLMRUN_RPC_TIMEOUT if a slow device needs longer.")
-            fail(err)
+            fail(self._error())
             with self._cond:
                 self._deadline = None

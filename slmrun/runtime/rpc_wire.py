@@ -143,3 +143,21 @@ def keepalive(fd: int, idle: int = 10, interval: int = 5, count: int = 3, user_t
                 s.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     finally:
         s.close()
+
+
+def awaiting_reply(fd: int) -> bool:
+    """Whether this connection sent data after the last it received: a request still
+    unanswered (TCP_INFO's last_data_sent / last_data_recv, ms ago; Linux)."""
+    if not hasattr(socket, "TCP_INFO"):
+        return False
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 64)
+    except OSError:
+        return False
+    finally:
+        s.close()
+    if len(info) < 60:
+        return False
+    last_sent, _last_ack_sent, last_recv = struct.unpack_from("=III", info, 44)
+    return last_recv > last_sent
