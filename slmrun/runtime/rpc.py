@@ -180,26 +180,35 @@ def add_servers(endpoints: Sequence[Endpoint], timeout: float | None = None, *,
     rpc_guard.install()
     g = ggml()
     add = g.rpc_proc("ggml_backend_rpc_add_server", ADD_SERVER)
-    devices: list[RpcDevice] = []
     seen: dict[str, Endpoint] = {}
     for ep in endpoints:
-        ip = resolve(ep)
-        address = f"{ip}:{ep.port}"
+        address = f"{resolve(ep)}:{ep.port}"
         if address in seen:
             raise InvalidArgumentError(f"RPC servers {seen[address]} and {ep} are the same server ({address})",
                                        hint="Name each server once.")
         seen[address] = ep
+    # Every server answers slmrun (with a deadline) before llama.cpp connects to any.
+    memory: dict[str, tuple | None] = {}
+    for address, ep in seen.items():
+        ip = address.rsplit(":", 1)[0]
         if own_connections(ip, ep.port):  # llama.cpp holds a connection already (another model on it)
-            memory = None
+            memory[address] = None
         else:
-            _, info = query_server(ep, timeout)
-            memory = info.memory
+            memory[address] = query_server(ep, timeout)[1].memory
+    devices: list[RpcDevice] = []
+    for address, ep in seen.items():
         reg = add(address.encode())
         if not reg:
             raise RpcServerError(f"RPC server {ep} offers no devices")
         for i in range(g.reg_dev_count(reg)):
             dev = g.reg_dev_get(reg, i)
-            free, total = memory[i] if memory and i < len(memory) else (0, 0)
+            mem = memory[address]
+            if mem is None:  # over the connection llama.cpp already holds: no new one, no wait
+                f, t = ctypes.c_size_t(), ctypes.c_size_t()
+                g.dev_memory(dev, ctypes.byref(f), ctypes.byref(t))
+                free, total = f.value, t.value
+            else:
+                free, total = mem[i] if i < len(mem) else (0, 0)
             devices.append(RpcDevice(endpoint=str(ep), address=address, index=i,
                                      name=(g.dev_name(dev) or b"").decode(), free=free, total=total, handle=dev))
         if register:
