@@ -65,7 +65,7 @@ def test_the_same_server_under_two_names_is_refused():
     (30, 8, [8, 8], False, 31, [0.5, 0.5]),  # -ngl 99 over two servers
     (22, 2, [6], True, 17, [1.0]),  # a 2 GB client beside a 6 GB server
     (30, 1, [3, 0], True, 23, [1.0, 0.0]),  # a server with no memory gets nothing
-    (30, 4, [0, 0], True, 31, [0.5, 0.5]),  # none reports memory: equal shares, as llama.cpp does
+    (30, 4, [0, 0], True, 21, [0.5, 0.5]),  # none reports memory: each counts as much as the local CPU
     (2, 0, [1, 1], True, 3, [0.5, 0.5]),  # nothing free locally: all offloaded
 ])
 def test_split_is_proportional_to_free_memory(n_layer, local, remote, use_local, ngl, split):
