@@ -24,11 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 class Generator:
     """One model + context; ``placement`` None runs everything on the local CPU."""
 
-    def __init__(self, model_path: str | Path, placement=None, *, n_ctx: int = 512, n_threads: int = 1):
+    def __init__(self, model_path: str | Path, placement=None, *, n_ctx: int = 512, n_threads: int = 1,
+                 quiet: bool = True):
         import llama_cpp
 
-        from slmrun.runtime.model import set_llama_log
-        set_llama_log(False)
+        if quiet:
+            from slmrun.runtime.model import set_llama_log
+            set_llama_log(False)
         self.ll, self.placement = llama_cpp, placement
         mp = llama_cpp.llama_model_default_params()
         mp.n_gpu_layers = 0
@@ -55,9 +57,13 @@ class Generator:
 
     def tokenize(self, text: str) -> list[int]:
         data = text.encode()
-        buf = (self.ll.llama_token * (len(data) + 8))()
-        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, len(buf), True, False)
-        return list(buf[:n])
+        size = len(data) + 8
+        while True:
+            buf = (self.ll.llama_token * size)()
+            n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, len(buf), True, False)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n  # too small: llama.cpp says how many it needs
 
     def piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
