@@ -37,12 +37,15 @@ def port_is_free(port: int) -> bool:
 class Server:
     """One `slmrun rpc-server` child; its output is collected line by line."""
 
+    started: "list[Server]" = []  # every one, so a test's leftovers can be stopped (stop_new)
+
     def __init__(self, *args: str, port: int | None = None, threads: int = 1, env: dict | None = None,
                  command: list[str] | None = None):
         self.port = port or free_port()
         cmd = command or [*slmrun_cmd(), "rpc-server", "--port", str(self.port), "-t", str(threads), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+        Server.started.append(self)
         self.lines: list[str] = []
         self._q: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -89,3 +92,11 @@ class Server:
             self.proc.kill()
             self.proc.wait()
             raise
+
+
+def stop_new(before: int) -> None:
+    """Stop the servers started since ``len(Server.started)`` was ``before`` (a failed test's)."""
+    for server in Server.started[before:]:
+        if server.proc.poll() is None:
+            server.send(signal.SIGCONT)
+            server.stop(signal.SIGKILL)

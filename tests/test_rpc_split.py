@@ -20,12 +20,19 @@ from pathlib import Path
 import pytest
 
 from rpc_client import Generator
-from rpc_servers import Server
+from rpc_servers import Server, stop_new
 from slmrun.runtime import rpc
 from tinymodels import write_tiny_gguf
 
 CLIENT = Path(__file__).with_name("rpc_client.py")
 
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_servers():
+    before = len(Server.started)
+    yield
+    stop_new(before)
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
@@ -196,6 +203,7 @@ def test_a_server_killed_mid_generation_ends_the_client_with_its_name(tiny_deep,
         _, err = proc.communicate(timeout=60)  # no hang
     finally:
         proc.kill()
+        victim.stop(signal.SIGKILL)
     assert proc.returncode == 16, err  # not -6 (SIGABRT), llama.cpp's own reaction
     line = _one_error_line(err)
     assert line.startswith(f"Error: RPC server {victim.endpoint} went away mid-run (Remote RPC server crashed or "
