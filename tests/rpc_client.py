@@ -25,7 +25,7 @@ class Generator:
     """One model + context; ``placement`` None runs everything on the local CPU."""
 
     def __init__(self, model_path: str | Path, placement=None, *, n_ctx: int = 512, n_threads: int = 1,
-                 quiet: bool = True):
+                 quiet: bool = True, flash_attn: bool = True):
         import llama_cpp
 
         if quiet:
@@ -43,6 +43,7 @@ class Generator:
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, n_ctx, n_ctx
         cp.n_threads = cp.n_threads_batch = n_threads
+        cp.flash_attn_type = 1 if flash_attn else 0  # slmrun's default (on), llama-bench -fa 1
         with self._watch("creating the context"):
             self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if placement is not None:
@@ -96,6 +97,30 @@ class Generator:
             self.decode([tok])
             times.append(time.perf_counter() - t0)
         return out.decode("utf-8", "replace"), times
+
+    def _sample(self) -> int:
+        with self._watch():
+            return self.ll.llama_sampler_sample(self.sampler, self.ctx, -1)
+
+    def bench(self, n_prompt: int, n_gen: int) -> tuple[float, float]:
+        """(prompt tokens/s, generation tokens/s) as llama-bench measures them: a prompt of
+        n_prompt tokens in one batch, then n_gen single-token decodes from an empty cache,
+        each followed by the (greedy) sampling that waits for its result."""
+        mem = self.ll.llama_get_memory(self.ctx)
+        text = " ".join(["the quick brown fox jumps over the lazy dog"] * (n_prompt // 4 + 1))
+        prompt = self.tokenize(text)[:n_prompt]
+        self.ll.llama_memory_clear(mem, True)
+        t0 = time.perf_counter()
+        self.decode(prompt)
+        self._sample()
+        pp = len(prompt) / (time.perf_counter() - t0)
+        self.ll.llama_memory_clear(mem, True)
+        tok = prompt[0]
+        t0 = time.perf_counter()
+        for _ in range(n_gen):
+            self.decode([tok])
+            tok = self._sample()
+        return pp, n_gen / (time.perf_counter() - t0)
 
     def close(self) -> None:
         self.ll.llama_sampler_free(self.sampler)

@@ -74,6 +74,14 @@ class Server:
                 return False
         return True
 
+    def wait_for_count(self, text: str, count: int, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.output.count(text) < count:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return True
+
     def ready(self, timeout: float = 60) -> "Server":
         if not self.wait_for("Listening on", timeout):
             self.stop()

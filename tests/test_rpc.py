@@ -309,3 +309,41 @@ def test_a_server_of_another_protocol_version_is_refused():
             rpc.add_servers(rpc.parse_endpoints(f"127.0.0.1:{port}"), timeout=2)
     finally:
         srv.close()
+
+
+# ---------------------------------------------------------------- a build without the RPC backend
+
+@pytest.fixture
+def without_rpc_backend(monkeypatch):
+    """What llama-cpp-python built without -DGGML_RPC=ON looks like to slmrun:
+    ggml_backend_reg_by_name("RPC") returns NULL."""
+    from slmrun.runtime.ggml_backend import ggml
+    monkeypatch.setattr(ggml(), "rpc_reg", None)
+
+
+def test_without_the_rpc_backend_rpc_says_what_to_reinstall(without_rpc_backend):
+    from slmrun.errors import RpcUnavailableError
+    assert not rpc.rpc_available()
+    with pytest.raises(RpcUnavailableError) as e:
+        rpc.add_servers(rpc.parse_endpoints("127.0.0.1:50052"))
+    assert e.value.message == ("this llama-cpp-python was built without llama.cpp's RPC backend "
+                               "(needed for --rpc and rpc-server)")
+    assert 'CMAKE_ARGS="-DGGML_RPC=ON" pip install --force-reinstall --no-cache-dir llama-cpp-python' in e.value.hint
+
+
+def test_without_the_rpc_backend_rpc_server_exits_15(without_rpc_backend, capsys):
+    import sys as _sys
+    from slmrun.cli import main
+    argv = _sys.argv
+    _sys.argv = ["slmrun", "rpc-server", "--port", str(free_port())]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        _sys.argv = argv
+    assert e.value.code == 15
+    err = capsys.readouterr().err
+    assert _error_line(err) == ("Error: this llama-cpp-python was built without llama.cpp's RPC backend "
+                                "(needed for --rpc and rpc-server)")
+    assert "Hint: Reinstall it with the RPC backend: CMAKE_ARGS=" in err
+

@@ -105,6 +105,15 @@ def test_default_model_split_across_two_servers_gives_the_local_text(default_mod
     assert "Paris" in local
 
 
+def test_survey_reports_each_servers_memory_without_llama_cpp(servers):
+    from slmrun import hardware
+    found = rpc.survey(rpc.parse_endpoints(_endpoints(servers)), timeout=10)
+    assert [str(ep) for ep, _ in found] == [s.endpoint for s in servers]
+    for _, memory in found:
+        (free, total), = memory  # one device: the CPU
+        assert 0 < free < total <= hardware.detect().ram_total
+
+
 def test_keepalive_is_on_for_llama_cpp_connections(tiny_deep, servers):
     from slmrun.runtime.rpc_wire import own_connections
     placement = rpc.place(tiny_deep, _endpoints(servers))
@@ -230,3 +239,24 @@ def test_a_server_frozen_mid_generation_ends_the_client_after_the_timeout(tiny_d
     assert proc.returncode == 16, err
     assert _one_error_line(err) == (f"Error: RPC server {victim.endpoint} gave no answer within 2 s during an "
                                     "evaluation step: stuck, or far too slow")
+
+
+@pytest.mark.real_model
+def test_cache_keeps_large_tensors_so_a_second_load_skips_sending_them(default_model_file, tmp_path):
+    # llama.cpp's rule (ggml-rpc.cpp): a tensor over 10 MiB is offered by hash first; a
+    # server with --cache that has it does not need it sent, and stores new ones by hash.
+    server = Server("--cache", env={"SLMRUN_HOME": str(tmp_path)}).ready()
+    try:
+        cache = tmp_path / "rpc-cache"
+        for load in (1, 2):
+            placement = rpc.place(default_model_file, server.endpoint, use_local=False)
+            Generator(default_model_file, placement).close()
+            if load == 1:
+                stored = sorted(p.name for p in cache.iterdir())
+                assert stored and all(re.fullmatch(r"[0-9a-f]{16}", name) for name in stored)
+                assert server.wait_for_count("saved to", len(stored), 30)  # the server's log, one per file
+                saved = server.output.count("saved to")
+        assert server.output.count("saved to") == saved  # the second load sent none of them
+        assert sorted(p.name for p in cache.iterdir()) == stored
+    finally:
+        server.stop()

@@ -9,8 +9,10 @@ The loader's side, in order::
         model = llama_cpp.llama_model_load_from_file(path, params)
     ctx = llama_cpp.llama_init_from_model(model, ctx_params)
     placement.connected()              # keepalive on llama.cpp's sockets to the servers
-    with placement.watch():            # around every llama_decode
-        llama_cpp.llama_decode(ctx, batch)
+    with placement.watch():            # around every call that waits on the servers: llama_decode,
+        llama_cpp.llama_decode(ctx, batch)  # and what reads its results (sampling, llama_get_logits*,
+    with placement.watch():                 # llama_synchronize): over RPC the decode is asynchronous
+        token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
 
 Layers go as llama.cpp's own ``--rpc`` puts them (``-ngl``, ``--tensor-split``): the
 first ones on the local CPU, the rest across the servers' devices, each share
@@ -139,6 +141,7 @@ class RpcDevice:
     address: str  # ip:port handed to llama.cpp
     index: int  # the device's number on its server
     name: str  # ggml's name for it: RPC0, RPC1, ...
+    description: str  # ggml's description: the address
     free: int  # bytes, as the server reports them
     total: int
     handle: int = field(repr=False, compare=False)  # ggml_backend_dev_t
@@ -163,6 +166,12 @@ def query_server(ep: Endpoint, timeout: float | None = None):
         return ip, query(ip, ep.port, _timeout(timeout), ggml().proto_version())
     except WireError as exc:
         raise RpcServerError(f"RPC server {ep} {exc}") from None
+
+
+def survey(endpoints: Sequence[Endpoint], timeout: float | None = None) -> list[tuple[Endpoint, tuple]]:
+    """Each server's ((free, total), ...) bytes per device, asked by slmrun alone: llama.cpp
+    does not connect, so nothing can abort or hang (for `plan --rpc`, `hw --rpc`)."""
+    return [(ep, query_server(ep, timeout)[1].memory) for ep in endpoints]
 
 
 def add_servers(endpoints: Sequence[Endpoint], timeout: float | None = None, *,
@@ -210,7 +219,9 @@ def add_servers(endpoints: Sequence[Endpoint], timeout: float | None = None, *,
             else:
                 free, total = mem[i] if i < len(mem) else (0, 0)
             devices.append(RpcDevice(endpoint=str(ep), address=address, index=i,
-                                     name=(g.dev_name(dev) or b"").decode(), free=free, total=total, handle=dev))
+                                     name=(g.dev_name(dev) or b"").decode(),
+                                     description=(g.dev_description(dev) or b"").decode(),
+                                     free=free, total=total, handle=dev))
         if register:
             g.register(reg)
     return devices
@@ -297,13 +308,18 @@ class Placement:
         rows += [(d.label, layers.count(i), d.free) for i, d in enumerate(self.devices)]
         return rows
 
+    def model_params_fields(self) -> dict:
+        """The ``llama_model_params`` fields to set, as ctypes values; the arrays they point
+        to belong to this object: keep it alive as long as the model."""
+        import llama_cpp
+        return {"devices": ctypes.cast(self._devices_c, ctypes.c_void_p).value,  # NULL-terminated
+                "n_gpu_layers": self.n_gpu_layers, "tensor_split": self._split_c,
+                "split_mode": llama_cpp.LLAMA_SPLIT_MODE_LAYER}
+
     def apply(self, params) -> None:
         """Set the split on a ``llama_cpp.llama_model_params`` (before llama_model_load_from_file)."""
-        import llama_cpp
-        params.devices = ctypes.cast(self._devices_c, ctypes.c_void_p)
-        params.n_gpu_layers = self.n_gpu_layers
-        params.tensor_split = self._split_c
-        params.split_mode = llama_cpp.LLAMA_SPLIT_MODE_LAYER
+        for name, value in self.model_params_fields().items():
+            setattr(params, name, value)
 
     def llama_kwargs(self) -> dict:
         """For ``llama_cpp.Llama(...)``, which takes no device list: only valid when these

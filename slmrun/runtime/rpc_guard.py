@@ -16,9 +16,13 @@ So slmrun:
 - offers a watchdog (``Watchdog``) for each evaluation step: past its deadline the
   handler gets an error naming the servers the step was waiting on.
 
-If a handler returns instead of exiting, a failing llama.cpp worker thread is parked
-forever (returning would abort the process); the thread that was evaluating then never
-returns either, so a handler that keeps the process alive must stop using that model.
+A handler that returns instead of exiting keeps the process alive only when the failure
+came from one of llama.cpp's own threads (the RPC dispatcher, where a dead server is
+noticed while evaluating) or from the watchdog: such a llama.cpp thread is then parked
+forever, and the thread that was evaluating never returns from llama.cpp, so that model
+is lost (its memory too; freeing it would talk to the dead server). A failure raised in
+a thread that called into llama.cpp (a connect during load) ends in ggml's abort() after
+the handler returns.
 """
 
 from __future__ import annotations

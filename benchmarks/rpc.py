@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""The cost of splitting a model across llama.cpp RPC servers, measured on loopback.
+
+    .venv/bin/python benchmarks/rpc.py [--rounds 3] [--threads 2] [-p 128] [-n 64]   (writes benchmarks/RPC.md)
+
+1. Builds llama.cpp's llama-bench and ggml-rpc-server from the source of the installed
+   llama-cpp-python, with -DGGML_RPC=ON (compare_llama_bench.build_llama_tools), under
+   benchmarks/_build/ (gitignored).
+2. Starts two `slmrun rpc-server` processes on 127.0.0.1 (and, for one row, two of
+   llama.cpp's own ggml-rpc-server).
+3. For each split (local; all layers on 1 server; on 2 servers; the local CPU + 2
+   servers by free memory) runs, interleaved in rounds, each in its own process:
+   slmrun's path (slmrun.runtime.rpc.place + llama.cpp's low-level API, tests/rpc_client.py)
+   and llama-bench with the same --rpc / -ngl / -ts.
+4. Asks the planner what the pooled memory of 1, 2 and 3 Raspberry Pi 4 2 GB would run.
+
+Everything runs on one machine: the split's cost here is the RPC protocol's and the
+extra copies, not a network's latency or bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE), str(ROOT / "tests")]
+
+import compare_llama_bench as clb  # noqa: E402
+from rpc_servers import Server, free_port  # noqa: E402
+
+OUT = HERE / "RPC.md"
+
+WORKER = r"""
+import json, sys, time
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+from rpc_client import Generator
+from slmrun.runtime import rpc
+a = json.loads(sys.argv[2])
+placement = rpc.place(a["model"], a["rpc"], use_local=a["use_local"]) if a["rpc"] else None
+t0 = time.perf_counter()
+gen = Generator(a["model"], placement, n_ctx=a["p"] + a["n"] + 8, n_threads=a["threads"])
+load = time.perf_counter() - t0
+gen.bench(16, 8)  # warm-up
+pp, tg = zip(*(gen.bench(a["p"], a["n"]) for _ in range(a["reps"])))
+print(json.dumps({"pp": pp, "tg": tg, "load": load,
+                  "ngl": placement.n_gpu_layers if placement else 0,
+                  "ts": placement.tensor_split if placement else [],
+                  "layers": placement.summary() if placement else []}))
+gen.close()
+"""
+
+
+def slmrun_run(model: Path, rpc_spec: str, use_local: bool, threads: int, p: int, n: int, reps: int) -> dict:
+    args = json.dumps({"model": str(model), "rpc": rpc_spec, "use_local": use_local, "threads": threads,
+                       "p": p, "n": n, "reps": reps})
+    out = clb.run([sys.executable, "-c", WORKER, ROOT, args], capture_output=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def llama_bench_run(exe: Path, model: Path, rpc_spec: str, ngl: int, ts: list[float], threads: int,
+                    p: int, n: int, reps: int) -> dict:
+    args = ["-fa", "1", "-p", p, "-n", n, "-r", reps, "-ngl", ngl]
+    if rpc_spec:
+        args += ["--rpc", rpc_spec]
+        if len(ts) > 1:
+            args += ["-ts", "/".join(f"{x:g}" for x in ts)]
+    tests = clb.llama_bench_json(exe, model, threads, *args)
+    pp = next(t for t in tests if t["n_prompt"] == p and t["n_gen"] == 0)
+    tg = next(t for t in tests if t["n_gen"] == n and t["n_prompt"] == 0)
+    return {"pp": pp["samples_ts"], "tg": tg["samples_ts"], "commit": pp.get("build_commit")}
+
+
+def hello_round_trip(port: int, count: int = 200) -> float:
+    """Median seconds of one request/answer with a server on loopback (HELLO + device count)."""
+    from slmrun.runtime.ggml_backend import ggml
+    from slmrun.runtime.rpc_wire import query
+    version = ggml().proto_version()
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        query("127.0.0.1", port, 5.0, version)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def wait_answering(server: Server, timeout: float = 60) -> None:
+    """ggml-rpc-server prints with printf into a pipe (block-buffered): ask it instead."""
+    from slmrun.runtime.ggml_backend import ggml
+    from slmrun.runtime.rpc_wire import WireError, query
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            query("127.0.0.1", server.port, 5.0, ggml().proto_version())
+            return
+        except WireError:
+            if server.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ggml-rpc-server did not start:\n{server.output}") from None
+            time.sleep(0.1)
+
+
+def default_model() -> Path:
+    out = subprocess.run([*clb.slmrun_cmd(), "show", "smollm2-135m", "--json", "--no-verify"], capture_output=True,
+                         text=True, check=True).stdout
+    return Path(json.loads(out)["file"])
+
+
+def pooled(hw, n: int):
+    return replace(hw, ram_total=hw.ram_total * n, ram_available=hw.ram_available * n,
+                   name=f"{n} x {hw.name}")
+
+
+def what_fits(device: str = "rpi4-2gb", counts=(1, 2, 3)) -> list[tuple[str, list[str]]]:
+    from slmrun import planner
+    from slmrun.errors import InsufficientMemoryError
+    from slmrun.hardware import profile
+    from slmrun.registry import load_registry
+    hw = profile(device)
+    rows = []
+    for entry in sorted(load_registry().models.values(), key=lambda e: e.n_params):
+        name = entry.name
+        cells = []
+        for n in counts:
+            try:
+                pick = planner.plan(entry, pooled(hw, n), min_speed=0)
+                cells.append(f"{pick.quant}, {planner.format_bytes(pick.estimated_bytes)}")
+            except InsufficientMemoryError:
+                cells.append("does not fit")
+        rows.append((name, cells))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("-p", type=int, default=128)
+    ap.add_argument("-n", type=int, default=64)
+    ap.add_argument("-r", type=int, default=3, help="repetitions per process")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    a = ap.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+    build = clb.installed_build()
+    bindir, cmake_args = clb.build_llama_tools(clb.fetch_source(build["version"]), a.jobs,
+                                               ("llama-bench", "ggml-rpc-server"))
+    model = default_model()
+    t = str(a.threads)
+    ours = [Server(threads=a.threads) for _ in range(2)]
+    theirs = [Server(command=[str(bindir / "ggml-rpc-server"), "-p", str(port), "-t", t], port=port)
+              for port in (free_port(), free_port())]
+    try:
+        for s in ours:
+            s.ready()
+        for s in theirs:
+            wait_answering(s)
+        rtt = hello_round_trip(ours[0].port)
+        one, two = ours[0].endpoint, f"{ours[0].endpoint},{ours[1].endpoint}"
+        two_theirs = f"{theirs[0].endpoint},{theirs[1].endpoint}"
+        configs = [
+            ("local (no RPC)", "", False),
+            ("1 server, all layers", one, False),
+            ("2 servers, all layers", two, False),
+            ("local CPU + 2 servers, by free memory", two, True),
+            ("2 llama.cpp ggml-rpc-servers, all layers", two_theirs, False),
+        ]
+        results = {name: {"sl_pp": [], "sl_tg": [], "lb_pp": [], "lb_tg": [], "load": [], "noise": []}
+                   for name, _, _ in configs}
+        meta = {}
+        for rnd in range(a.rounds):
+            for name, spec, use_local in configs:
+                clb.wait_quiet(20)
+                clb.log(f"round {rnd + 1}/{a.rounds}: {name}")
+                before = clb.cpu_snapshot()
+                sl = slmrun_run(model, spec, use_local, a.threads, a.p, a.n, a.r)
+                lb = llama_bench_run(bindir / "llama-bench", model, spec, sl["ngl"] if spec else 0, sl["ts"],
+                                     a.threads, a.p, a.n, a.r)
+                r = results[name]
+                # the servers are our children too, so "others" is the rest of the machine
+                r["noise"].append(clb.others_cores(before, clb.cpu_snapshot()))
+                r["sl_pp"] += sl["pp"]
+                r["sl_tg"] += sl["tg"]
+                r["lb_pp"] += lb["pp"]
+                r["lb_tg"] += lb["tg"]
+                r["load"].append(sl["load"])
+                meta[name] = {"ngl": sl["ngl"], "ts": sl["ts"], "layers": sl["layers"], "commit": lb["commit"]}
+    finally:
+        for s in ours + theirs:
+            s.stop()
+    write(a, build, cmake_args, model, configs, results, meta, rtt, what_fits())
+    print(OUT.read_text())
+    return 0
+
+
+def _med(xs) -> float:
+    return statistics.median(xs)
+
+
+def write(a, build, cmake_args, model, configs, results, meta, rtt, fits) -> None:
+    base = results[configs[0][0]]
+    base_sl, base_lb = _med(base["sl_tg"]), _med(base["lb_tg"])
+    lines = [
+        "# Splitting a model across llama.cpp RPC servers: what it costs",
+        "",
+        "**Everything here runs on one machine, over loopback (127.0.0.1).** The numbers are the cost of "
+        "llama.cpp's RPC protocol and of the extra processes and copies, not of a real network: on Ethernet or "
+        "Wi-Fi each token also pays the network's round trips and transfer time, and the split runs at the "
+        "speed of the slowest device.",
+        "",
+        f"`.venv/bin/python benchmarks/rpc.py --rounds {a.rounds} --threads {a.threads} -p {a.p} -n {a.n} "
+        f"-r {a.r}` on {platform.machine()} ({os.cpu_count()} logical cores, shared with other jobs), model "
+        f"{model.name}, flash attention on, every process with {a.threads} threads. slmrun's path is "
+        "`slmrun.runtime.rpc.place()` + llama.cpp's low-level API (tests/rpc_client.py), each run in its own "
+        f"process; llama-bench is built from the same llama.cpp ({build.get('commit')}, "
+        "`-DGGML_RPC=ON`) and given the same `--rpc`, `-ngl` and `-ts`. Servers: `slmrun rpc-server -t "
+        f"{a.threads}` unless the row says otherwise. Medians of {a.rounds} rounds x {a.r} repetitions, "
+        "interleaved.",
+        "",
+        f"**The machine was busy**: other jobs used a median {_med(sum((r['noise'] for r in results.values()), [])):.2f} "
+        f"of its {os.cpu_count()} cores while these ran (per row below). Absolute rates are therefore low "
+        "and noisy; compare rows and the two tools within a row, which ran side by side.",
+        "",
+        f"| split | layers (local / servers) | slmrun pp{a.p} t/s | slmrun tg{a.n} t/s | llama-bench pp{a.p} t/s "
+        f"| llama-bench tg{a.n} t/s | slmrun / llama-bench (tg) | split cost per token (slmrun, llama-bench) "
+        "| others' cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, spec, _ in configs:
+        r, m = results[name], meta[name]
+        sl_tg, lb_tg = _med(r["sl_tg"]), _med(r["lb_tg"])
+        layers = " / ".join(str(n) for _, n, _ in m["layers"]) if m["layers"] else "all local"
+        cost = ("-" if not spec else
+                f"+{(1 / sl_tg - 1 / base_sl) * 1000:.2f} ms, +{(1 / lb_tg - 1 / base_lb) * 1000:.2f} ms")
+        lines.append(f"| {name} | {layers} | {_med(r['sl_pp']):.0f} | {sl_tg:.1f} | {_med(r['lb_pp']):.0f} | "
+                     f"{lb_tg:.1f} | {sl_tg / lb_tg:.2f} | {cost} | {_med(r['noise']):.2f} |")
+    lines += [
+        "",
+        f"A request/answer with a server on loopback (slmrun's own handshake + device count, new connection "
+        f"each time) takes {rtt * 1e6:.0f} µs (median of 200).",
+        "",
+        "Load time of the model in slmrun's process (weights sent to the servers; median): "
+        + ", ".join(f"{name}: {_med(results[name]['load']):.2f} s" for name, _, _ in configs) + ".",
+        "",
+        "## What it buys: the largest model that fits",
+        "",
+        "The planner's pick (`slmrun.planner.plan`, no speed floor) when the memory of one, two or three "
+        "Raspberry Pi 4 2 GB boards is pooled. Pooling is an upper bound: each device also needs its own "
+        "compute buffer, and the client keeps the input embedding; the split's speed is bounded by the slowest "
+        "board and the network between them (a Pi 4's gigabit Ethernet).",
+        "",
+        "| model | 1 x rpi4-2gb | 2 x rpi4-2gb | 3 x rpi4-2gb |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in fits]
+    lines += ["", _keep(OUT)]
+    OUT.write_text("\n".join(lines) + "\n")
+
+
+def _keep(path: Path) -> str:
+    if path.is_file():
+        text = path.read_text()
+        if clb.MARK_BEGIN in text and clb.MARK_END in text:
+            return text[text.index(clb.MARK_BEGIN):text.index(clb.MARK_END) + len(clb.MARK_END)]
+    return f"{clb.MARK_BEGIN}\n## Reading the numbers\n\n(written after a run)\n{clb.MARK_END}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
