@@ -260,3 +260,47 @@ def test_cache_keeps_large_tensors_so_a_second_load_skips_sending_them(default_m
         assert sorted(p.name for p in cache.iterdir()) == stored
     finally:
         server.stop()
+
+
+SURVIVOR = r"""
+import json, os, sys, threading
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+from rpc_client import Generator
+from slmrun.runtime import rpc
+model, endpoints, local_model = sys.argv[2], sys.argv[3], sys.argv[4]
+reports, failed = [], threading.Event()
+rpc.set_failure_handler(lambda err: (reports.append(err.message), failed.set()))  # returns: the process lives on
+gen = Generator(model, rpc.place(model, endpoints))
+started = threading.Event()
+worker = threading.Thread(target=gen.generate, args=("the capital of", 100000, lambda piece: started.set()),
+                          daemon=True)  # an engine's decode thread
+worker.start()
+started.wait(60)
+print("generating", flush=True)
+failed.wait(120)
+other = Generator(local_model)
+print(json.dumps({"reports": reports, "worker_alive": worker.is_alive(),
+                  "local": other.generate("the capital of", 4)[0]}), flush=True)
+os._exit(0)  # the worker is stuck inside llama.cpp for good: leave without joining it
+"""
+
+
+def test_a_handler_that_returns_keeps_the_process_alive(tiny_deep, tiny_llama_plain, servers, tmp_path):
+    # What a long-lived server (slmrun serve) can do: hear of the dead server, drop that
+    # model, keep serving others. The evaluating thread never comes back from llama.cpp.
+    victim = Server().ready()
+    proc = subprocess.Popen([sys.executable, "-c", SURVIVOR, str(Path(__file__).parents[1]), str(tiny_deep),
+                             f"{servers[0].endpoint},{victim.endpoint}", str(tiny_llama_plain)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "generating"
+        victim.stop(signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        victim.stop(signal.SIGKILL)
+    assert proc.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert len(result["reports"]) == 1
+    assert result["reports"][0].startswith(f"RPC server {victim.endpoint} went away mid-run")
+    assert result["worker_alive"] and result["local"]

@@ -48,7 +48,7 @@ _handler: Handler = _print_and_exit
 _state = threading.Lock()
 _installed = None  # the ctypes callback, kept alive
 _endpoints_in_use: "weakref.WeakSet" = weakref.WeakSet()  # objects with .endpoints: [(label, ip, port)]
-_failing = threading.Lock()  # one report, even when several threads fail at once
+_reporting = threading.Lock()  # one report at a time when several threads fail at once
 
 
 def set_failure_handler(handler: Handler | None) -> Handler:
@@ -74,13 +74,13 @@ def _in_use() -> list[tuple[str, str, int]]:
 
 
 def fail(err: RpcServerError) -> None:
-    """Report ``err`` once; never returns into C unless the handler returns (then parks C threads)."""
-    if not _failing.acquire(blocking=False):
-        _park()
-    try:
-        _handler(err)
-    except BaseException:  # noqa: BLE001 — an exception cannot cross into C
-        pass
+    """Hand ``err`` to the handler; if it returns, park the calling thread when it is one of
+    llama.cpp's (returning into ggml_abort would abort the process)."""
+    with _reporting:
+        try:
+            _handler(err)
+        except BaseException:  # noqa: BLE001 — an exception cannot cross into C
+            pass
     if isinstance(threading.current_thread(), threading._DummyThread):  # a C++ thread, e.g. ggml's dispatcher
         _park()
 
