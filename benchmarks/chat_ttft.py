@@ -13,13 +13,13 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import slmrun  # noqa: E402
 from slmrun.chat import ChatSession  # noqa: E402
+from slmrun.runtime import measure  # noqa: E402
 
 QUESTIONS = ["What is 2+2?", "Name a color.", "What is the capital of France?", "Say hello.",
              "Count to three.", "What is water made of?", "Name an animal.", "What day follows Monday?",
@@ -28,11 +28,11 @@ QUESTIONS = ["What is 2+2?", "Name a color.", "What is the capital of France?", 
 
 def run_once(model, turns: int, reuse: bool) -> list[dict]:
     session = ChatSession(model, temperature=0, max_tokens=48)
-    model._llama.reset()  # a new conversation: turn 1 evaluates its whole prompt
+    measure.clear_kv(model)  # a new conversation: turn 1 evaluates its whole prompt
     rows = []
     for i in range(turns):
         if not reuse:
-            model._llama.reset()  # forget the KV cache: every turn re-evaluates the history
+            measure.clear_kv(model)  # forget the KV cache: every turn re-evaluates the history
         list(session.send(QUESTIONS[i % len(QUESTIONS)]))
         s = session.last.stats
         rows.append({"turn": i + 1, "ttft_s": s.ttft_s, "prompt_tokens": s.prompt_tokens,
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).with_name("CHAT_TTFT.md")))
     args = ap.parse_args()
-    with slmrun.load(args.model) as model:
+    with slmrun.load(args.model, n_parallel=1) as model:  # as `slmrun chat` loads it
         run_once(model, 2, True)  # warm-up: page in the weights
         results = {}
         for reuse in (True, False):

@@ -24,139 +24,20 @@ import argparse
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import time
-from importlib import metadata
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-BUILD = HERE / "_build"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import (HERE, build_tools, cmake_args, cpu_snapshot, has_amx, installed_build,  # noqa: E402
+                         log, loadavg, others_cores, run, wait_quiet)
+
 RESULTS = HERE / "RESULTS.md"
 PLOT = HERE / "results.png"
-AMX_OFF = "-mno-amx-int8 -mno-amx-tile -mno-amx-bf16"
 MARK_BEGIN, MARK_END = "<!-- analysis:begin -->", "<!-- analysis:end -->"
 TOOL_NAMES = {"lb": "llama-bench", "sl": "slmrun bench", "cc": "create_completion"}
 TARGETS = {"pp": 0.97, "tg": 0.97, "e2e": 0.92, "sweep": 0.95}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def run(cmd, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], check=True, text=True, **kw)
-
-
-def loadavg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-def cpu_snapshot() -> tuple[float, float, float]:
-    """(CPU-seconds all processes spent busy, CPU-seconds of our children, wall time)."""
-    import resource
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    jiffies = [int(x) for x in fields]
-    busy = sum(jiffies) - jiffies[3] - (jiffies[4] if len(jiffies) > 4 else 0)  # minus idle and iowait
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return busy / os.sysconf("SC_CLK_TCK"), ru.ru_utime + ru.ru_stime, time.perf_counter()
-
-
-def others_cores(before, after) -> float:
-    """Cores' worth of CPU that other processes used between two snapshots: the noise."""
-    busy, ours, wall = (a - b for a, b in zip(after, before))
-    return max(0.0, (busy - ours) / wall) if wall > 0 else 0.0
-
-
-def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
-    """Wait (up to max_wait s) for a 2-second window in which others use < threshold cores."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        a = cpu_snapshot()
-        time.sleep(2)
-        busy = others_cores(a, cpu_snapshot())
-        if busy < threshold or time.monotonic() > deadline:
-            return busy
-        log(f"machine busy ({busy:.2f} cores used by other processes); waiting")
-
-
-# ------------------------------------------------------------------ building llama-bench
-
-def installed_build() -> dict:
-    """What the installed llama-cpp-python was built from: version, llama.cpp commit, switches."""
-    version = metadata.version("llama-cpp-python")
-    site = Path(metadata.distribution("llama-cpp-python").locate_file(""))
-    facts = {"version": version, "commit": None, "ggml": {}}
-    llama_cfg = site / "lib/cmake/llama/llama-config.cmake"
-    ggml_cfg = site / "lib/cmake/ggml/ggml-config.cmake"
-    if llama_cfg.is_file():
-        m = re.search(r'set\(LLAMA_BUILD_COMMIT\s+(\w+)\)', llama_cfg.read_text())
-        facts["commit"] = m.group(1) if m else None
-    if ggml_cfg.is_file():
-        facts["ggml"] = dict(re.findall(r'set\((GGML_(?:NATIVE|OPENMP|AMX_\w+|AVX\w*))\s+"(\w+)"\)',
-                                        ggml_cfg.read_text()))
-    return facts
-
-
-def fetch_source(version: str) -> Path:
-    """vendor/llama.cpp from the sdist of the installed version (downloaded once)."""
-    src = BUILD / f"src-{version}" / "vendor" / "llama.cpp"
-    if (src / "CMakeLists.txt").is_file():
-        return src
-    BUILD.mkdir(parents=True, exist_ok=True)
-    name = f"llama_cpp_python-{version}.tar.gz"
-    sdist = next((p for p in (BUILD / "dl" / name, Path("/tmp/dl") / name) if p.is_file()), None)
-    if sdist is None:
-        log(f"downloading the llama-cpp-python {version} sdist")
-        run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             f"llama-cpp-python=={version}", "-d", BUILD / "dl"])
-        sdist = BUILD / "dl" / name
-    log(f"extracting {sdist.name}")
-    with tarfile.open(sdist) as tar:
-        tar.extractall(BUILD / "extract", filter="data")
-    shutil.move(str(BUILD / "extract" / f"llama_cpp_python-{version}"), str(BUILD / f"src-{version}"))
-    shutil.rmtree(BUILD / "extract", ignore_errors=True)
-    return src
-
-
-def has_amx() -> bool:
-    from slmrun.hardware import detect
-    return "amx_int8" in detect().simd
-
-
-def build_llama_tools(src: Path, jobs: int, targets=("llama-bench",)) -> tuple[Path, list[str]]:
-    """llama.cpp's own tools, as llama-cpp-python is built: Release, shared libraries,
-    native CPU, no curl, the RPC backend (the Makefile's -DGGML_RPC=ON); returns
-    (bin directory, CMake arguments). Only missing targets are built."""
-    flags = AMX_OFF if has_amx() else ""
-    args = ["-G", "Ninja"] if shutil.which("ninja") else []
-    args += ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
-             "-DGGML_RPC=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
-    if flags:
-        args += [f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}"]
-    out = BUILD / "llama.cpp-build"
-    bindir = out / "bin"
-    stamp = out / "slmrun-build-args.json"
-    configured = stamp.is_file() and json.loads(stamp.read_text()) == args
-    missing = [t for t in targets if not configured or not (bindir / t).is_file()]
-    if not configured:
-        log("configuring llama.cpp" + (" (AMX kernels off, as for llama-cpp-python)" if flags else ""))
-        stamp.unlink(missing_ok=True)
-        run(["cmake", "-S", src, "-B", out, *args], stdout=subprocess.DEVNULL)
-    if missing:
-        log(f"building {', '.join(missing)} with -j{jobs} (a few minutes the first time)")
-        run(["cmake", "--build", out, "--target", *missing, f"-j{jobs}"], stdout=subprocess.DEVNULL)
-        stamp.write_text(json.dumps(args))
-    return bindir, args
-
-
-def build_llama_bench(src: Path, jobs: int) -> tuple[Path, list[str]]:
-    bindir, args = build_llama_tools(src, jobs, ("llama-bench",))
-    return bindir / "llama-bench", args
 
 
 # ------------------------------------------------------------------ the three contenders
@@ -235,7 +116,7 @@ def create_completion(model: Path, threads: int, n: int, reps: int, prompt_token
 def chat_prompt_tokens(model: Path) -> list[int]:
     import slmrun
     from slmrun.bench import E2E_PROMPT
-    with slmrun.load(str(model), n_ctx=512, n_threads=1) as m:
+    with slmrun.load(str(model), n_ctx=512, n_threads=1, n_parallel=1) as m:
         return m.chat_tokens([{"role": "user", "content": E2E_PROMPT}])
 
 
@@ -248,9 +129,11 @@ def chat_prompt_tokens(model: Path) -> list[int]:
 # (bench_tg), for comparison. A second generation runs under cProfile for the list.
 PROFILE = r"""
 import cProfile, json, pstats, sys, time
-import llama_cpp.llama_cpp as C
+import llama_cpp
 import slmrun
 from slmrun.bench import E2E_PROMPT
+from slmrun.runtime import measure
+from slmrun.runtime.engine import Engine
 a = json.loads(sys.argv[1])
 spent = {"decode": [], "sample": []}
 def timed(fn, key):
@@ -262,30 +145,40 @@ def timed(fn, key):
             spent[key].append(time.perf_counter() - t0)
     return wrapper
 msgs = [{"role": "user", "content": E2E_PROMPT}]
-with slmrun.load(a["model"], n_threads=a["threads"]) as m:
-    m.chat(msgs, max_tokens=8)
-    raw_decode, raw_sample = C.llama_decode, C.llama_sampler_sample
-    C.llama_decode, C.llama_sampler_sample = timed(raw_decode, "decode"), timed(raw_sample, "sample")
+with slmrun.load(a["model"], n_threads=a["threads"], n_parallel=1) as m:
+    m.chat(msgs, max_tokens=8).wait()
+    # The engine calls llama.cpp through the llama_cpp module's attributes: wrap them there.
+    raw_decode, raw_sample = llama_cpp.llama_decode, llama_cpp.llama_sampler_sample
+    llama_cpp.llama_decode = timed(raw_decode, "decode")
+    llama_cpp.llama_sampler_sample = timed(raw_sample, "sample")
     best = None
     for seed in range(1, 6):
         spent["decode"].clear(); spent["sample"].clear()
-        m.clear_kv()
-        c = m.chat(msgs, max_tokens=a["n"], seed=seed)
+        measure.clear_kv(m)
+        c = m.chat(msgs, max_tokens=a["n"], seed=seed).wait()
         if c.stats.generated_tokens >= a["n"]:
             break
-    C.llama_decode, C.llama_sampler_sample = raw_decode, raw_sample
+    llama_cpp.llama_decode, llama_cpp.llama_sampler_sample = raw_decode, raw_sample
     st = c.stats
     n_after = st.generated_tokens - 1
     decode_tok = spent["decode"][1:]          # the first decode is the prompt's
     sample_tok = spent["sample"][1:]          # the first sample follows the prompt
     # Raw decodes at the same depth: prompt, then as many single tokens, back to back.
-    m.clear_kv(); m.bench_pp(st.prompt_tokens)
-    raw = m.bench_tg(max(1, len(decode_tok))) / max(1, len(decode_tok))
-    m.clear_kv()
+    measure.clear_kv(m); measure.bench_pp(m, st.prompt_tokens)
+    raw = measure.bench_tg(m, max(1, len(decode_tok))) / max(1, len(decode_tok))
+    measure.clear_kv(m)
+    # The token loop runs on the engine's thread: profile its steps there.
     prof = cProfile.Profile()
-    prof.enable()
-    c2 = m.chat(msgs, max_tokens=a["n"], seed=seed)
-    prof.disable()
+    step = Engine._step
+    def profiled(self):
+        prof.enable()
+        try:
+            return step(self)
+        finally:
+            prof.disable()
+    Engine._step = profiled
+    c2 = m.chat(msgs, max_tokens=a["n"], seed=seed).wait()
+    Engine._step = step
 rows = []
 for (file, line, fn), (cc, nc, tt, ct, callers) in pstats.Stats(prof).stats.items():
     rows.append({"function": f"{file.split('site-packages/')[-1].split('/work/main/')[-1]}:{line}({fn})",
@@ -375,6 +268,8 @@ def write_plot(agg: dict, p: int, n: int, title: str) -> str:
 
 
 def write_results(ctx: dict) -> None:
+    from slmrun.units import format_bytes
+
     a, agg, p, n = ctx["args"], ctx["agg"], ctx["args"].n_prompt, ctx["args"].n_gen
     lb_pp, lb_tg, lb_tgd = (ms(agg["lb"][k])[0] for k in ("pp", "tg", "tg_depth"))
     sl_pp, sl_tg, sl_e2e = (ms(agg["sl"][k])[0] for k in ("pp", "tg", "e2e"))
@@ -397,7 +292,7 @@ def write_results(ctx: dict) -> None:
         "## Setup",
         "",
         f"- Machine: {machine['cpu_model']} ({machine['arch']}), {machine['logical_cores']} logical / "
-        f"{machine['physical_cores']} physical cores, {machine['ram_total'] / 2**30:.1f} GiB RAM; Linux "
+        f"{machine['physical_cores']} physical cores, {format_bytes(machine['ram_total'])} RAM; Linux "
         f"{platform.release()}.",
         f"- llama.cpp features (llama-cpp-python's build): {', '.join(ctx['features'])}.",
         f"- llama-cpp-python {ctx['build']['version']}, vendored llama.cpp {ctx['build']['commit']}; llama-bench "
@@ -436,13 +331,13 @@ def write_results(ctx: dict) -> None:
         "",
         "| end-to-end generation | t/s | slmrun e2e / this |",
         "|---|---|---|",
-        f"| slmrun `Model.chat(stream=True)` | {fmt(agg['sl']['e2e'])} | 1 |",
+        f"| slmrun `Model.chat`, streamed | {fmt(agg['sl']['e2e'])} | 1 |",
         f"| llama-cpp-python `create_completion(max_tokens={n}, stream=True)`, flash_attn=True, n_threads={a.threads} | "
         f"{fmt(agg['cc'])} (CV {cv(agg['cc'])}) | **{r_cc:.3f}** ({'not slower: met' if r_cc >= 1 else 'slower: missed'}) |",
         "",
         f"Other slmrun bench figures: time to first token of a short chat prompt {ms(agg['sl']['ttft'])[0] * 1000:.0f} "
         f"± {ms(agg['sl']['ttft'])[1] * 1000:.0f} ms, load {ms(agg['sl']['load'])[0]:.2f} s (page cache warm), "
-        f"peak RSS {max(agg['sl']['peak_rss']) / 1e6:.0f} MB.",
+        f"peak RSS {format_bytes(max(agg['sl']['peak_rss']))}.",
         "",
         "### Per round (mean t/s; in brackets, cores other processes used during that tool's run)",
         "",
@@ -569,7 +464,7 @@ def main(argv=None) -> int:
     model = api.resolve(a.model or config.default_model()).path
     a.threads = a.threads or api.default_threads()
     build = installed_build()
-    exe, cmake_args = build_llama_bench(fetch_source(build["version"]), a.jobs)
+    exe, build_args = build_tools("llama-bench", jobs=a.jobs)["llama-bench"], cmake_args()
     tokens = chat_prompt_tokens(model)
     machine = detect().to_dict()
 
@@ -657,7 +552,7 @@ def main(argv=None) -> int:
     ctx = {
         "prompt_tokens": len(tokens), "args": a, "agg": agg, "rounds": rounds, "loads": loads, "noise": noise, "redone": redone, "model": model, "model_size": model.stat().st_size,
         "bandwidth": bw, "sweep": sweep, "long": long, "profile": prof, "machine": machine, "build": build,
-        "cmake_args": cmake_args, "lb_commit": lb_commit, "n_ctx": rounds[0]["sl"]["n_ctx"],
+        "cmake_args": build_args, "lb_commit": lb_commit, "n_ctx": rounds[0]["sl"]["n_ctx"],
         "features": parse_llama_system_info(system_info()), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "command": "SLMRUN_HOME=... .venv/bin/python benchmarks/compare_llama_bench.py " + " ".join(
             sys.argv[1:] if argv is None else argv),

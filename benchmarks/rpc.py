@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/rpc.py [--rounds 3] [--threads 2] [-p 128] [-n 64]   (writes benchmarks/RPC.md)
 
 1. Builds llama.cpp's llama-bench and ggml-rpc-server from the source of the installed
-   llama-cpp-python, with -DGGML_RPC=ON (compare_llama_bench.build_llama_tools), under
-   benchmarks/_build/ (gitignored).
+   llama-cpp-python, with -DGGML_RPC=ON (llama_tools.build_tools), under benchmarks/_build/
+   (gitignored; nothing built is committed).
 2. Starts two `slmrun rpc-server` processes on 127.0.0.1 (and, for one row, two of
    llama.cpp's own ggml-rpc-server).
 3. For each split (local; all layers on 1 server; on 2 servers; the local CPU + 2
@@ -36,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE), str(ROOT / "tests")]
 
-import compare_llama_bench as clb  # noqa: E402
+import llama_tools as lt  # noqa: E402
+from compare_llama_bench import MARK_BEGIN, MARK_END, llama_bench_json, slmrun_cmd  # noqa: E402
 from rpc_servers import Server, free_port  # noqa: E402
 
 OUT = HERE / "RPC.md"
@@ -64,7 +65,7 @@ gen.close()
 def slmrun_run(model: Path, rpc_spec: str, use_local: bool, threads: int, p: int, n: int, reps: int) -> dict:
     args = json.dumps({"model": str(model), "rpc": rpc_spec, "use_local": use_local, "threads": threads,
                        "p": p, "n": n, "reps": reps})
-    out = clb.run([sys.executable, "-c", WORKER, ROOT, args], capture_output=True).stdout
+    out = lt.run([sys.executable, "-c", WORKER, ROOT, args], capture_output=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -75,7 +76,7 @@ def llama_bench_run(exe: Path, model: Path, rpc_spec: str, ngl: int, ts: list[fl
         args += ["--rpc", rpc_spec]
         if len(ts) > 1:
             args += ["-ts", "/".join(f"{x:g}" for x in ts)]
-    tests = clb.llama_bench_json(exe, model, threads, *args)
+    tests = llama_bench_json(exe, model, threads, *args)
     pp = next(t for t in tests if t["n_prompt"] == p and t["n_gen"] == 0)
     tg = next(t for t in tests if t["n_gen"] == n and t["n_prompt"] == 0)
     return {"pp": pp["samples_ts"], "tg": tg["samples_ts"], "commit": pp.get("build_commit")}
@@ -110,7 +111,7 @@ def wait_answering(server: Server, timeout: float = 60) -> None:
 
 
 def default_model() -> Path:
-    out = subprocess.run([*clb.slmrun_cmd(), "show", "smollm2-135m", "--json", "--no-verify"], capture_output=True,
+    out = subprocess.run([*slmrun_cmd(), "show", "smollm2-135m", "--json", "--no-verify"], capture_output=True,
                          text=True, check=True).stdout
     return Path(json.loads(out)["file"])
 
@@ -123,6 +124,7 @@ def pooled(hw, n: int):
 def what_fits(device: str = "rpi4-2gb", counts=(1, 2, 3)) -> list[tuple[str, list[str]]]:
     from slmrun import planner
     from slmrun.errors import InsufficientMemoryError
+    from slmrun.units import format_bytes
     from slmrun.hardware import profile
     from slmrun.registry import load_registry
     hw = profile(device)
@@ -133,7 +135,7 @@ def what_fits(device: str = "rpi4-2gb", counts=(1, 2, 3)) -> list[tuple[str, lis
         for n in counts:
             try:
                 pick = planner.plan(entry, pooled(hw, n), min_speed=0)
-                cells.append(f"{pick.quant}, {planner.format_bytes(pick.estimated_bytes)}")
+                cells.append(f"{pick.quant}, {format_bytes(pick.estimated_bytes)}")
             except InsufficientMemoryError:
                 cells.append("does not fit")
         rows.append((name, cells))
@@ -148,16 +150,16 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("-r", type=int, default=3, help="repetitions per process")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--quiet", type=float, default=120, help="seconds to wait for a quiet machine before each row")
     a = ap.parse_args(argv)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
-    build = clb.installed_build()
-    bindir, cmake_args = clb.build_llama_tools(clb.fetch_source(build["version"]), a.jobs,
-                                               ("llama-bench", "ggml-rpc-server"))
+    build = lt.installed_build()
+    exes = lt.build_tools("llama-bench", "ggml-rpc-server", jobs=a.jobs)
     model = default_model()
     t = str(a.threads)
     ours = [Server(threads=a.threads) for _ in range(2)]
-    theirs = [Server(command=[str(bindir / "ggml-rpc-server"), "-p", str(port), "-t", t], port=port)
+    theirs = [Server(command=[str(exes["ggml-rpc-server"]), "-p", str(port), "-t", t], port=port)
               for port in (free_port(), free_port())]
     try:
         for s in ours:
@@ -179,15 +181,15 @@ def main(argv=None) -> int:
         meta = {}
         for rnd in range(a.rounds):
             for name, spec, use_local in configs:
-                clb.wait_quiet(20)
-                clb.log(f"round {rnd + 1}/{a.rounds}: {name}")
-                before = clb.cpu_snapshot()
+                lt.wait_quiet(a.quiet)
+                lt.log(f"round {rnd + 1}/{a.rounds}: {name}")
+                before = lt.cpu_snapshot()
                 sl = slmrun_run(model, spec, use_local, a.threads, a.p, a.n, a.r)
-                lb = llama_bench_run(bindir / "llama-bench", model, spec, sl["ngl"] if spec else 0, sl["ts"],
+                lb = llama_bench_run(exes["llama-bench"], model, spec, sl["ngl"] if spec else 0, sl["ts"],
                                      a.threads, a.p, a.n, a.r)
                 r = results[name]
                 # the servers are our children too, so "others" is the rest of the machine
-                r["noise"].append(clb.others_cores(before, clb.cpu_snapshot()))
+                r["noise"].append(lt.others_cores(before, lt.cpu_snapshot()))
                 r["sl_pp"] += sl["pp"]
                 r["sl_tg"] += sl["tg"]
                 r["lb_pp"] += lb["pp"]
@@ -197,7 +199,7 @@ def main(argv=None) -> int:
     finally:
         for s in ours + theirs:
             s.stop()
-    write(a, build, cmake_args, model, configs, results, meta, rtt, what_fits())
+    write(a, build, model, configs, results, meta, rtt, what_fits())
     print(OUT.read_text())
     return 0
 
@@ -206,7 +208,7 @@ def _med(xs) -> float:
     return statistics.median(xs)
 
 
-def write(a, build, cmake_args, model, configs, results, meta, rtt, fits) -> None:
+def write(a, build, model, configs, results, meta, rtt, fits) -> None:
     base = results[configs[0][0]]
     base_sl, base_lb = _med(base["sl_tg"]), _med(base["lb_tg"])
     lines = [
@@ -269,9 +271,9 @@ def write(a, build, cmake_args, model, configs, results, meta, rtt, fits) -> Non
 def _keep(path: Path) -> str:
     if path.is_file():
         text = path.read_text()
-        if clb.MARK_BEGIN in text and clb.MARK_END in text:
-            return text[text.index(clb.MARK_BEGIN):text.index(clb.MARK_END) + len(clb.MARK_END)]
-    return f"{clb.MARK_BEGIN}\n## Reading the numbers\n\n(written after a run)\n{clb.MARK_END}"
+        if MARK_BEGIN in text and MARK_END in text:
+            return text[text.index(MARK_BEGIN):text.index(MARK_END) + len(MARK_END)]
+    return f"{MARK_BEGIN}\n## Reading the numbers\n\n(written after a run)\n{MARK_END}"
 
 
 if __name__ == "__main__":

@@ -43,9 +43,14 @@ def main() -> None:
     path = json.loads(model)["file"]
     completion = BUILD / "llama-completion"
     t = str(args.threads)
+    pick = ("import slmrun.planner as p, slmrun.registry as r; "
+            "p.pick_for_this_machine(r.load_registry().get('tinyllama'))")
     cases = {
         "`slmrun --help`": [slmrun, "--help"],
         "`slmrun list`": [slmrun, "list"],
+        # What `slmrun pull NAME` adds before any download: detection and a plan, never a
+        # bandwidth measurement (tests/test_planner.py checks that it does not measure).
+        "the quant pick of `slmrun pull tinyllama` (Python start + detect + plan)": [sys.executable, "-c", pick],
         "`slmrun run --raw -n 1` (start, load, 1 token)": [slmrun, "run", "--raw", "-m", path, "-n", "1",
                                                              "--threads", t, "Hello"],
     }

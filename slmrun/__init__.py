@@ -18,12 +18,17 @@ _EXPORTS = {
     "load": "slmrun.api", "pull": "slmrun.api", "list_models": "slmrun.api", "resolve": "slmrun.api",
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
-    "Model": "slmrun.runtime", "Completion": "slmrun.runtime", "Stats": "slmrun.runtime",
-    "SlmrunError": "slmrun.errors", "ModelNotFoundError": "slmrun.errors",
-    "ModelNotPulledError": "slmrun.errors", "ModelFileNotFoundError": "slmrun.errors",
-    "InvalidModelFileError": "slmrun.errors", "ContextOverflowError": "slmrun.errors",
-    "DownloadError": "slmrun.errors", "ChecksumMismatchError": "slmrun.errors",
-    "InsufficientMemoryError": "slmrun.errors", "InvalidArgumentError": "slmrun.errors",
+    "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
+    # Every error (tests/test_api_surface.py checks that none is missing).
+    **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
+                     "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
+                     "RegistryError", "UnknownQuantError", "DownloadError", "OfflineError",
+                     "RemoteFileNotFoundError", "ChecksumMismatchError", "InsufficientDiskSpaceError",
+                     "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
+                     "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
+                     "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
+                     "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError"),
+                    "slmrun.errors"),
 }
 
 __all__ = sorted(_EXPORTS)

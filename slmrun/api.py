@@ -16,10 +16,8 @@ from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFo
                      ModelNotFoundError, ModelNotPulledError)
 from .registry import ModelEntry, load_registry, split_ref
 
-# Best quality first (by perplexity loss; ../shared/reference.md): used to pick
-# among the quants a user has when they name none.
-QUALITY_ORDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_1", "Q5_K_S", "Q5_0", "Q4_K_M",
-                 "Q4_K_S", "Q4_1", "Q4_0", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
+
+MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
 
 
 @dataclass(frozen=True)
@@ -36,10 +34,6 @@ def looks_like_path(ref: str) -> bool:
             or ref.startswith("."))
 
 
-def _quality_rank(quant: str) -> int:
-    return QUALITY_ORDER.index(quant) if quant in QUALITY_ORDER else len(QUALITY_ORDER)
-
-
 def choose_quant(entry: ModelEntry) -> str:
     """The quant to use when the user names none: the planner's pick for this machine."""
     try:
@@ -49,14 +43,19 @@ def choose_quant(entry: ModelEntry) -> str:
     return pick_for_this_machine(entry)
 
 
-def _best_local(entry: ModelEntry, local: list[store.StoredModel]) -> store.StoredModel:
+def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> store.StoredModel:
+    """Of the local quants, what the planner picks on this machine (the best that fits)."""
+    if len(local) == 1:
+        return local[0]
     try:
         from .hardware import detect
         from .planner import plan, spec_from_entry
-        quant = plan((spec_from_entry(entry), {m.quant: m.size for m in local}), detect(), force=True).quant
+        target = (spec_from_entry(entry), {m.quant: m.size for m in local}) if entry else local_target(local)
+        quant = plan(target, detect(), force=True).quant
         return next(m for m in local if m.quant == quant)
     except Exception:  # planning must never stop a load: then the best quality here
-        return min(local, key=lambda m: _quality_rank(m.quant))
+        from .planner import quality_rank
+        return min(local, key=lambda m: quality_rank(m.quant))
 
 
 def resolve(ref: str) -> Resolved:
@@ -77,7 +76,8 @@ def resolve(ref: str) -> Resolved:
         local = store.find(name, quant)
     except ModelNotFoundError:
         if local:  # an imported model the registry does not know
-            return Resolved(path=local[0].path, name=name, quant=local[0].quant, stored=local[0])
+            pick = _best_local(None, local)
+            return Resolved(path=pick.path, name=name, quant=pick.quant, stored=pick)
         raise
     if quant is None:
         if not local:
@@ -92,6 +92,44 @@ def resolve(ref: str) -> Resolved:
         raise ModelNotPulledError(f"{entry.name}:{quant.lower()} is not downloaded yet",
                                   hint=f"Run `slmrun pull {entry.name}:{quant.lower()}` first.")
     return Resolved(path=local[0].path, name=entry.name, quant=quant, entry=entry, stored=local[0])
+
+
+def local_target(local: list[store.StoredModel]):
+    """What the planner plans an imported model from: its GGUFs' own metadata, its local quants."""
+    from .gguf_info import read_info
+    from .planner import LocalModel, spec_from_gguf
+
+    info = read_info(local[0].path)
+    return LocalModel(name=local[0].name, spec=spec_from_gguf(info), files={m.quant: m.size for m in local})
+
+
+def plan_target(ref: str):
+    """What ``slmrun plan REF`` plans: a registry entry (its published quants), an imported
+    model (its local files) or a .gguf path (that file), each from the best facts there are.
+    Returns (target, quant named in REF or None)."""
+    from .gguf_info import read_info
+    from .planner import LocalModel, spec_from_gguf
+
+    ref = os.fspath(ref).strip()
+    if looks_like_path(ref) or Path(ref).is_file():
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelFileNotFoundError(f"no such model file: {path}")
+        info = read_info(path)
+        return LocalModel(name=path.name, spec=spec_from_gguf(info), files={info.quant: info.size}), None
+    name, quant = split_ref(ref)
+    try:
+        entry, quant = load_registry().resolve(ref)
+        return entry, quant
+    except ModelNotFoundError:
+        local = store.find(name)
+        if not local:
+            raise
+    if quant is not None and quant not in {m.quant for m in local}:
+        from .errors import UnknownQuantError
+        raise UnknownQuantError(f"{name} has no local quant {quant}",
+                                hint=f"Local quants: {', '.join(m.quant for m in local)}.")
+    return local_target(local), quant
 
 
 def inspect_file(resolved: Resolved):
@@ -126,16 +164,22 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          n_threads_batch: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
          flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
-         verbose: bool | None = None, force: bool = False):
+         verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
+         max_queue: int | None = None, chat_format: str | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
-    Refuses (InsufficientMemoryError) when the planner's estimate exceeds what this
-    machine has available, unless ``force=True``.
+    ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
+    (default: as many slots as the planner says fit, up to 4), the rest wait in a queue
+    of at most ``max_queue`` (default: no limit). Refuses (InsufficientMemoryError) when
+    the planner's estimate exceeds what this machine has available, unless ``force=True``.
+    ``chat_format`` names a prompt format (prompt_formats.names(), or "none") to chat
+    with instead of the model's own; ``model.chat_format`` says what is used and why.
     """
     from .runtime import LoadOptions, Model
 
     resolved = resolve(ref if ref is not None else config.default_model())
     info = inspect_file(resolved)
+    choice = chat_format_for(resolved, info, chat_format)
     cores = os.cpu_count() or 1
     for key, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
         if value is not None and not 1 <= value <= cores:
@@ -145,43 +189,71 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
+    for key, value, top in (("n_parallel", n_parallel, MAX_PARALLEL), ("max_queue", max_queue, None)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (key == "n_parallel")
+                                  or (top is not None and value > top)):
+            raise InvalidArgumentError(f"{key}={value!r} is out of range",
+                                       hint=f"Use an integer from {int(key == 'n_parallel')}"
+                                            + (f" to {top}." if top else " up."))
     from .hardware import detect
-    from .planner import effective_flash_attn
+    from .planner import choose_parallel, effective_flash_attn, spec_from_gguf
 
     fa = effective_flash_attn(flash_attn, type_v)
     hw = detect()
     trained = info.context_length or 2048
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads(hw)
+    batch = min(n_batch, ctx)
+    if n_parallel is None:
+        n_parallel = choose_parallel(spec_from_gguf(info), weights_bytes=info.size, n_ctx=ctx, hw=hw,
+                                     n_batch=batch, type_k=type_k or "f16", type_v=type_v or "f16",
+                                     flash_attn=fa).n_parallel
     options = LoadOptions(
         n_ctx=ctx, n_threads=threads, n_threads_batch=n_threads_batch or threads,
-        n_batch=min(n_batch, ctx), n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
+        n_batch=batch, n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
-        seed=seed, verbose=config.debug() if verbose is None else verbose)
+        seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
+        max_queue=max_queue)
     if not force:
         check_memory(info, options, name=resolved.name, hw=hw)
-    entry = resolved.entry
-    fmt = entry.prompt_format if entry is not None else None
-    return Model(resolved.path, options, prompt_format=fmt, chat_template=info.chat_template,
-                 name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
-                 info=info)
+    template = None
+    if choice.template:
+        from .template_sandbox import ChatTemplate, sandbox
+        template = ChatTemplate(choice.template, origin=resolved.path.name, n_ctx=ctx)
+        sandbox().start()  # the renderer starts while llama.cpp loads the weights
+    model = Model(resolved.path, options, prompt_format=choice.fmt, chat_template=template,
+                  name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
+                  info=info)
+    model.chat_format = choice
+    return model
+
+
+def chat_format_for(resolved: Resolved, info, override: str | None = None):
+    """What the model chats with (prompt_formats.choose_chat_format) and why."""
+    from .prompt_formats import choose_chat_format
+
+    meta = store.read_sidecar(resolved.stored.path) if resolved.stored is not None else {}
+    return choose_chat_format(info, resolved.entry, meta, override)
 
 
 def check_memory(info, options, *, name: str, hw) -> None:
     """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit on ``hw``."""
     from .errors import InsufficientMemoryError
-    from .planner import budget_bytes, estimate_memory, format_bytes, spec_from_gguf
+    from .planner import budget_bytes, estimate_memory, spec_from_gguf
+    from .units import format_bytes
 
     need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",
-                           type_v=options.type_v or "f16", flash_attn=options.flash_attn).total
+                           type_v=options.type_v or "f16", flash_attn=options.flash_attn,
+                           n_parallel=options.n_parallel).total
     budget = budget_bytes(hw)
     if need > budget:
+        slots = f" x {options.n_parallel} parallel slots" if options.n_parallel > 1 else ""
         raise InsufficientMemoryError(
-            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens; "
+            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens{slots}; "
             f"this machine has {format_bytes(budget)} available after a safety reserve",
-            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx, "
-                 "or --force to load anyway.")
+            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx"
+                 + (", fewer slots (n_parallel)" if options.n_parallel > 1 else "") + ", or --force to load anyway.")
 
 
 def list_models() -> list[store.StoredModel]:
@@ -220,12 +292,20 @@ def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.Store
                              source=source, extra=extra)
 
 
-def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False) -> store.StoredModel:
-    """Validate a local GGUF and copy (or hard-link/symlink) it into the store."""
+def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False,
+                 prompt_format: str | None = None) -> store.StoredModel:
+    """Validate a local GGUF and copy (or hard-link/symlink) it into the store.
+
+    ``prompt_format`` names the format to chat with (recorded in the store; it wins
+    over the file's own template and over inference), or "none" for plain completion.
+    """
     import shutil
 
     from .gguf_info import read_info
+    from .prompt_formats import NONE, get_format
 
+    if prompt_format is not None:  # a bad name fails before anything is copied
+        prompt_format = NONE if prompt_format.strip().lower() == NONE else get_format(prompt_format).name
     src = Path(path).expanduser()
     info = read_info(src)  # raises for missing, non-GGUF or corrupt files
     model_name = store.check_store_name(name or src.stem.split(".")[0])
@@ -244,7 +324,8 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
             digest = store.sha256_file(tmp)
         return store.install(tmp, name=model_name, filename=filename, quant=quant, sha256=digest,
                              source=f"import:{src.resolve()}",
-                             extra={"architecture": info.architecture, "filename": filename})
+                             extra={"architecture": info.architecture, "filename": filename,
+                                    **({"prompt_format": prompt_format} if prompt_format else {})})
 
 
 def remove(ref: str) -> list[store.StoredModel]:
@@ -278,8 +359,10 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  context_length=entry.context_length)
         here = {m.quant for m in store.find(entry.name)}
         d["quants"] = {q: q in here for q in entry.quants}
-        d["prompt_format"] = "the GGUF's chat template" if entry.has_chat_template else (
-            repr(entry.prompt_format.user + entry.prompt_format.generation) if entry.prompt_format else "none")
+        if resolved is None:  # not downloaded: what the registry says
+            from .prompt_formats import choose_chat_format
+            d["prompt_format"] = ("the GGUF's chat template" if entry.has_chat_template
+                                  else choose_chat_format(None, entry, {}, None).describe())
     if resolved is not None:
         info = inspect_file(resolved)
         d.update(name=resolved.name, architecture=info.architecture, parameters=_params(info.n_params),
@@ -287,8 +370,8 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  license=d.get("license") or info.license or "unknown",
                  embedding_length=info.embedding_length, block_count=info.block_count,
                  head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size,
-                 chat_template=info.chat_template or "none (uses the registry's prompt format)",
-                 file=str(resolved.path), file_size=info.size)
+                 prompt_format=chat_format_for(resolved, info).describe(),
+                 chat_template=info.chat_template or "none", file=str(resolved.path), file_size=info.size)
         if resolved.stored is not None:
             d["source"] = resolved.stored.source
             d["sha256"] = resolved.stored.sha256

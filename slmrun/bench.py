@@ -9,7 +9,7 @@ measures:
 - ``tg<N>``  token generation: N single-token decodes, no sampling;
   with ``n_depth`` D, both after D tokens already in the KV cache (``pp<P>@d<D>``,
   ``tg<N>@d<D>``, llama-bench's ``-d``): how fast a long conversation runs;
-- ``e2e<N>`` slmrun's real generation path (``Model.chat(stream=True)``: sampling,
+- ``e2e<N>`` slmrun's real generation path (``Model.chat``, streamed: sampling,
   detokenising, streaming), tokens after the first / time after the first;
 
 pp and tg follow llama-bench (llama.cpp tools/llama-bench): a warm-up run, then
@@ -312,8 +312,9 @@ def bench_config(target: Target, config: BenchConfig, *, n_prompt: int, n_gen: i
     _reset_peak_rss()
     steps(f"{where}: loading", advance=False)
     t0 = time.perf_counter()
+    # One slot: llama-bench measures one sequence, and so does slmrun's single-stream figure.
     model = load(target.load_ref(), n_ctx=n_ctx, n_threads=config.n_threads, flash_attn=config.flash_attn,
-                 n_batch=config.n_batch)
+                 n_batch=config.n_batch, n_parallel=1)
     load_s = time.perf_counter() - t0
     with model:
         quant = target.quant or (model.info.quant if model.info else None)
@@ -341,34 +342,36 @@ def _n_ctx(model) -> int:
 
 
 def _raw(model, target, config, kind, n, reps, steps, where, n_depth=0) -> Row:
-    run = model.bench_pp if kind == "pp" else model.bench_tg
+    from .runtime import measure
+
+    run = measure.bench_pp if kind == "pp" else measure.bench_tg
     kwargs = {"n_batch": config.n_batch} if kind == "pp" else {}
     name = bench_name(kind, n, n_depth)
 
     def fresh():  # an empty cache, or one holding n_depth tokens (not timed)
-        model.clear_kv()
+        measure.clear_kv(model)
         if n_depth:
-            model.bench_pp(n_depth, n_batch=config.n_batch, seed=0)
+            measure.bench_pp(model, n_depth, n_batch=config.n_batch, seed=0)
 
     steps(f"{where}: {name} warm-up", advance=False)
     fresh()
-    run(n if kind == "pp" else 1, **kwargs)  # llama-bench warms up with a full pp, one tg token
+    run(model, n if kind == "pp" else 1, **kwargs)  # llama-bench warms up with a full pp, one tg token
     seconds = []
     for i in range(reps):
         steps(f"{where}: {name} {i + 1}/{reps}", advance=False)
         fresh()
-        seconds.append(run(n, seed=i + 1, **kwargs))
-    model.clear_kv()
+        seconds.append(run(model, n, seed=i + 1, **kwargs))
+    measure.clear_kv(model)
     row = make_row(target, config, _n_ctx(model), name, n, seconds, n_depth=n_depth)
     steps(f"{where}: {name} {row.mean_tps:.1f} tok/s")
     return row
 
 
-def _reply(model, text: str, *, stream: bool, **kwargs):
+def _reply(model, text: str, **kwargs):
     """Chat as a user would; a model with no chat format gets the text as a plain prompt."""
     if model.has_chat_format:
-        return model.chat([{"role": "user", "content": text}], stream=stream, **kwargs)
-    return (model.stream if stream else model.complete)(text, **kwargs)
+        return model.chat([{"role": "user", "content": text}], **kwargs)
+    return model.complete(text, **kwargs)
 
 
 def _prompt_tokens(model, text: str) -> int:
@@ -378,44 +381,46 @@ def _prompt_tokens(model, text: str) -> int:
 
 
 def _ttft(model, target, config, reps, steps, where) -> Row:
+    from .runtime import measure
+
     n_prompt = _prompt_tokens(model, TTFT_PROMPT)
     seconds = []
     for i in range(reps + 1):  # the first is the warm-up
         steps(f"{where}: ttft {i}/{reps}", advance=False)
-        model.clear_kv()  # a cached prompt would make the first token free
-        completion = _reply(model, TTFT_PROMPT, stream=False, max_tokens=4, temperature=0.0)
+        measure.clear_kv(model)  # a cached prompt would make the first token free
+        response = _reply(model, TTFT_PROMPT, max_tokens=4, temperature=0.0)
         if i:
-            seconds.append(completion.stats.ttft_s)
-    model.clear_kv()
+            seconds.append(response.stats.ttft_s)
+    measure.clear_kv(model)
     steps(f"{where}: ttft {statistics.fmean(seconds) * 1000:.0f} ms")
     return make_row(target, config, _n_ctx(model), "ttft", n_prompt, seconds)
 
 
 def _generate_once(model, n_gen, seed):
-    gen = _reply(model, E2E_PROMPT, stream=True, max_tokens=n_gen, seed=seed)
-    try:
-        while True:
-            next(gen)  # the pieces a user would see; we only need the timing
-    except StopIteration as stop:
-        return stop.value.stats
+    response = _reply(model, E2E_PROMPT, max_tokens=n_gen, seed=seed)
+    for _ in response:  # the pieces a user would see, as they come; only the timing counts
+        pass
+    return response.stats
 
 
 def _e2e(model, target, config, n_gen, reps, steps, where) -> Row:
+    from .runtime import measure
+
     steps(f"{where}: e2e{n_gen} warm-up", advance=False)
-    model.clear_kv()
+    measure.clear_kv(model)
     _generate_once(model, min(n_gen, 8), seed=0)
     seconds, counts = [], []
     for i in range(reps):
         steps(f"{where}: e2e{n_gen} {i + 1}/{reps}", advance=False)
         for attempt in range(MAX_E2E_TRIES):  # a reply that ends early is a short sample: try another seed
-            model.clear_kv()
+            measure.clear_kv(model)
             stats = _generate_once(model, n_gen, seed=1000 * attempt + i + 1)
             if stats.generated_tokens >= n_gen:
                 break
         if stats.generated_tokens > 1 and stats.gen_s > 0:
             seconds.append(stats.gen_s)
             counts.append(stats.generated_tokens - 1)  # Stats.gen_tps: tokens after the first
-    model.clear_kv()
+    measure.clear_kv(model)
     if not seconds:  # a model that will not talk: report zero rather than fail the whole run
         seconds, counts = [0.0], [0]
     row = make_row(target, config, _n_ctx(model), f"e2e{n_gen}", n_gen, seconds, rate_tokens=counts)

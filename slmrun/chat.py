@@ -1,16 +1,16 @@
 """Prompt formats and conversation state; no terminal I/O.
 
-A GGUF's own chat template is code (Jinja2): it is rendered in an immutable sandbox,
-as llama-cpp-python has done since CVE-2024-34359. Models without one use the
-registry's declared ``PromptFormat``; a model with neither gets ``ChatFormatError``,
-never a silent fallback to an unrelated format.
+A GGUF's own chat template is code (Jinja2): it renders in a bounded worker process
+(slmrun/template_sandbox.py), in jinja2's immutable sandbox. Models without one use a
+``PromptFormat`` (slmrun/prompt_formats.py: named, from the registry, or inferred);
+rendering with neither is ``ChatFormatError``, never a silent fallback to an
+unrelated format (ChatSession falls back to plain completion, and says so).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from .errors import ChatFormatError, InvalidArgumentError
+from .errors import ChatFormatError, InvalidArgumentError, SlmrunError
+from .prompt_formats import render, stop_strings
 
 ROLES = ("system", "user", "assistant")
 
@@ -27,42 +27,23 @@ def validate_messages(messages) -> list[dict]:
     return out
 
 
-@lru_cache(maxsize=16)
-def _compile(template: str):
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template)
-    except TemplateError as exc:
-        raise ChatFormatError(f"the model's chat template does not compile: {exc}") from None
-
-
 def render_template(template: str, messages: list[dict], *, bos: str = "", eos: str = "",
                     add_generation_prompt: bool = True) -> str:
-    from jinja2 import TemplateError
-    from jinja2.exceptions import SecurityError
+    """Render a GGUF chat template in the sandbox; ChatTemplateError (naming the model
+    file when ``template`` is a template_sandbox.ChatTemplate) if it fails or is stopped."""
+    from .template_sandbox import output_limit, sandbox
 
-    try:
-        return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=bos, eos_token=eos)
-    except SecurityError as exc:
-        raise ChatFormatError(f"the model's chat template tried something unsafe: {exc}") from None
-    except (TemplateError, TypeError, ValueError) as exc:
-        raise ChatFormatError(f"the model's chat template failed: {exc}") from None
+    size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
+    variables = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+                 "bos_token": bos, "eos_token": eos}
+    return sandbox().render(template, variables, limit=output_limit(getattr(template, "n_ctx", None), size),
+                            origin=getattr(template, "origin", None))
 
 
-def render_format(fmt, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
-    """Render a registry PromptFormat: each turn through its template, then the generation cue."""
-    parts = [getattr(fmt, m["role"]).replace("{content}", m["content"]) for m in messages]
-    if add_generation_prompt:
-        parts.append(fmt.generation)
-    return "".join(parts)
+def render_format(fmt, messages: list[dict], *, bos: str = "", eos: str = "",
+                  add_generation_prompt: bool = True) -> str:
+    """Render a PromptFormat: each turn through its template, then the generation cue."""
+    return render(fmt, messages, bos=bos, eos=eos, add_generation_prompt=add_generation_prompt)
 
 
 def render_prompt(messages, *, template: str | None, fmt, bos: str = "", eos: str = "",
@@ -73,8 +54,9 @@ def render_prompt(messages, *, template: str | None, fmt, bos: str = "", eos: st
         return render_template(template, messages, bos=bos, eos=eos,
                                add_generation_prompt=add_generation_prompt), ()
     if fmt is not None:
-        return render_format(fmt, messages, add_generation_prompt=add_generation_prompt), tuple(fmt.stop)
-    raise ChatFormatError("this model has no chat template and no prompt format in the registry")
+        return (render_format(fmt, messages, bos=bos, eos=eos, add_generation_prompt=add_generation_prompt),
+                stop_strings(fmt, bos=bos, eos=eos))
+    raise ChatFormatError("this model has no chat template, and no prompt format was named or inferred")
 
 
 # --- conversation state -------------------------------------------------------------
@@ -144,8 +126,9 @@ class ChatSession:
         self.conversation = Conversation(system)
         self.params = {"max_tokens": 512, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "seed": None}
         self.params.update({k: v for k, v in params.items() if v is not None})
-        self.last: object = None  # the last Completion
+        self.last = None  # the last reply's Response
         self.dropped_total = 0
+        self.last_dropped = 0  # turns dropped to fit the context by the last send()
 
     @property
     def plain(self) -> bool:
@@ -162,11 +145,16 @@ class ChatSession:
         return len(self.model.chat_tokens(messages))
 
     def send(self, text: str):
-        """Stream the reply to ``text``; the generator's return value is the Completion.
+        """Send ``text`` and return the reply's Response (iterate it to stream).
 
-        The reply (even a partial one, if the caller stops early or Ctrl-C arrives) is
-        recorded, so the history always matches what the user saw.
+        The reply is recorded in the history when it ends; a cancelled one (Ctrl-C) as far
+        as a reader took it, so the history always matches what the user saw.
         """
+        if self.last is not None and not self.last.done:
+            try:  # one exchange at a time: the history must be complete first
+                self.last.wait()
+            except SlmrunError:  # that reply failed; its error was the caller's to see
+                pass
         n_ctx = self.model.n_ctx
         reserve = min(self.params.get("max_tokens") or 256, n_ctx // 4)
         messages, dropped = fit_history(self.conversation.messages(text), self.count_tokens,
@@ -176,20 +164,16 @@ class ChatSession:
             self.dropped_total += dropped
         self.last_dropped = dropped
         if self.plain:
-            gen = self.model.stream(self.plain_text(messages), **self.params)
+            response = self.model.complete(self.plain_text(messages), **self.params)
         else:
-            gen = self.model.chat(messages, stream=True, **self.params)
-        pieces: list[str] = []
-        completion = None
-        try:
-            while True:
-                piece = next(gen)
-                pieces.append(piece)
-                yield piece
-        except StopIteration as stop:
-            completion = stop.value
-        finally:
-            self.conversation.add("user", text)
-            self.conversation.add("assistant", "".join(pieces))
-            self.last = completion
-        return completion
+            response = self.model.chat(messages, **self.params)
+        self.conversation.add("user", text)
+        reply = {"role": "assistant", "content": ""}
+        self.conversation.turns.append(reply)
+
+        def record(r) -> None:
+            reply["content"] = r.seen_text if r.cancelled else r.text_so_far
+
+        response.add_done_callback(record)
+        self.last = response
+        return response

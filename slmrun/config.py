@@ -23,21 +23,17 @@ class Var:
         return value if value != "" else self.default
 
 
-def _user_dir(kind: str) -> Path:
-    """The platform's per-user directory for application ``data`` or ``config`` (what
-    platformdirs would say); written out to avoid a dependency for a dozen lines."""
-    home = Path.home()
-    if sys.platform == "darwin":
-        return home / "Library" / "Application Support" / "slmrun"
-    if os.name == "nt":
-        var, fallback = ("LOCALAPPDATA", "Local") if kind == "data" else ("APPDATA", "Roaming")
-        return Path(os.environ.get(var) or str(home / "AppData" / fallback)) / "slmrun"
-    var, fallback = ("XDG_DATA_HOME", ".local/share") if kind == "data" else ("XDG_CONFIG_HOME", ".config")
-    return Path(os.environ.get(var) or str(home / fallback)) / "slmrun"
+def user_data_dir() -> Path:
+    """The platform's per-user data directory ($XDG_DATA_HOME/slmrun, ~/Library/Application
+    Support/slmrun, %LOCALAPPDATA%\\slmrun), as platformdirs says."""
+    import platformdirs
+    return Path(platformdirs.user_data_dir("slmrun", appauthor=False))
 
 
-def _user_data_dir() -> Path:
-    return _user_dir("data")
+def user_config_dir() -> Path:
+    """The per-user config directory ($XDG_CONFIG_HOME/slmrun, %APPDATA%\\slmrun, ...)."""
+    import platformdirs
+    return Path(platformdirs.user_config_dir("slmrun", appauthor=False, roaming=True))
 
 
 HOME = Var("SLMRUN_HOME", "", "Where slmrun keeps models, locks and caches "
@@ -63,7 +59,7 @@ ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP, RPC_CONNE
 
 def home() -> Path:
     value = HOME.get()
-    return Path(value).expanduser() if value else _user_data_dir()
+    return Path(value).expanduser() if value else user_data_dir()
 
 
 def models_dir() -> Path:
@@ -78,7 +74,7 @@ def registry_files() -> list[Path]:
     value = REGISTRY.get()
     if value:
         return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
-    return [_user_dir("config") / "models.toml"]
+    return [user_config_dir() / "models.toml"]
 
 
 def default_model() -> str:
@@ -95,12 +91,10 @@ def max_auto_ctx() -> int:
 def flash_attn_default() -> bool:
     """Whether load() turns flash attention on when not told (default: on).
 
-    On is what small devices need: no n_head x batch x context score buffer (134 MB for
-    TinyLlama at n_ctx 2048) and a quantized V cache becomes possible. The price, measured
-    here with llama-bench itself (SmolLM2-135M, 2 threads, x86 AVX-512): tg64 102 vs 99 t/s
-    with it on at an empty cache, but 54 vs 81 t/s at 512 cached tokens. With memory to
-    spare and long chats, SLMRUN_FLASH_ATTN=off is faster there; `slmrun bench --sweep -d 512`
-    tells for a given device.
+    On is what small devices need: no n_head x batch x context score buffer and a
+    quantized V cache becomes possible. The price is slower decoding deep into a long
+    context on some CPUs (docs/CALIBRATION.md); with memory to spare and long chats,
+    SLMRUN_FLASH_ATTN=off can be faster; `slmrun bench --sweep -d 512` tells for a device.
     """
     value = FLASH_ATTN.get().strip().lower()
     return value not in ("0", "off", "false", "no")

@@ -62,6 +62,24 @@ class InvalidArgumentError(SlmrunError, ValueError):
     """A parameter out of range (negative token counts, too many threads, ...)."""
 
 
+class ModelClosedError(SlmrunError, RuntimeError):
+    """The model was closed: before a call, or while a request was still running."""
+
+    default_hint = "Load the model again with slmrun.load()."
+
+
+class QueueFullError(SlmrunError, RuntimeError):
+    """Every slot is busy and the waiting queue is at its limit (``max_queue``)."""
+
+    default_hint = "Try again shortly, or load with a larger max_queue or more parallel slots (n_parallel)."
+
+
+class GenerationError(SlmrunError, RuntimeError):
+    """llama.cpp failed while decoding a request (the model stays usable for others)."""
+
+    default_hint = "Set SLMRUN_DEBUG=1 to see llama.cpp's log; a smaller context or fewer slots may help."
+
+
 class RegistryError(SlmrunError, ValueError):
     """models.toml (or the user's registry file) is malformed or unsafe."""
 
@@ -116,8 +134,60 @@ class StoreLockedError(SlmrunError, TimeoutError):
 class ChatFormatError(SlmrunError, ValueError):
     """A model with neither a chat template in its GGUF nor a prompt format in the registry."""
 
-    default_hint = ("Use plain completion instead (`slmrun run --raw`), or add a prompt_format "
-                    "for the model in your registry file.")
+    default_hint = ("Name a prompt format with --format NAME (chatml, llama3, gemma, zephyr, ...), use plain "
+                    "completion (`slmrun run --raw`), or add a prompt_format for the model in your registry file.")
+
+
+class UnknownPromptFormatError(InvalidArgumentError):
+    """A prompt format name that is not one of slmrun's named formats."""
+
+
+class ChatTemplateError(ChatFormatError):
+    """A GGUF chat template that does not compile, fails, or tried something unsafe."""
+
+    default_hint = ("Chat with one of slmrun's named prompt formats instead: --format NAME "
+                    "(chatml, llama3, gemma, zephyr, ...).")
+
+
+class TemplateTimeoutError(ChatTemplateError, TimeoutError):
+    """A chat template still rendering when its time ran out (it was stopped)."""
+
+
+class TemplateMemoryError(ChatTemplateError, MemoryError):
+    """A chat template that allocated more memory than rendering is allowed."""
+
+
+class TemplateOutputError(ChatTemplateError):
+    """A chat template whose output grew past the size bound."""
+
+
+class InvalidSchemaError(SlmrunError, ValueError):
+    """A JSON Schema that is not JSON, not a schema object, or fails the JSON Schema metaschema."""
+
+    default_hint = ("Fix the schema at the place named above; check it with any JSON Schema validator "
+                    "(e.g. `python -m jsonschema`), or see https://json-schema.org/understanding-json-schema.")
+
+
+class InvalidGrammarError(SlmrunError, ValueError):
+    """A grammar that neither llguidance's Lark syntax nor llama.cpp's GBNF accepts."""
+
+    default_hint = ("Fix the grammar at the place named above. The syntax is llguidance's Lark-like one "
+                    "(https://github.com/guidance-ai/llguidance/blob/main/docs/syntax.md) or llama.cpp's GBNF.")
+
+
+class UnsupportedSchemaError(SlmrunError, ValueError):
+    """A valid schema using a feature the grammar engine cannot enforce: refused before generating."""
+
+    default_hint = ("Remove or simplify the feature named above (or validate that part yourself after "
+                    "generation); https://github.com/guidance-ai/llguidance/blob/main/docs/json_schema.md "
+                    "lists what is supported.")
+
+
+class StructuredOutputError(SlmrunError, ValueError):
+    """Generated text that is incomplete, not JSON, or does not validate against the schema."""
+
+    default_hint = ("Raise max_tokens so the value can finish, or tighten the schema "
+                    "(maxLength, maxItems, enum) so it stays short.")
 
 
 RPC_REINSTALL = 'CMAKE_ARGS="-DGGML_RPC=ON" pip install --force-reinstall --no-cache-dir llama-cpp-python'

@@ -1,4 +1,5 @@
-"""The model registry: models.toml (shipped in the package) plus the user's own files.
+"""The model registry: models.toml (the repository's top level, shipped in the package) plus
+the user's own files.
 
 Parses TOML into frozen dataclasses, validates every field (a bad entry is reported
 with its file and field), and resolves names like ``tinyllama``, ``TinyLlama:Q5_K_M``
@@ -12,39 +13,38 @@ import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from . import config
-from .errors import ModelNotFoundError, RegistryError, UnknownQuantError
+from .errors import ModelNotFoundError, RegistryError, UnknownPromptFormatError, UnknownQuantError
+from .prompt_formats import PromptFormat, get_format
 from .shape import ModelShape
+from .store import MODEL_NAME_RULE, is_model_name
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-BUILTIN_REGISTRY = Path(__file__).with_name("models.toml")
 
-# A model or alias name: what a user types, and a directory name in the store.
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+def builtin_registry() -> Path:
+    """The shipped models.toml.
+
+    In a wheel it is package data, slmrun/models.toml (setup.py copies it there from the
+    repository's top level). A source checkout or an editable install runs the package
+    from the repository itself, where the file sits beside the package directory.
+    """
+    shipped = resources.files(__package__).joinpath("models.toml")
+    if shipped.is_file():
+        return Path(str(shipped))
+    return Path(__file__).resolve().parent.parent / "models.toml"
+
+
 _QUANT_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """A plain-text chat format for models whose GGUF carries no chat template.
-
-    Each turn is rendered with its template (``{content}`` is replaced); the prompt
-    ends with ``generation``. ``stop`` strings end the reply.
-    """
-
-    system: str
-    user: str
-    assistant: str
-    generation: str
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,12 @@ def check_repo(repo: str, where: str) -> str:
     return repo
 
 
-def _parse_format(raw: dict, where: str) -> PromptFormat:
+def _parse_format(raw: dict | str, where: str) -> PromptFormat:
+    if isinstance(raw, str):  # a named format: prompt_format = "gemma"
+        try:
+            return get_format(raw)
+        except UnknownPromptFormatError as exc:
+            raise RegistryError(f"{where}: {exc.message}", hint=exc.hint) from None
     parts = {}
     for key in ("system", "user", "assistant"):
         text = _need(raw, key, str, where)
@@ -226,12 +231,12 @@ def parse_entry(name: str, raw: dict, origin: str) -> ModelEntry:
     where = f"{origin}: [models.{name}]"
     if not isinstance(raw, dict):
         raise RegistryError(f"{where}: must be a table")
-    if not _NAME_RE.match(name):
-        raise RegistryError(f"{where}: the name must be lower-case letters, digits, '.', '_' or '-'")
+    if not is_model_name(name):
+        raise RegistryError(f"{where}: the name must be {MODEL_NAME_RULE}")
     aliases = _need(raw, "aliases", list, where, required=False) or []
     for alias in aliases:
-        if not isinstance(alias, str) or not _NAME_RE.match(alias):
-            raise RegistryError(f"{where}: alias {alias!r} must be lower-case letters, digits, '.', '_' or '-'")
+        if not is_model_name(alias):
+            raise RegistryError(f"{where}: alias {alias!r} must be {MODEL_NAME_RULE}")
     raw_files = _need(raw, "files", list, where)
     if not raw_files:
         raise RegistryError(f"{where}: field 'files' must list at least one file")
@@ -240,7 +245,7 @@ def parse_entry(name: str, raw: dict, origin: str) -> ModelEntry:
     quants = [f.quant for f in files]
     if len(set(quants)) != len(quants):
         raise RegistryError(f"{where}: a quant is listed twice in 'files'")
-    fmt = _need(raw, "prompt_format", dict, where, required=False)
+    fmt = _need(raw, "prompt_format", (dict, str), where, required=False)
     default_quant = (_need(raw, "default_quant", str, where, required=False) or
                      ("Q4_K_M" if "Q4_K_M" in quants else quants[0])).upper()
     if default_quant not in quants:
@@ -299,7 +304,7 @@ def _load_cached(paths: tuple[tuple[str, float], ...]) -> Registry:
 
 def load_registry() -> Registry:
     """The built-in registry with the user's files merged over it."""
-    paths = [BUILTIN_REGISTRY]
+    paths = [builtin_registry()]
     for extra in config.registry_files():
         if extra.is_file():
             paths.append(extra)

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from . import config
 from .errors import (InsufficientDiskSpaceError, InvalidArgumentError, ModelNotFoundError,
                      StoreLockedError)
+from .units import format_bytes
 
 SIDECAR_SUFFIX = ".json"
 _HASH_CHUNK = 4 << 20
@@ -83,18 +85,8 @@ def check_free_space(directory: Path, needed: int, *, what: str) -> None:
     margin = 64 << 20
     if free < needed + margin:
         raise InsufficientDiskSpaceError(
-            f"not enough disk space for {what}: needs {human_size(needed + margin)}, "
-            f"{human_size(free)} free at {directory}")
-
-
-def human_size(n: int | None) -> str:
-    """File sizes as the hub and pip print them: decimal units."""
-    if n is None:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+            f"not enough disk space for {what}: needs {format_bytes(needed + margin)}, "
+            f"{format_bytes(free)} free at {directory}")
 
 
 # --- reading the store ------------------------------------------------------------
@@ -192,37 +184,41 @@ def remove(name: str, quant: str | None = None) -> list[StoredModel]:
 
 @contextlib.contextmanager
 def lock(name: str, quant: str, *, timeout: float = 3600.0):
-    """An exclusive inter-process lock for one model file (flock; released on exit or crash)."""
+    """An exclusive inter-process lock for one model file, waiting up to `timeout` seconds.
+
+    filelock's: flock on POSIX, msvcrt on Windows, so the OS releases it when the holder
+    exits or crashes.
+    """
+    from filelock import FileLock, Timeout
+
     lock_dir = config.home() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / f"{name}-{quant.lower()}.lock"
-    with open(path, "a+") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no inter-process lock
-            yield
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreLockedError(f"timed out waiting for the lock on {name}:{quant.lower()}") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    file_lock = FileLock(lock_dir / f"{name}-{quant.lower()}.lock")
+    try:
+        file_lock.acquire(timeout=timeout, poll_interval=0.2)
+    except Timeout:
+        raise StoreLockedError(f"timed out after {timeout:g} s waiting for the lock on "
+                               f"{name}:{quant.lower()}") from None
+    try:
+        yield
+    finally:
+        file_lock.release()
+
+
+# A model's name: what a user types, and the name of its directory in the store. The
+# registry's names and aliases and `import --name` are all checked by is_model_name.
+MODEL_NAME_RULE = "lower-case letters, digits, '.', '_' or '-' (at most 64, not starting with '.', '_' or '-')"
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def is_model_name(name) -> bool:
+    return isinstance(name, str) and _MODEL_NAME.match(name) is not None
 
 
 def check_store_name(name: str) -> str:
     """A name the user gives to `import --name`: it becomes a directory in the store."""
-    import re
     cleaned = name.strip().lower()
-    if not re.match(r"^[a-z0-9][a-z0-9._-]{0,63}$", cleaned):
-        raise InvalidArgumentError(
-            f"invalid model name {name!r}",
-            hint="Use lower-case letters, digits, '.', '_' or '-' (no '/', no '..').")
+    if not is_model_name(cleaned):
+        raise InvalidArgumentError(f"invalid model name {name!r}",
+                                   hint=f"Use {MODEL_NAME_RULE}; no '/', no '..'.")
     return cleaned

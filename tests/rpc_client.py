@@ -29,7 +29,7 @@ class Generator:
         import llama_cpp
 
         if quiet:
-            from slmrun.runtime.model import set_llama_log
+            from slmrun.runtime import set_llama_log
             set_llama_log(False)
         self.ll, self.placement = llama_cpp, placement
         mp = llama_cpp.llama_model_default_params()

@@ -109,23 +109,27 @@ def test_summarize_ranks_by_generation_speed_and_computes_the_roofline():
 
 # ------------------------------------------------------------------ the runtime's decode methods
 
-def test_model_bench_methods_decode_and_clear(tiny_llama):
+def test_raw_decode_timings_continue_and_clear_the_cache(tiny_llama):
     from slmrun.api import load
+    from slmrun.runtime import measure
 
-    with load(str(tiny_llama), n_ctx=64, n_threads=1, n_batch=16) as m:
-        assert m.bench_pp(20, n_batch=8) > 0  # three batches: 8 + 8 + 4
-        assert m.n_tokens_cached == 20
-        assert m.bench_tg(5) > 0
-        assert m.n_tokens_cached == 25
+    with load(str(tiny_llama), n_ctx=64, n_threads=1, n_batch=16, n_parallel=2) as m:
+        before = m.complete("the", max_tokens=3, temperature=0.0).text
+        assert measure.bench_pp(m, 20, n_batch=8) > 0  # three batches: 8 + 8 + 4
+        assert m._bench_pos == 20
+        assert measure.bench_tg(m, 5) > 0
+        assert m._bench_pos == 25
         with pytest.raises(ContextOverflowError):
-            m.bench_tg(40)
-        m.clear_kv()
-        assert m.n_tokens_cached == 0
-        with pytest.raises(InvalidArgumentError):
-            m.bench_pp(0)
-        # generation still works after benchmarking: the cache state is consistent
+            measure.bench_tg(m, 40)
+        # generation after benchmarking: the bench's cells are not taken for a prompt cache
         out = m.complete("the", max_tokens=3, temperature=0.0)
-        assert out.stats.prompt_eval_tokens == out.stats.prompt_tokens
+        assert out.stats.prompt_eval_tokens == out.stats.prompt_tokens and out.text == before
+        measure.clear_kv(m)
+        assert m._bench_pos == 0 and m.status()["cached_tokens"] == [0, 0]
+        with pytest.raises(InvalidArgumentError):
+            measure.bench_pp(m, 0)
+        out = m.complete("the", max_tokens=3, temperature=0.0)
+        assert out.stats.prompt_eval_tokens == out.stats.prompt_tokens and out.text == before
 
 
 # ------------------------------------------------------------------ a whole run on tiny models
@@ -182,10 +186,10 @@ def test_sweep_tries_flash_attention_and_threads(tiny_llama, monkeypatch):
 
 
 def test_depth_fills_the_cache_before_each_repetition(tiny_llama, monkeypatch):
-    from slmrun.runtime import Model
+    from slmrun.runtime import measure
     calls = []
-    real_pp = Model.bench_pp
-    monkeypatch.setattr(Model, "bench_pp", lambda self, n, **kw: calls.append(n) or real_pp(self, n, **kw))
+    real_pp = measure.bench_pp
+    monkeypatch.setattr(measure, "bench_pp", lambda model, n, **kw: calls.append(n) or real_pp(model, n, **kw))
     data = bench.run([str(tiny_llama)], threads=[1], n_depth=32, **SMALL).to_dict()
     rows = {r["test"]: r for r in data["results"]}
     assert {"pp8@d32", "tg4@d32", "e2e4"} <= set(rows) and data["header"]["settings"]["n_depth"] == 32

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -103,13 +102,20 @@ def test_long_conversation_trims_instead_of_crashing(tiny_llama):
 def test_partial_reply_is_kept_when_the_reader_stops(tiny_llama):
     with slmrun.load(tiny_llama, n_ctx=256, n_threads=1) as m:
         s = ChatSession(m, temperature=0, max_tokens=50)
-        gen = s.send("hello")
-        first = next(gen)
-        gen.close()  # what Ctrl-C does in the CLI
+        response = s.send("hello")
+        first = next(iter(response))
+        response.cancel()  # what Ctrl-C does in the CLI
+        response.wait()
+        assert response.finish_reason == "cancelled"
         assert s.conversation.turns == [{"role": "user", "content": "hello"},
                                         {"role": "assistant", "content": first}]
-        list(s.send("again"))  # and the session goes on
-        assert len(s.conversation.turns) == 4
+        again = s.send("again")  # and the session goes on
+        list(again)
+        assert len(s.conversation.turns) == 4 and s.conversation.turns[3]["content"] == again.text
+        # Per-request stats: the cancelled reply's time is not the next one's (the chat /stats bug).
+        st = again.stats
+        assert st.prompt_s <= st.ttft_s <= st.total_s
+        assert st.prompt_eval_tokens + st.cached_tokens == st.prompt_tokens
 
 
 def test_piped_chat_answers_each_line(tiny_llama):
@@ -126,15 +132,86 @@ def test_piped_plain_model_says_so_and_completes(tiny_llama_plain):
     assert p.returncode == 0 and "plain completion" in p.stderr
 
 
+# --- the chat command's parts -----------------------------------------------------------
+
+def _wrapped(pieces, width):
+    from slmrun.cli.output import WordWrap
+
+    out = []
+    wrap = WordWrap(out.append, width)
+    for piece in pieces:
+        wrap.write(piece)
+    wrap.close()
+    return "".join(out)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_streamed_text_wraps_like_textwrap_whatever_the_pieces(seed):
+    """Random words (some longer than a line) streamed in random pieces, cut mid-word: the
+    same lines textwrap makes of the whole text at once."""
+    import random
+    import textwrap
+
+    rng = random.Random(seed)
+    width = rng.randint(8, 40)
+    words = ["".join(rng.choice("abcdefgh,.") for _ in range(rng.choice([1, 2, 3, 5, 8, 13, 50])))
+             for _ in range(rng.randint(1, 60))]
+    text = " ".join(words)
+    cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 30)))) if len(text) > 1 else []
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert "".join(pieces) == text
+    expected = [line.rstrip() for line in textwrap.wrap(text, width, break_on_hyphens=False)]
+    assert _wrapped(pieces, width).split("\n") == expected  # (textwrap leaves a trailing space at times)
+
+
+def test_wrapping_keeps_the_models_newlines_and_indentation():
+    text = "Steps:\n  1. open the door\n  2. walk in\n\nDone."
+    assert _wrapped([text], 12) == "Steps:\n  1. open\nthe door\n  2. walk in\n\nDone."
+    assert _wrapped(["a b"], 80) == "a b"  # short replies are untouched
+
+
+def test_wrapping_counts_terminal_cells():
+    assert _wrapped(["漢字漢字 漢字"], 8) == "漢字漢字\n漢字"  # each character is two cells wide
+    assert _wrapped(["ab\tc"], 80) == "ab\tc"
+
+
+def test_last_dropped_exists_before_the_first_turn(tiny_llama):
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1) as m:
+        s = ChatSession(m)
+        assert s.last_dropped == 0 and s.dropped_total == 0
+
+
+def test_show_works_for_a_plain_text_model(tiny_llama_plain):
+    import io
+
+    from slmrun.cli.chat import ChatUI
+
+    with slmrun.load(tiny_llama_plain, n_ctx=256, n_threads=1) as m:
+        s = ChatSession(m, temperature=0, max_tokens=3)
+        assert s.plain
+        err = io.StringIO()
+        ui = ChatUI(s, interactive=True, show_stats=False, out=io.StringIO(), err=err)
+        ui.reply("hello world")
+        assert ui.command("/show")
+        used = s.count_tokens(s.conversation.messages())
+        assert used > 0 and f"context:  {used} / {m.n_ctx} tokens used" in err.getvalue()
+
+
+def test_chat_format_error_is_exported():
+    assert slmrun.ChatFormatError is ChatFormatError and "ChatFormatError" in slmrun.__all__
+
+
 # --- the interactive program in a pseudo-terminal ------------------------------------
 
 pexpect = pytest.importorskip("pexpect")
 
 
-def _spawn(model, tmp_path, *args):
+def _spawn(model, tmp_path, *args, columns=80):
     env = dict(os.environ, TERM="dumb", PYTHONUNBUFFERED="1")
+    for name in ("COLUMNS", "LINES"):  # the terminal's own size counts
+        env.pop(name, None)
     child = pexpect.spawn(slmrun_cmd()[0], [*slmrun_cmd()[1:], "chat", "-m", str(model), *args],
-                          env=env, encoding="utf-8", timeout=30, cwd=str(tmp_path))
+                          env=env, encoding="utf-8", timeout=30, cwd=str(tmp_path), dimensions=(24, columns))
     child.expect("Type /help")
     child.expect(">>> ")
     return child
@@ -178,7 +255,8 @@ def test_ctrl_c_stops_an_answer_and_ctrl_d_leaves(default_model_in_store, tmp_pa
     # The real model: a long answer takes seconds, so the interrupt lands mid-answer.
     child = _spawn("smollm2-135m", tmp_path, "-n", "4000")
     child.sendline("Write a very long story about a dragon.")
-    child.expect(r"\w+ \w+ \w+")  # the answer has started streaming
+    child.expect(r"dragon\.\r?\n")  # the terminal's echo of the line: it need not have been read yet
+    child.expect(r"\w+\W+\w+\W+\w+")  # the answer has started streaming ("One day, the")
     child.sendintr()
     child.expect(r"\(stopped\)")
     child.expect(">>> ")
@@ -188,3 +266,23 @@ def test_ctrl_c_stops_an_answer_and_ctrl_d_leaves(default_model_in_store, tmp_pa
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.real_model
+def test_a_long_reply_wraps_at_word_boundaries_in_a_terminal(default_model_in_store, tmp_path):
+    """In a 40-column terminal every line of the reply fits and no word is cut; in a pipe the
+    same reply comes out unwrapped."""
+    prompt = "Describe a lighthouse."
+    piped = subprocess.run([*slmrun_cmd(), "chat", "-t", "0", "-n", "48"], input=prompt + "\n",
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    reply = piped.stdout.strip()
+    assert len(max(reply.splitlines(), key=len)) > 40  # a pipe gets the model's own lines
+    child = _spawn("smollm2-135m", tmp_path, "-t", "0", "-n", "48", columns=40)
+    child.sendline(prompt)
+    child.expect(">>> ", timeout=120)
+    lines = [line for line in child.before.replace("\r", "").split("\n")[1:] if line.strip()]  # [0]: the echo
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    assert len(lines) > 2 and max(len(line) for line in lines) <= 40
+    assert " ".join(lines).split() == reply.split()  # the same words, none cut in two

@@ -1,8 +1,9 @@
 """Hardware detection against real recordings from devices we do not have.
 
-The recordings live outside the repository (../shared/hardware-samples, see its
-SOURCES.md) and are read in place; where detection needs a /proc + /sys layout and a
-recording is a single file, a root is assembled in tmp_path from its content.
+The recordings are in tests/data/hardware/ (copied from the project's reference
+material; its SOURCES.md says where each came from) and are read in place; where
+detection needs a /proc + /sys layout and a recording is a single file, a root is
+assembled in tmp_path from its content.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import pytest
 from slmrun import hardware
 from slmrun.errors import InvalidArgumentError
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "hardware-samples"
-if not SAMPLES.is_dir():
-    pytest.skip(f"hardware recordings not found at {SAMPLES}", allow_module_level=True)
+SAMPLES = Path(__file__).resolve().parent / "data" / "hardware"
 
 GiB = 1 << 30
 
@@ -42,11 +41,6 @@ def make_root(tmp_path: Path, files: dict[str, str | bytes]) -> Path:
 
 def detect_cpuinfo(tmp_path: Path, rel: str, **extra) -> hardware.HardwareProfile:
     return hardware.detect(root=make_root(tmp_path, {"proc/cpuinfo": sample(rel), **extra}))
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLMRUN_HOME", str(tmp_path / "home"))
 
 
 # ------------------------------------------------------------------ parsing
@@ -304,16 +298,16 @@ def test_measure_bandwidth_small():
         hardware.measure_bandwidth(size_mb=0)
 
 
-def test_cached_bandwidth(monkeypatch, tmp_path):
+def test_cached_bandwidth(monkeypatch, isolated_home):
     assert hardware.cached_bandwidth(measure_if_missing=False) is None
     calls = []
-    monkeypatch.setattr(hardware, "measure_bandwidth", lambda **kw: calls.append(kw) or 12.5)
+    monkeypatch.setattr(hardware.bandwidth, "measure_bandwidth", lambda **kw: calls.append(kw) or 12.5)
     assert hardware.cached_bandwidth() == 12.5
     assert hardware.cached_bandwidth() == 12.5 and len(calls) == 1  # second time from the cache
-    cache = json.loads((tmp_path / "home" / "hardware.json").read_text())
+    cache = json.loads((isolated_home / "hardware.json").read_text())
     assert [v["gbs"] for v in cache["bandwidth"].values()] == [12.5]
     assert hardware.detect().bandwidth_gbs == 12.5
-    (tmp_path / "home" / "hardware.json").write_text("{not json")
+    (isolated_home / "hardware.json").write_text("{not json")
     assert hardware.cached_bandwidth(measure_if_missing=False) is None
 
 

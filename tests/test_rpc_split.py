@@ -66,15 +66,15 @@ def _greedy(model: Path, placement=None, n: int = 24, prompt: str = "the capital
 def _llama_log(fn):
     """Run fn() with llama.cpp's log captured (debug lines included)."""
     import llama_cpp
-    from slmrun.runtime import model as runtime_model
+    from slmrun.runtime import llama as runtime_llama
     lines: list[str] = []
     cb = llama_cpp.llama_log_callback(lambda level, text, data: lines.append((text or b"").decode("utf-8", "replace")))
     llama_cpp.llama_log_set(cb, ctypes.c_void_p(0))
-    runtime_model._log_enabled = None  # set_llama_log(False) below must really reset it
+    runtime_llama._log_enabled = None  # set_llama_log(False) below must really reset it
     try:
         result = fn()
     finally:
-        runtime_model.set_llama_log(False)
+        runtime_llama.set_llama_log(False)
     return result, "".join(lines)
 
 

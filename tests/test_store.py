@@ -1,4 +1,4 @@
-"""The local store through the CLI: import, list, show, rm, damage detection."""
+"""The local store through the CLI: import, list, show, rm, damage detection, locks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import slmrun
 from slmrun import api, store
 from slmrun.cli import _register, app
-from slmrun.errors import InvalidArgumentError, InvalidModelFileError, ModelNotFoundError
+from slmrun.errors import InvalidArgumentError, InvalidModelFileError, ModelNotFoundError, StoreLockedError
 
 _register()
 runner = CliRunner()
@@ -115,3 +115,39 @@ def test_a_name_without_quant_uses_the_best_local_quant_that_fits(tiny_llama, mo
     pi = hardware.profile("rpi4-2gb")
     monkeypatch.setattr(hardware, "detect", lambda **kw: pi)
     assert api.resolve("tinyllama").quant == "Q2_K"  # Q8_0 would not fit: the one that does
+
+
+def test_a_held_lock_times_out_with_the_next_step():
+    with store.lock("tiny", "Q8_0"):
+        with pytest.raises(StoreLockedError) as exc:
+            with store.lock("tiny", "q8_0", timeout=0.3):
+                pass
+        with store.lock("tiny", "q4_0", timeout=0.3):  # another file of the same model is free
+            pass
+    assert "tiny:q8_0" in exc.value.message and "0.3 s" in exc.value.message
+    assert isinstance(exc.value, TimeoutError) and "wait" in exc.value.hint
+    with store.lock("tiny", "q8_0", timeout=0.3):  # released on exit
+        pass
+
+
+def test_a_lock_dies_with_the_process_that_held_it():
+    """Another process holds the lock; while it lives we time out, once it is killed (no clean
+    exit, as in a crash) the lock is free."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time, slmrun.store as s\n"
+            "with s.lock('tiny', 'q8_0'):\n"
+            "    print('held', flush=True); time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLockedError):
+            with store.lock("tiny", "q8_0", timeout=0.5):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with store.lock("tiny", "q8_0", timeout=5):
+        pass

@@ -1,7 +1,9 @@
 """Tiny GGUF models with random weights that the real llama.cpp loads in milliseconds.
 
 A SentencePiece-style vocabulary (control tokens, 256 byte tokens, a few words) so
-any text tokenizes; architectures `llama` and `phi2`; optional chat template.
+any text tokenizes; architectures `llama` and `phi2`; optional chat template; the
+special tokens of one chat family (``vocab_style``: chatml, gemma, llama3, mistral,
+zephyr, phi3), as a model without a template would still carry them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,28 @@ import numpy as np
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
+# The turn markers each family's vocabulary has (CONTROL tokens, as convert_hf_to_gguf
+# writes them; zephyr's are USER_DEFINED, the other kind llama.cpp treats as special).
+VOCAB_STYLES = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "gemma": ("<start_of_turn>", "<end_of_turn>"),
+    "llama3": ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    "mistral": ("[INST]", "[/INST]"),
+    "zephyr": ("<|system|>", "<|user|>", "<|assistant|>"),
+    "phi3": ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+    "plain": (),
+}
+USER_DEFINED_STYLES = {"zephyr"}
+
 WORDS = ["▁the", "▁a", "▁is", "▁of", "▁and", "▁to", "▁in", "▁what", "▁2", "+", "?", "▁4", "▁hello", "▁world"]
 
 
-def vocab(extra_specials: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
+def vocab(extra_specials: tuple[str, ...] = (), special_type: int = 3,
+          extra: tuple[tuple[str, int], ...] = ()) -> tuple[list[str], list[float], list[int]]:
+    """``extra``: (text, token type) pairs appended after the words, to make a long
+    vocabulary with special tokens far from its start."""
     tokens = ["<unk>", "<s>", "</s>", *extra_specials]
-    types = [2, 3, 3] + [3] * len(extra_specials)
+    types = [2, 3, 3] + [special_type] * len(extra_specials)
     tokens += [f"<0x{i:02X}>" for i in range(256)]
     types += [6] * 256
     tokens += WORDS
@@ -26,17 +44,24 @@ def vocab(extra_specials: tuple[str, ...] = ()) -> tuple[list[str], list[float],
     scores = [0.0] * len(tokens)
     for i in range(len(tokens) - len(WORDS), len(tokens)):
         scores[i] = -float(i)
+    tokens += [t for t, _ in extra]
+    types += [k for _, k in extra]
+    scores += [-1e4] * len(extra)
     return tokens, scores, types
 
 
 def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512, chat_template: str | None = CHATML,
-                    seed: int = 0, name: str = "tiny") -> Path:
+                    seed: int = 0, name: str = "tiny", vocab_style: str | None = None,
+                    extra_tokens: tuple[tuple[str, int], ...] = ()) -> Path:
+    """``vocab_style`` None: ChatML's tokens when there is a template, none without."""
     import gguf
 
     rng = np.random.default_rng(seed)
-    specials = ("<|im_start|>", "<|im_end|>") if chat_template else ()
-    tokens, scores, types = vocab(specials)
+    if vocab_style is None:
+        vocab_style = "chatml" if chat_template else "plain"
+    specials = VOCAB_STYLES[vocab_style]
+    tokens, scores, types = vocab(specials, 4 if vocab_style in USER_DEFINED_STYLES else 3, extra_tokens)
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)

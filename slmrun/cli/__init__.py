@@ -29,8 +29,10 @@ EXIT_CODES = (
     (E.ModelFileNotFoundError, 4), (E.InvalidModelFileError, 5), (E.ModelLoadError, 6),
     (E.ContextOverflowError, 7), (E.InsufficientMemoryError, 8), (E.ChecksumMismatchError, 9),
     (E.DownloadError, 10), (E.InsufficientDiskSpaceError, 11), (E.RegistryError, 12),
-    (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.RpcUnavailableError, 15), (E.RpcServerError, 16),
-    (E.RpcBindError, 17), (E.InvalidArgumentError, 2),
+    (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.InvalidArgumentError, 2),
+    (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
+    (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
+    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19),
 )
 
 
@@ -46,7 +48,7 @@ def fail(message: str, hint: str = "", code: int = 1):
 
 
 def _register() -> None:
-    from . import bench, chat, models, rpc, run, system  # noqa: F401  (each module adds its commands to `app`)
+    from . import bench, chat, models, rpc, run, system, tasks  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:

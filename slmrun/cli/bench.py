@@ -1,6 +1,6 @@
 """`slmrun bench`: tokens/s people can trust.
 
-Parses the options, runs slmrun.bench with a progress line on stderr, and prints a
+Parses the options, runs slmrun.bench with a progress display on stderr, and prints a
 ranked table (or --json / --csv / --md). The JSON is the stable interface for
 scripts; its schema is in slmrun/bench.py's docstring.
 """
@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InvalidArgumentError
+from ..units import format_bytes
 from . import app
 
 CSV_FIELDS = ("model", "quant", "path", "file_size", "n_threads", "flash_attn", "n_batch", "n_ctx", "test",
@@ -57,10 +58,6 @@ def _pm(mean, std) -> str:
     return "-" if mean is None else f"{mean:.1f} ± {std or 0:.1f}"
 
 
-def _mb(n) -> str:
-    return "-" if not n else f"{n / 1e6:.0f} MB" if n >= 10e6 else f"{n / 1e6:.2f} MB"
-
-
 def _threads(n: int) -> str:
     return f"{n} thread" + ("" if n == 1 else "s")
 
@@ -73,11 +70,11 @@ def table_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     head = ["#", "model", "quant", "size", "threads", "fa", "batch", f"{bench_name('pp', p, d)} t/s",
             f"{bench_name('tg', n, d)} t/s",
             f"e2e{n} t/s", "ttft", "load", "peak RSS", "roofline"]
-    body = [[str(x["rank"]), x["model"], x["quant"] or "-", _mb(x["file_size"]), str(x["n_threads"]),
+    body = [[str(x["rank"]), x["model"], x["quant"] or "-", format_bytes(x["file_size"] or None, unknown="-"), str(x["n_threads"]),
              "on" if x["flash_attn"] else "off", str(x["n_batch"]), _pm(x["pp_tps"], x["pp_std"]),
              _pm(x["tg_tps"], x["tg_std"]), _pm(x["e2e_tps"], x["e2e_std"]),
              "-" if x["ttft_s"] is None else f"{x['ttft_s'] * 1000:.0f} ms",
-             "-" if x["load_s"] is None else f"{x['load_s']:.2f} s", _mb(x["peak_rss"]),
+             "-" if x["load_s"] is None else f"{x['load_s']:.2f} s", format_bytes(x["peak_rss"] or None, unknown="-"),
              "-" if x["roofline"] is None else f"{x['roofline']:.0%}"]
             for x in summarize(data)]
     return head, body
@@ -90,7 +87,7 @@ def header_lines(data: dict) -> list[str]:
     lines = [
         f"machine:   {m.get('cpu_model', '?')} ({m.get('arch', '?')}), {m.get('physical_cores', '?')} cores "
         f"({m.get('performance_cores', '?')} performance, {m.get('logical_cores', '?')} logical), "
-        f"{(m.get('ram_total') or 0) / 2**30:.1f} GiB RAM" + (f", {bw:.1f} GB/s read" if bw else ""),
+        f"{format_bytes(m.get('ram_total'))} RAM" + (f", {bw:.1f} GB/s read" if bw else ""),
         f"llama.cpp: llama-cpp-python {h.get('llama_cpp_python_version')}, "
         f"{', '.join(h['llama_cpp']['features']) or 'no CPU features reported'}",
         f"slmrun {h.get('slmrun_version')}, {h.get('timestamp')}; load average "
@@ -124,12 +121,12 @@ def sweep_lines(data: dict) -> list[str]:
     return out
 
 
-def format_text(data: dict) -> str:
+def format_text(data: dict, *, tty: bool = False) -> str:
+    from .output import render_table
+
     head, body = table_rows(data)
-    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.rjust(w) if i not in (1, 2) else c.ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    parts = header_lines(data) + ["", line(head)] + [line(r) for r in body]
+    numbers = [i for i in range(len(head)) if i not in (1, 2)]  # all but model and quant
+    parts = header_lines(data) + ["", render_table(head, body, right=numbers, tty=tty)]
     sweep = sweep_lines(data)
     return "\n".join(parts + ([""] + sweep if sweep else []))
 
@@ -150,29 +147,6 @@ def format_csv(data: dict) -> str:
     for r in data["results"]:
         w.writerow({**r, "samples": ";".join(f"{x:.6g}" for x in r["samples"])})
     return buf.getvalue()
-
-
-class ProgressLine:
-    """One self-overwriting status line on a terminal; finished steps only otherwise."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last = (0, "")
-
-    def __call__(self, done: int, total: int, label: str) -> None:
-        text = f"[{done}/{total}] {label}"
-        if self.tty:
-            self.stream.write("\r\033[K" + text[:200])
-        elif done != self.last[0]:  # one line per finished step
-            self.stream.write(text + "\n")
-        self.stream.flush()
-        self.last = (done, text)
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
 
 
 @app.command()
@@ -202,7 +176,9 @@ def bench(
     if as_json + as_csv + as_md > 1:
         raise InvalidArgumentError("choose one of --json, --csv and --md")
     refs, all_local = expand_quants(list(model or []), quants)
-    progress = None if quiet else ProgressLine()
+    from .output import Progress
+
+    progress = None if quiet else Progress()
     try:
         report = run(refs or None, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=parse_threads(threads),
                      n_ctx=ctx, all_local=all_local, sweep=sweep, n_depth=depth, progress=progress)
@@ -217,4 +193,4 @@ def bench(
     elif as_md:
         typer.echo(format_markdown(data))
     else:
-        typer.echo(format_text(data))
+        typer.echo(format_text(data, tty=sys.stdout.isatty()))

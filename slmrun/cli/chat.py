@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ import typer
 
 from .. import config
 from . import app
-from .run import format_verbose, load_for_cli
+from .output import WordWrap
+from .run import FORMAT_HELP, format_verbose, load_for_cli
 
 HELP = """Commands:
   /help                 this help
@@ -31,9 +33,13 @@ _SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "seed": int, "m
 
 
 class ChatUI:
-    def __init__(self, session, *, interactive: bool, show_stats: bool, out=sys.stdout, err=sys.stderr):
+    def __init__(self, session, *, interactive: bool, show_stats: bool, out=sys.stdout, err=sys.stderr,
+                 width=None):
+        """`width`: a callable giving the terminal's columns, to wrap replies at word
+        boundaries; None writes replies as they come (pipes)."""
         self.session, self.interactive, self.show_stats = session, interactive, show_stats
         self.out, self.err = out, err
+        self.width = width
         self.warned_trim = False
 
     def say(self, text: str) -> None:
@@ -43,16 +49,21 @@ class ChatUI:
     # --- one user message -------------------------------------------------------------
     def reply(self, text: str) -> None:
         t0 = time.perf_counter()
-        gen = self.session.send(text)
         out = self.out
-        try:
-            while True:
-                out.write(next(gen))
+        response = wrap = None
+        try:  # from here on, Ctrl-C stops the answer (the wrapper's first use imports rich)
+            response = self.session.send(text)
+            wrap = WordWrap(out.write, self.width()) if self.width else None
+            write = wrap.write if wrap else out.write
+            for piece in response:
+                write(piece)
                 out.flush()
-        except StopIteration:
-            pass
         except KeyboardInterrupt:
-            gen.close()  # records the partial reply, so the history matches the screen
+            if response is not None:
+                response.cancel()
+                response.wait()  # the history gets the partial reply before the next message
+            if wrap:
+                wrap.close()
             out.write("\n")
             self.say("(stopped)")
             return
@@ -60,10 +71,12 @@ class ChatUI:
             if self.session.last_dropped and not self.warned_trim:
                 self.say("(the conversation outgrew the context: the oldest turns were dropped; /clear starts over)")
                 self.warned_trim = True
+        if wrap:
+            wrap.close()
         out.write("\n")
         out.flush()
-        if self.show_stats and self.session.last is not None:
-            self.say(format_verbose(self.session.last.stats, time.perf_counter() - t0))
+        if self.show_stats:
+            self.say(format_verbose(response.stats, time.perf_counter() - t0))
 
     # --- slash commands ---------------------------------------------------------------
     def command(self, line: str) -> bool:
@@ -87,11 +100,12 @@ class ChatUI:
             self._set(arg)
         elif cmd == "/show":
             m = s.model
-            used = len(m.chat_tokens(s.conversation.messages())) if s.conversation.messages() else 0
+            messages = s.conversation.messages()
+            used = s.count_tokens(messages) if messages else 0  # the chat template's count, or plain text's
             o = m.options
             self.say(f"model:    {m.name}  ({m.path})\n"
                      f"quant:    {m.info.quant if m.info else '?'}   arch: {m.info.architecture if m.info else '?'}\n"
-                     f"context:  {used} / {m.n_ctx} tokens used   KV cached: {m.n_tokens_cached}\n"
+                     f"context:  {used} / {m.n_ctx} tokens used   KV cached: {max(m.status()['cached_tokens'])}\n"
                      f"threads:  {o.n_threads}   batch: {o.n_batch}   flash attention: {o.flash_attn}   "
                      f"mmap: {o.use_mmap}\n"
                      f"sampling: {json.dumps(s.params)}")
@@ -136,11 +150,18 @@ class ChatUI:
         from ..errors import SlmrunError
         old = self.session.model
         try:
-            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads)
+            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1)
         except SlmrunError as exc:
             self.say(f"Could not set ctx: {exc.message}")
             return
-        new.name, new.prompt_format = old.name, old.prompt_format
+        # Keep the chat format the model was loaded with (a reload by path knows no
+        # registry entry or import record); the template's output bound follows the new context.
+        new.name, new.prompt_format, new.chat_format = old.name, old.prompt_format, getattr(old, "chat_format", None)
+        if old.chat_template:
+            from ..template_sandbox import ChatTemplate
+            new.chat_template = ChatTemplate(old.chat_template, origin=old.path.name, n_ctx=new.n_ctx)
+        else:
+            new.chat_template = None
         old.close()
         self.session.model = new
         self.say(f"Set ctx to {new.n_ctx} tokens.")
@@ -235,18 +256,20 @@ def chat(
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
+    chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force)
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:
-            typer.echo(f"Note: {m.name} has no chat template and the registry gives no prompt format; "
-                       "using plain completion (each message continues the text).", err=True)
+            typer.echo(f"Note: {m.name} has no chat template and no prompt format fits it; using plain "
+                       "completion (each message continues the text). --format NAME chooses a format.", err=True)
         interactive = sys.stdin.isatty()
-        ui = ChatUI(session, interactive=interactive, show_stats=verbose)
+        width = (lambda: shutil.get_terminal_size().columns) if interactive and sys.stdout.isatty() else None
+        ui = ChatUI(session, interactive=interactive, show_stats=verbose, width=width)
         if interactive:
             ui.loop()
         else:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..store import human_size
+from ..units import format_bytes
 from . import app
 
 
@@ -33,9 +33,9 @@ def pull(
     before = {m.path for m in _stored()}
     m = do_pull(model, force=force, progress=not quiet)
     if m.path in before and not force:
-        typer.echo(f"{m.ref} is already here ({human_size(m.size)}): {m.path}")
+        typer.echo(f"{m.ref} is already here ({format_bytes(m.size)}): {m.path}")
     else:
-        typer.echo(f"pulled {m.ref} ({human_size(m.size)}, sha256 {m.sha256[:12]}…) "
+        typer.echo(f"pulled {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…) "
                    f"in {time.perf_counter() - t0:.1f}s: {m.path}")
 
 
@@ -54,11 +54,10 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
     if not models:
         typer.echo("No models yet. Try: slmrun pull smollm2-135m")
         return
-    rows = [("NAME", "QUANT", "SIZE", "MODIFIED")] + [
-        (m.name, m.quant, human_size(m.size), _ago(m.modified)) for m in models]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    from .output import echo_table
+
+    echo_table(("NAME", "QUANT", "SIZE", "MODIFIED"),
+               [(m.name, m.quant, format_bytes(m.size), _ago(m.modified)) for m in models])
 
 
 @app.command()
@@ -67,7 +66,7 @@ def rm(model: str = typer.Argument(..., help="NAME (every quant) or NAME:QUANT."
     from ..api import remove
 
     for m in remove(model):
-        typer.echo(f"deleted {m.ref} ({human_size(m.size)})")
+        typer.echo(f"deleted {m.ref} ({format_bytes(m.size)})")
 
 
 @app.command("import")
@@ -75,12 +74,18 @@ def import_cmd(
     path: str = typer.Argument(..., help="A .gguf file brought by hand (USB stick, scp, ...)."),
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Name in the store (default: from the file name)."),
     link: bool = typer.Option(False, "--link", help="Symlink instead of copying."),
+    prompt_format: Optional[str] = typer.Option(
+        None, "--format", help="The prompt format to chat with (chatml, llama3, gemma, zephyr, mistral, phi3, "
+                               "phi2, ...), recorded in the store; for a GGUF without a chat template."),
 ):
     """Validate a local GGUF and add it to the store, for air-gapped machines."""
     from ..api import import_model
+    from ..store import read_sidecar
 
-    m = import_model(path, name=name, link=link)
-    typer.echo(f"imported {m.ref} ({human_size(m.size)}, sha256 {m.sha256[:12]}…): {m.path}")
+    m = import_model(path, name=name, link=link, prompt_format=prompt_format)
+    recorded = read_sidecar(m.path).get("prompt_format")
+    typer.echo(f"imported {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…): {m.path}"
+               + (f"; prompt format {recorded}" if recorded else ""))
 
 
 @app.command()
@@ -96,11 +101,15 @@ def show(
     if as_json:
         typer.echo(json.dumps(d, indent=2, default=str))
         return
+    from .output import echo_table
+
+    rows = []
     for key, value in d.items():
         if key == "quants":
             value = ", ".join(f"{q}{'*' if here else ''}" for q, here in value.items()) + "   (* = downloaded)"
         elif key in ("size", "file_size") and isinstance(value, int):
-            value = f"{human_size(value)} ({value} bytes)"
+            value = f"{format_bytes(value)} ({value} bytes)"
         elif key == "chat_template" and isinstance(value, str):
             value = value if len(value) < 300 else value[:300] + "…"
-        typer.echo(f"{key.replace('_', ' '):<18} {value}")
+        rows.append((key.replace("_", " "), str(value)))
+    echo_table(None, rows)

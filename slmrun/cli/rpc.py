@@ -35,8 +35,8 @@ def _on_sigterm(signum, frame):
 
 
 def _size(n: int) -> str:
-    from ..store import human_size
-    return human_size(n)
+    from ..units import format_bytes
+    return format_bytes(n)
 
 
 @app.command("rpc-server")

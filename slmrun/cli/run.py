@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -32,12 +33,23 @@ def format_verbose(stats, total_s: float) -> str:
     ])
 
 
+FORMAT_HELP = ("Chat with this prompt format instead of the model's own: chatml, llama3, gemma, zephyr, "
+               "mistral, phi3, phi2, ... ('none' for plain completion).")
+
+
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
-                 force: bool = False):
+                 force: bool = False, chat_format: Optional[str] = None, announce: bool = True):
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
-    return load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force)
+    # One person at a terminal sends one request at a time: one slot, no KV cache for others.
+    m = load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
+             chat_format=chat_format, n_parallel=1)
+    choice = getattr(m, "chat_format", None)
+    if announce and choice is not None and choice.source == "inferred":
+        typer.echo(f"Note: {m.name} has no chat template; using the {choice.fmt.name} prompt format, "
+                   f"inferred because {choice.reason} (--format NAME chooses another).", err=True)
+    return m
 
 
 @app.command()
@@ -55,6 +67,12 @@ def run(
     raw: bool = typer.Option(False, "--raw", help="Send the prompt as plain text, without the chat template."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print timings and rates after the answer."),
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
+    chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP + " 'json': the reply is "
+                                              "any JSON object (as Ollama's --format json)."),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="A JSON Schema file: the reply is "
+                                               "constrained to it and checked against it."),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="A grammar file (llguidance's Lark syntax, "
+                                           "or GBNF) the reply is constrained to."),
 ):
     """Answer one prompt, streaming the reply to stdout."""
     t0 = time.perf_counter()
@@ -65,24 +83,44 @@ def run(
     if max_tokens < 0:
         fail(f"--max-tokens must be >= 0, got {max_tokens}", code=2)
     params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force) as m:
+    json_object = chat_format is not None and chat_format.strip().lower() == "json"
+    params.update(structured_params(json_schema, grammar, json_object))
+    with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
+                      chat_format=None if json_object else chat_format, announce=not raw) as m:
         if raw:
-            gen = m.stream(prompt, **params)
+            response = m.complete(prompt, **params)
         else:
-            gen = m.chat([{"role": "user", "content": prompt}], stream=True, **params)
-        completion = stream_to(gen, sys.stdout)
-    if verbose and completion is not None:
-        typer.echo(format_verbose(completion.stats, time.perf_counter() - t0), err=True)
+            response = m.chat([{"role": "user", "content": prompt}], **params)
+        stream_to(response, sys.stdout)
+        response.check()  # a constrained reply cut short or not valid is an error, never a quiet success
+    if verbose:
+        typer.echo(format_verbose(response.stats, time.perf_counter() - t0), err=True)
 
 
-def stream_to(gen, out):
-    """Write each piece as it comes; return the generator's Completion."""
+def structured_params(json_schema: Optional[Path], grammar: Optional[Path], json_object: bool = False) -> dict:
+    """--json-schema FILE / --grammar FILE / --format json as generation keywords."""
+    out = {}
+    for key, path in (("json_schema", json_schema), ("grammar", grammar)):
+        if path is not None:
+            try:
+                out[key] = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                fail(f"cannot read --{key.replace('_', '-')} {path}: {exc.strerror}", "Check the path.", 2)
+    if json_object:
+        out["json_object"] = True
+    return out
+
+
+def stream_to(response, out):
+    """Write each piece as it comes, then a newline; Ctrl-C cancels the generation."""
     write, flush = out.write, out.flush
     try:
-        while True:
-            write(next(gen))
+        for piece in response:
+            write(piece)
             flush()
-    except StopIteration as stop:
-        write("\n")
-        flush()
-        return stop.value
+    except BaseException:
+        response.cancel()
+        raise
+    write("\n")
+    flush()
+    return response

@@ -8,12 +8,12 @@ from typing import Optional
 
 import typer
 
+from ..units import format_bytes
 from . import app
 
 
-def _gb(n: int | None) -> str:
-    from ..planner import format_bytes
-    return "unknown" if n is None else format_bytes(n)
+def _size(n: int | None) -> str:
+    return format_bytes(n, unknown="unknown")
 
 
 def _llama_features() -> list[str] | None:
@@ -51,10 +51,10 @@ def hw(
         cores += f" (clusters: {', '.join(speeds)})"
     if profile.cpu_quota:
         cores += f"; cgroup CPU quota {profile.cpu_quota:g} -> {profile.usable_cores} threads"
-    memory = f"{_gb(profile.ram_total)} total, {_gb(profile.ram_available)} available"
+    memory = f"{_size(profile.ram_total)} total, {_size(profile.ram_available)} available"
     if profile.cgroup_limit is not None:
-        memory += f"; cgroup limit {_gb(profile.cgroup_limit)}"
-    memory += f"; usable now {_gb(profile.memory_available)}"
+        memory += f"; cgroup limit {_size(profile.cgroup_limit)}"
+    memory += f"; usable now {_size(profile.memory_available)}"
     features = d["llama_cpp_features"]
     bandwidth = (f"{profile.bandwidth_gbs:.1f} GB/s (cached)" if profile.bandwidth_gbs
                  else "not measured (run `slmrun hw --measure`)")
@@ -65,13 +65,14 @@ def hw(
         ("simd (os)", " ".join(profile.simd) or "none"),
         ("simd (llama.cpp)", " ".join(features) if features is not None else "unknown (llama_cpp did not load)"),
         ("memory", memory),
-        ("swap", _gb(profile.swap_total)),
+        ("swap", _size(profile.swap_total)),
         ("raspberry pi", profile.pi_model or "no"),
-        ("disk free", f"{_gb(profile.disk_free)} at {d['store']}"),
+        ("disk free", f"{_size(profile.disk_free)} at {d['store']}"),
         ("bandwidth", bandwidth),
     ]
-    for key, value in rows:
-        typer.echo(f"{key:<17} {value}")
+    from .output import echo_table
+
+    echo_table(None, rows)
 
 
 def _target(profile: str | None, ram: str | None, cores: int | None, arch: str | None):
@@ -113,23 +114,19 @@ def plan_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="... and this architecture (aarch64, x86_64)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Plan for a named device: rpi4-2gb, rpi4-4gb, "
                                                                   "rpi4-8gb, rpi5-8gb, laptop-8gb, ..."),
+    parallel: Optional[int] = typer.Option(None, "--parallel", help="Plan for this many requests at once "
+                                           "(default: as many slots as fit, up to 4)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Compare every quant of a model on this machine (or another): memory, speed, quality, and the pick."""
+    """Compare every quant of a model on this machine (or another): memory, speed, quality, and the pick.
+    MODEL is a registry name, an imported model (its local files) or a .gguf path."""
     from .. import planner
-    from ..api import looks_like_path
-    from ..registry import load_registry, split_ref
+    from ..api import plan_target
 
-    if looks_like_path(model):
-        from ..gguf_info import read_info
-        target = read_info(model)
-    else:
-        name, ref_quant = split_ref(model)
-        target = load_registry().get(name)
-        quant = quant or ref_quant
+    target, ref_quant = plan_target(model)
     hw = _target(profile, ram, cores, arch)
-    p = planner.plan(target, hw, n_ctx=ctx, min_speed=min_speed, quant=quant, force=force, type_k=kv_type,
-                     type_v=kv_type)
+    p = planner.plan(target, hw, n_ctx=ctx, min_speed=min_speed, quant=quant or ref_quant, force=force,
+                     type_k=kv_type, type_v=kv_type, n_parallel=parallel)
     if as_json:
         typer.echo(json.dumps(p.to_dict(), indent=2))
         return
@@ -137,14 +134,13 @@ def plan_cmd(
 
 
 def _print_plan(p, hw) -> None:
-    from ..planner import format_bytes
-
     bandwidth = f"{p.bandwidth_gbs:g} GB/s" if p.bandwidth_gbs else "bandwidth unknown"
     typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores, {bandwidth}): "
                f"budget {format_bytes(p.budget_bytes)}, n_ctx {p.n_ctx}, KV cache {p.type_k}")
     typer.echo("")
-    header = ("", "QUANT", "FILE", "MEMORY", "SPEED", "QUALITY", "FITS", "KERNEL")
-    rows = [header]
+    from .output import echo_table
+
+    rows = []
     for o in p.options:
         rows.append((
             "*" if o.quant == p.quant else "",
@@ -156,12 +152,11 @@ def _print_plan(p, hw) -> None:
             "yes" if o.fits else "no",
             "fast" if o.fast_kernel else "",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    echo_table(("", "QUANT", "FILE", "MEMORY", "SPEED", "QUALITY", "FITS", "KERNEL"), rows)
     typer.echo("")
     typer.echo(f"Pick: {p.quant} — ~{format_bytes(p.estimated_bytes)}, ~{p.estimated_tps:.1f} tok/s, "
-               f"{p.n_threads} threads")
+               f"{p.n_threads} threads; {p.n_parallel} parallel slot{'s' if p.n_parallel != 1 else ''} "
+               f"of {p.n_ctx} tokens, ~{format_bytes(p.parallel_bytes)} with all of them")
     for reason in p.reasons:
         typer.echo(f"  - {reason}")
     for warning in p.warnings:

@@ -1,5 +1,18 @@
-"""The runtime: the only package that imports llama_cpp."""
+"""The runtime: the only package that imports llama_cpp.
 
-from .model import Completion, LoadOptions, Model, Stats, set_llama_log, system_info
+    model.py     Model: what callers hold; validates, tokenizes, submits, returns a Response;
+                 classify / extract
+    engine.py    the engine thread: the queue, continuous batching, per-sequence sampling and grammars
+    slots.py     a request, a slot (a sequence id and its cached tokens), a request holding a slot
+    rows.py      logits rows: copies, log-probabilities, OpenAI-shaped logprobs
+    response.py  Response (stream, wait, cancel, await), Stats, text assembly and stop strings
+    params.py    per-request sampling parameters, validated in the caller's thread
+    llama.py     the one place that calls llama.cpp's C API (model, context, batch, samplers)
+    measure.py   raw decode timings for slmrun.bench (llama-bench's method)
+"""
 
-__all__ = ["Completion", "LoadOptions", "Model", "Stats", "set_llama_log", "system_info"]
+from .llama import set_llama_log, system_info
+from .model import LoadOptions, Model
+from .response import Response, Stats
+
+__all__ = ["LoadOptions", "Model", "Response", "Stats", "set_llama_log", "system_info"]

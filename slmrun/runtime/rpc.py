@@ -321,6 +321,12 @@ class Placement:
         for name, value in self.model_params_fields().items():
             setattr(params, name, value)
 
+    def __call__(self, params) -> "Placement":
+        """As a ``model_params_hook`` (runtime.llama.LlamaHandle): apply, and return the object
+        to keep alive with the model."""
+        self.apply(params)
+        return self
+
     def llama_kwargs(self) -> dict:
         """For ``llama_cpp.Llama(...)``, which takes no device list: only valid when these
         servers were added with ``register=True`` and no others are registered."""

@@ -1,0 +1,140 @@
+"""Facts about quantization types: quality (perplexity cost), size (bits per weight), which
+CPU kernels are fast for them, and the KV cache types llama.cpp accepts.
+
+Data only, and the small lookups over it; imports nothing from slmrun but the errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class QuantFact:
+    bpw: float  # bits per weight, whole file (measured on Llama-3.1-8B)
+    ppl_loss: float  # perplexity increase vs F16-ish reference (Llama-3-8B)
+    tensor_type: str  # the ggml type holding most of the weights (what the kernel sees)
+
+
+# From llama.cpp `tools/quantize`'s table (tests/data/reference.md, "Quantization types"):
+# +ppl on Llama-3-8B and bits per weight on Llama-3.1-8B ("~" values are the table's
+# approximations). BF16 is not in the table: it keeps F16's figure (same 16 bits, wider
+# range). F32 is the reference itself.
+QUANT_FACTS: dict[str, QuantFact] = {
+    "Q2_K": QuantFact(3.16, 3.5199, "Q2_K"),
+    "Q3_K_S": QuantFact(3.64, 1.6321, "Q3_K"),
+    "Q3_K_M": QuantFact(3.9, 0.6569, "Q3_K"),
+    "Q3_K_L": QuantFact(4.30, 0.5562, "Q3_K"),
+    "Q4_0": QuantFact(4.5, 0.4685, "Q4_0"),
+    "Q4_1": QuantFact(5.0, 0.4511, "Q4_1"),
+    "Q4_K_S": QuantFact(4.67, 0.2689, "Q4_K"),
+    "Q4_K_M": QuantFact(4.89, 0.1754, "Q4_K"),
+    "Q5_0": QuantFact(5.5, 0.1316, "Q5_0"),
+    "Q5_1": QuantFact(6.0, 0.1062, "Q5_1"),
+    "Q5_K_S": QuantFact(5.57, 0.1049, "Q5_K"),
+    "Q5_K_M": QuantFact(5.70, 0.0569, "Q5_K"),
+    "Q6_K": QuantFact(6.56, 0.0217, "Q6_K"),
+    "Q8_0": QuantFact(8.50, 0.0026, "Q8_0"),
+    "F16": QuantFact(16.0, 0.0020, "F16"),
+    "BF16": QuantFact(16.0, 0.0020, "BF16"),
+    "F32": QuantFact(32.0, 0.0, "F32"),
+}
+
+# Best quality first: by perplexity loss, ties (BF16 and F16) by name.
+QUALITY_ORDER: tuple[str, ...] = tuple(sorted(QUANT_FACTS, key=lambda q: (QUANT_FACTS[q].ppl_loss, q)))
+
+
+def quality_rank(quant: str) -> int:
+    """Position in QUALITY_ORDER (0 = best); quants we know nothing about rank last."""
+    quant = quant.upper()
+    return QUALITY_ORDER.index(quant) if quant in QUANT_FACTS else len(QUALITY_ORDER)
+
+
+# Quality differences below this many perplexity points are noise (Q8_0 vs F16: 0.0006,
+# Q5_K_S vs Q5_1: 0.0013); such quants form one tier, and within a tier the planner
+# prefers a fast kernel, then the smaller (faster) file.
+QUALITY_TOLERANCE = 0.005
+
+
+def _quality_tiers() -> dict[str, int]:
+    """quant -> tier (0 = best). Single-linkage groups of ppl losses within the tolerance."""
+    tiers, tier, last = {}, -1, None
+    for q in QUALITY_ORDER:
+        loss = QUANT_FACTS[q].ppl_loss
+        if last is None or loss - last > QUALITY_TOLERANCE:
+            tier += 1
+        tiers[q] = tier
+        last = loss
+    return tiers
+
+
+QUALITY_TIER: dict[str, int] = _quality_tiers()
+UNKNOWN_TIER = len(set(QUALITY_TIER.values()))  # quants we know nothing about rank last
+
+
+def quality_tier(quant: str) -> int:
+    return QUALITY_TIER.get(quant.upper(), UNKNOWN_TIER)
+
+
+# Tensor types whose matrix multiplications have a faster CPU path than the generic
+# vec_dot, per CPU feature, in the llama.cpp vendored by llama-cpp-python 0.3.36:
+#  - ggml/src/ggml-cpu/repack.cpp, ggml_repack_get_optimal_repack_type(): weights are
+#    repacked at load into interleaved layouts: Q4_0 (8x8) with AVX2 or SVE+i8mm; Q4_0
+#    (4x8 with i8mm, 4x4 with dotprod) on NEON; Q4_K (8x8) with AVX2, on NEON with i8mm
+#    (8x8) or dotprod (8x4); Q5_K, Q6_K and Q8_0 on NEON with i8mm or dotprod; Q2_K with
+#    AVX-512; IQ4_NL with AVX2 or NEON+dotprod. A NEON core without dotprod (Pi 4's A72)
+#    gets none of them.
+#  - ggml/src/ggml-cpu/amx/common.h, qtype_has_amx_kernels(): with AMX-INT8, Q4_0, Q4_1,
+#    Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS.
+# Names are those of slmrun.hardware (cpuinfo) and of llama_print_system_info() (lower-cased).
+FAST_KERNELS: dict[str, frozenset[str]] = {
+    "avx2": frozenset({"Q4_0", "Q4_K", "IQ4_NL"}),
+    "avx512f": frozenset({"Q2_K"}),
+    "avx512": frozenset({"Q2_K"}),
+    "dotprod": frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL"}),
+    "i8mm": frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}),
+    "matmul_int8": frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0"}),
+    "amx_int8": frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"}),
+}
+
+
+def has_fast_kernel(quant: str, simd: Iterable[str]) -> bool:
+    """Whether the bulk of a `quant` file's weights get a repacked/AMX kernel on a CPU with `simd`."""
+    fact = QUANT_FACTS.get(quant.upper())
+    ttype = fact.tensor_type if fact else quant.upper()
+    return any(ttype in FAST_KERNELS.get(f.lower(), ()) for f in simd)
+
+
+@dataclass(frozen=True)
+class KVCacheType:
+    ggml_type: int  # enum ggml_type (ggml.h): what llama_context_params.type_k / type_v take
+    bytes_per_element: float  # a ggml block's bytes over its elements (q8_0: 34 B per 32)
+    quantized: bool  # only flash attention's layout holds a quantized V cache
+
+
+# The KV cache types llama.cpp's own tools accept (common/arg.cpp, kv_cache_types), with
+# the ggml block sizes of ggml-common.h. The runtime passes the ids, the planner the sizes.
+KV_CACHE_TYPES: dict[str, KVCacheType] = {
+    "f32": KVCacheType(0, 4.0, False),
+    "f16": KVCacheType(1, 2.0, False),
+    "bf16": KVCacheType(30, 2.0, False),
+    "q8_0": KVCacheType(8, 34 / 32, True),
+    "q4_0": KVCacheType(2, 18 / 32, True),
+    "q4_1": KVCacheType(3, 20 / 32, True),
+    "iq4_nl": KVCacheType(20, 18 / 32, True),
+    "q5_0": KVCacheType(6, 22 / 32, True),
+    "q5_1": KVCacheType(7, 24 / 32, True),
+}
+KV_CACHE_TYPE_IDS: dict[str, int] = {name: t.ggml_type for name, t in KV_CACHE_TYPES.items()}
+
+
+def kv_cache_type(name: str) -> KVCacheType:
+    """The KV cache type called `name` (any case); InvalidArgumentError naming the others."""
+    try:
+        return KV_CACHE_TYPES[name.lower()]
+    except (KeyError, AttributeError):
+        raise InvalidArgumentError(f"unknown KV cache type {name!r}",
+                                   hint=f"Use one of {', '.join(KV_CACHE_TYPES)}.") from None

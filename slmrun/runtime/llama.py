@@ -1,0 +1,260 @@
+"""The one small place that touches llama.cpp's C API: model and context, tokens, batches, samplers.
+
+Everything above this module (the engine, Model) speaks Python lists and ints. The
+context is created for ``n_seq`` parallel sequences over one *unified* KV cache
+(``kv_unified``): any mix of sequences fits one micro-batch, so a step can decode one
+token for every generating sequence plus a prompt chunk in a single ``llama_decode``.
+(With per-sequence streams llama.cpp splits a batch into equal-length, consecutive-id
+pieces, which loses the batching whenever a slot in the middle is idle.) Each
+sequence's share of the cache is enforced by the engine, not by llama.cpp.
+
+Thread safety: tokenizing reads only the vocabulary and may run on any thread while the
+engine decodes (llama-server does the same); everything that touches the context runs on
+the engine thread, or under ``Engine.exclusive()``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ModelLoadError
+
+# llama.cpp logs through a C callback; keeping a reference stops it being collected.
+_LOG_CALLBACK = None
+_log_enabled = None
+_backend_ready = False
+
+
+def set_llama_log(enabled: bool) -> None:
+    """Route llama.cpp's log to stderr (enabled) or nowhere."""
+    global _LOG_CALLBACK, _log_enabled
+    if _log_enabled == enabled:
+        return
+    import llama_cpp
+
+    if enabled:
+        def _cb(level, text, user_data):
+            os.write(2, text or b"")
+    else:
+        def _cb(level, text, user_data):
+            pass
+    _LOG_CALLBACK = llama_cpp.llama_log_callback(_cb)
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+    _log_enabled = enabled
+
+
+def system_info() -> str:
+    """The CPU features this llama.cpp build was compiled to use ("AVX2 = 1 | ...")."""
+    import llama_cpp
+    return llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+
+
+def _ensure_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        import llama_cpp
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+def cache_type_id(name: str | None) -> int | None:
+    """ggml's type id for a KV cache type name ("q8_0" -> 8); None keeps llama.cpp's f16."""
+    if not name:
+        return None
+    from ..planner import kv_cache_type
+
+    return kv_cache_type(name).ggml_type  # raises InvalidArgumentError naming the known types
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """What the context is created with, in llama.cpp's names (n_ctx = all sequences' cells)."""
+
+    n_ctx: int
+    n_seq: int
+    n_batch: int
+    n_ubatch: int
+    n_threads: int
+    n_threads_batch: int
+    flash_attn: bool
+    type_k: str | None = None
+    type_v: str | None = None
+
+
+class LlamaHandle:
+    """A loaded llama_model and its llama_context. ``close()`` frees both, once."""
+
+    def __init__(self, path: Path, spec: ContextSpec, *, use_mmap: bool = True, use_mlock: bool = False,
+                 verbose: bool = False, model_params_hook=None):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        set_llama_log(verbose)
+        _ensure_backend()
+        type_k, type_v = cache_type_id(spec.type_k), cache_type_id(spec.type_v)
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.use_mmap = use_mmap
+        mparams.use_mlock = use_mlock
+        mparams.n_gpu_layers = 0
+        self._keepalive = model_params_hook(mparams) if model_params_hook else None
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"llama.cpp could not load {Path(path).name}")
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = spec.n_ctx
+        cparams.n_batch = spec.n_batch
+        cparams.n_ubatch = spec.n_ubatch
+        cparams.n_seq_max = spec.n_seq
+        cparams.n_threads = spec.n_threads
+        cparams.n_threads_batch = spec.n_threads_batch
+        cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attn
+                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.kv_unified = True
+        cparams.no_perf = True
+        if type_k is not None:
+            cparams.type_k = type_k
+        if type_v is not None:
+            cparams.type_v = type_v
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+            raise ModelLoadError(f"llama.cpp could not create a context of {spec.n_ctx} tokens for "
+                                 f"{Path(path).name}", hint="Try a smaller --ctx, or fewer parallel slots.")
+        self.spec = spec
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self._piece_buf = ctypes.create_string_buffer(64)
+        self.batch = llama_cpp.llama_batch_init(spec.n_batch, 0, 1)
+        self._logits_type = ctypes.POINTER(ctypes.c_float * self.n_vocab)
+        self._eog: list[int] | None = None
+
+    def close(self) -> None:
+        lib = self._lib
+        if self.ctx:
+            lib.llama_batch_free(self.batch)
+            lib.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lib.llama_model_free(self.model)
+            self.model = None
+
+    # --- tokens --------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (ctypes.c_int32 * n_max)()
+        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, n_max, add_bos, special)
+        if n < 0:
+            buf = (ctypes.c_int32 * -n)()
+            n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, -n, add_bos, special)
+        return buf[:n]
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool) -> str:
+        arr = (ctypes.c_int32 * len(tokens))(*tokens)
+        size = max(64, 8 * len(tokens))
+        buf = ctypes.create_string_buffer(size)
+        n = self._lib.llama_detokenize(self.vocab, arr, len(tokens), buf, size, False, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_detokenize(self.vocab, arr, len(tokens), buf, -n, False, special)
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        # Ask llama.cpp for the real length (llama-cpp-python's wrapper returns its whole
+        # buffer, NULs included), with a bigger buffer when a piece needs one.
+        buf = self._piece_buf
+        n = self._lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:max(n, 0)]
+
+    def token_text(self, token: int) -> str:
+        return "" if token < 0 else self.piece(token, special=True).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
+
+    # --- the context (engine thread only) ---------------------------------------------
+    def decode(self, items: Sequence[tuple[int, int, int, bool]]) -> int:
+        """Decode (token, position, seq_id, wants_logits) items as one batch; llama.cpp's return code."""
+        b = self.batch
+        token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        for i, (t, p, s, out) in enumerate(items):
+            token[i] = t
+            pos[i] = p
+            n_seq_id[i] = 1
+            seq_id[i][0] = s
+            logits[i] = out
+        b.n_tokens = len(items)
+        return self._lib.llama_decode(self.ctx, b)
+
+    def logits(self, index: int):
+        """The logits row of batch item ``index`` (a ctypes float array over llama.cpp's buffer)."""
+        ptr = self._lib.llama_get_logits_ith(self.ctx, index)
+        return ctypes.cast(ptr, self._logits_type).contents
+
+    def seq_rm(self, seq_id: int, start: int, end: int = -1) -> bool:
+        return bool(self._lib.llama_memory_seq_rm(self.memory, seq_id, start, end))
+
+    def memory_clear(self) -> None:
+        self._lib.llama_memory_clear(self.memory, True)
+
+    def synchronize(self) -> None:
+        self._lib.llama_synchronize(self.ctx)
+
+    # --- samplers ----------------------------------------------------------------------
+    @property
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (EOS, EOT, <|im_end|>, ...)."""
+        if self._eog is None:
+            is_eog, vocab = self._lib.llama_vocab_is_eog, self.vocab
+            self._eog = [t for t in range(self.n_vocab) if is_eog(vocab, t)]
+        return self._eog
+
+    def sampler_chain(self, *, temperature: float, top_k: int, top_p: float, min_p: float,
+                      repeat_penalty: float, presence_penalty: float, frequency_penalty: float,
+                      penalty_last_n: int, seed: int, ignore_eos: bool = False):
+        """A native sampler chain in llama.cpp's own order (penalties, top-k, top-p, min-p, temperature,
+        then a seeded draw; greedy at temperature 0)."""
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lib.llama_sampler_chain_add
+        if ignore_eos:  # as llama.cpp's --ignore-eos: the end tokens' logits at -inf (llama.cpp copies them)
+            eog = self.eog_tokens
+            bias = (lib.llama_logit_bias * len(eog))(*[(t, float("-inf")) for t in eog])
+            add(chain, lib.llama_sampler_init_logit_bias(self.n_vocab, len(eog), bias))
+        if repeat_penalty != 1.0 or presence_penalty or frequency_penalty:
+            add(chain, lib.llama_sampler_init_penalties(self.n_vocab, penalty_last_n, repeat_penalty,
+                                                        frequency_penalty, presence_penalty))
+        if temperature <= 0:
+            add(chain, lib.llama_sampler_init_greedy())
+            return chain
+        if top_k > 0:
+            add(chain, lib.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            add(chain, lib.llama_sampler_init_top_p(top_p, 1))
+        if min_p > 0.0:
+            add(chain, lib.llama_sampler_init_min_p(min_p, 1))
+        add(chain, lib.llama_sampler_init_temp(temperature))
+        add(chain, lib.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def sample(self, chain, index: int) -> int:
+        return self._lib.llama_sampler_sample(chain, self.ctx, index)
+
+    def sampler_accept(self, chain, token: int) -> None:
+        self._lib.llama_sampler_accept(chain, token)
+
+    def sampler_free(self, chain) -> None:
+        self._lib.llama_sampler_free(chain)
