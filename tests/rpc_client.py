@@ -145,9 +145,10 @@ def main(argv=None) -> int:
     if a.rpc:
         try:
             placement = rpc.place(a.model, a.rpc, use_local=not a.no_local)
-        except Exception as exc:  # the library's one-line error, as the CLI would print it
+        except Exception as exc:  # the library's one-line error and exit code, as the CLI would give them
+            from slmrun.cli import exit_code_for
             print(f"Error: {exc}", file=sys.stderr)
-            return 16
+            return exit_code_for(exc)
     gen = Generator(a.model, placement)
 
     def show(piece: bytes) -> None:

@@ -139,7 +139,7 @@ def test_rpc_server_offers_memory_and_threads_and_stops_on_sigterm(isolated_home
     server = Server(threads=1).ready()
     out = server.output
     assert f"endpoint : 127.0.0.1:{server.port}" in out
-    assert re.search(r"device   : CPU \(.*\): [\d.]+ [GMK]B available of [\d.]+ [GMK]B", out)
+    assert re.search(r"device   : CPU \(.*\): [\d.]+ [GMK]i?B available of [\d.]+ [GMK]i?B", out)
     assert "threads  : 1" in out and "cache    : off" in out
     assert "Starting RPC server v" in out  # llama.cpp's own banner follows ours
     assert not port_is_free(server.port)
@@ -194,7 +194,7 @@ def test_rpc_server_refuses_a_port_in_use(isolated_home):
         taken.listen(1)
         port = taken.getsockname()[1]
         r = _run("--port", str(port))
-    assert r.returncode == 17
+    assert r.returncode == 19
     assert _error_line(r.stderr) == f"Error: port {port} on 127.0.0.1 is already in use"
     assert "Hint: Choose another port" in r.stderr
     assert "Starting RPC server" not in r.stdout
@@ -235,7 +235,7 @@ def test_rpc_server_beyond_loopback_with_the_acknowledgement_warns_and_serves(is
 
 def test_rpc_server_refuses_an_address_not_on_this_machine(isolated_home):
     r = _run("--host", "192.0.2.1", "--i-understand-this-is-unauthenticated", "--port", str(free_port()))
-    assert r.returncode == 17
+    assert r.returncode == 19
     assert _error_line(r.stderr) == "Error: 192.0.2.1 is not an address of this machine"
 
 
@@ -331,7 +331,7 @@ def test_without_the_rpc_backend_rpc_says_what_to_reinstall(without_rpc_backend)
     assert 'CMAKE_ARGS="-DGGML_RPC=ON" pip install --force-reinstall --no-cache-dir llama-cpp-python' in e.value.hint
 
 
-def test_without_the_rpc_backend_rpc_server_exits_15(without_rpc_backend, capsys):
+def test_without_the_rpc_backend_rpc_server_exits_17(without_rpc_backend, capsys):
     import sys as _sys
     from slmrun.cli import main
     argv = _sys.argv
@@ -341,7 +341,7 @@ def test_without_the_rpc_backend_rpc_server_exits_15(without_rpc_backend, capsys
             main()
     finally:
         _sys.argv = argv
-    assert e.value.code == 15
+    assert e.value.code == 17
     err = capsys.readouterr().err
     assert _error_line(err) == ("Error: this llama-cpp-python was built without llama.cpp's RPC backend "
                                 "(needed for --rpc and rpc-server)")

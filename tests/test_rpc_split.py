@@ -198,7 +198,7 @@ def test_a_server_that_is_not_there_ends_the_client_cleanly(tiny_deep, servers, 
     port = free_port()
     proc = _client(tiny_deep, f"{servers[0].endpoint},127.0.0.1:{port}", tmp_path / "out.txt")
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 16
+    assert proc.returncode == 18
     assert _one_error_line(err) == f"Error: RPC server 127.0.0.1:{port} refused the connection: nothing listens there"
 
 
@@ -213,7 +213,7 @@ def test_a_server_killed_mid_generation_ends_the_client_with_its_name(tiny_deep,
     finally:
         proc.kill()
         victim.stop(signal.SIGKILL)
-    assert proc.returncode == 16, err  # not -6 (SIGABRT), llama.cpp's own reaction
+    assert proc.returncode == 18, err  # not -6 (SIGABRT), llama.cpp's own reaction
     line = _one_error_line(err)
     assert line.startswith(f"Error: RPC server {victim.endpoint} went away mid-run (Remote RPC server crashed or "
                            "returned malformed response)"), line
@@ -236,7 +236,7 @@ def test_a_server_frozen_mid_generation_ends_the_client_after_the_timeout(tiny_d
         proc.kill()
         victim.send(signal.SIGCONT)
         victim.stop()
-    assert proc.returncode == 16, err
+    assert proc.returncode == 18, err
     assert _one_error_line(err) == (f"Error: RPC server {victim.endpoint} gave no answer within 2 s during an "
                                     "evaluation step: stuck, or far too slow")
 

@@ -94,10 +94,22 @@ def lost_error(detail: str, *, endpoints: list[tuple[str, str, int]] | None = No
                probe_timeout: float = 1.0) -> RpcServerError:
     """The error for a failure seen on the way back from llama.cpp, naming the servers
     that no longer accept connections (a live one's kernel accepts even while it is busy)."""
-    from .rpc_wire import reachable
+    from .rpc_wire import peer_closed, reachable
 
     endpoints = _in_use() if endpoints is None else endpoints
-    dead = [label for label, ip, port in endpoints if not reachable(ip, port, probe_timeout)]
+    # First: our connection to it was closed from its end (a killed server's kernel closes
+    # its sockets; ours waits in CLOSE_WAIT). Looked at a few times: the close may still
+    # be on its way when llama.cpp notices the failure.
+    dead: list[str] = []
+    for _ in range(4):
+        dead = [label for label, ip, port in endpoints if peer_closed(ip, port)]
+        if dead:
+            break
+        time.sleep(0.25)
+    # Then one connection attempt each (never more: each waits in a busy server's accept
+    # queue, which holds one, and a full queue would make a live server look dead).
+    if not dead:
+        dead = [label for label, ip, port in endpoints if not reachable(ip, port, probe_timeout)]
     if dead:
         who = "RPC server " + ", ".join(dead) if len(dead) == 1 else "RPC servers " + ", ".join(dead)
         return RpcServerError(f"{who} went away mid-run ({detail}); llama.cpp cannot go on without it",

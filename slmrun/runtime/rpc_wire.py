@@ -91,6 +91,12 @@ def query(ip: str, port: int, timeout: float, client_version: tuple[int, int, in
     return ServerInfo(version=version, memory=memory)  # type: ignore[arg-type]
 
 
+def peer_closed(ip: str, port: int) -> bool:
+    """Whether a connection of ours to ip:port was closed by the other end (CLOSE_WAIT: the
+    server's process ended, or it hung up)."""
+    return bool(own_connections(ip, port, (_CLOSE_WAIT,)))
+
+
 def reachable(ip: str, port: int, timeout: float) -> bool:
     """Whether something accepts TCP connections there (a live server's kernel does, even busy)."""
     try:
@@ -106,9 +112,12 @@ def _hex_to_addr(text: str) -> tuple[str, int]:
     return socket.inet_ntoa(struct.pack("=I", int(ip_hex, 16))), int(port_hex, 16)
 
 
-def own_connections(ip: str, port: int) -> list[int]:
-    """File descriptors of this process's established TCP connections to ip:port (Linux;
-    elsewhere an empty list)."""
+_ESTABLISHED, _CLOSE_WAIT = "01", "08"  # the kernel's TCP states in /proc/net/tcp
+
+
+def own_connections(ip: str, port: int, states: tuple[str, ...] = (_ESTABLISHED,)) -> list[int]:
+    """File descriptors of this process's TCP connections to ip:port in ``states`` (default:
+    established; Linux, elsewhere an empty list)."""
     try:
         lines = open("/proc/self/net/tcp").read().splitlines()[1:]
         fds = os.listdir("/proc/self/fd")
@@ -117,7 +126,7 @@ def own_connections(ip: str, port: int) -> list[int]:
     inodes = set()
     for line in lines:
         f = line.split()
-        if len(f) > 9 and f[3] == "01" and _hex_to_addr(f[2]) == (ip, port):  # 01 = ESTABLISHED
+        if len(f) > 9 and f[3] in states and _hex_to_addr(f[2]) == (ip, port):
             inodes.add(f[9])
     found = []
     for fd in fds:
