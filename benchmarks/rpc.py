@@ -34,11 +34,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(HERE)]
 
 import llama_tools as lt  # noqa: E402
 from compare_llama_bench import MARK_BEGIN, MARK_END, llama_bench_json, slmrun_cmd  # noqa: E402
-from rpc_servers import Server, free_port  # noqa: E402
 
 OUT = HERE / "RPC.md"
 
@@ -95,19 +94,40 @@ def hello_round_trip(port: int, count: int = 200) -> float:
     return statistics.median(times)
 
 
-def wait_answering(server: Server, timeout: float = 60) -> None:
-    """ggml-rpc-server prints with printf into a pipe (block-buffered): ask it instead."""
-    from slmrun.runtime.ggml_backend import ggml
-    from slmrun.runtime.rpc_wire import WireError, query
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            query("127.0.0.1", server.port, 5.0, ggml().proto_version())
-            return
-        except WireError:
-            if server.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ggml-rpc-server did not start:\n{server.output}") from None
-            time.sleep(0.1)
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process on 127.0.0.1, ready when it answers the RPC handshake (llama.cpp's
+    prints with printf into a pipe, block-buffered: asking is the reliable signal)."""
+
+    def __init__(self, cmd: list[str]):
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([c.replace("{port}", str(self.port)) for c in cmd], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready(self, timeout: float = 60) -> "Server":
+        from slmrun.runtime.ggml_backend import ggml
+        from slmrun.runtime.rpc_wire import WireError, query
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                query("127.0.0.1", self.port, 5.0, ggml().proto_version())
+                return self
+            except WireError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.proc.args[0]} did not start on {self.endpoint}") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
 
 
 def default_model() -> Path:
@@ -158,14 +178,11 @@ def main(argv=None) -> int:
     exes = lt.build_tools("llama-bench", "ggml-rpc-server", jobs=a.jobs)
     model = default_model()
     t = str(a.threads)
-    ours = [Server(threads=a.threads) for _ in range(2)]
-    theirs = [Server(command=[str(exes["ggml-rpc-server"]), "-p", str(port), "-t", t], port=port)
-              for port in (free_port(), free_port())]
+    ours = [Server([*slmrun_cmd(), "rpc-server", "--port", "{port}", "-t", t]) for _ in range(2)]
+    theirs = [Server([str(exes["ggml-rpc-server"]), "-p", "{port}", "-t", t]) for _ in range(2)]
     try:
-        for s in ours:
+        for s in ours + theirs:
             s.ready()
-        for s in theirs:
-            wait_answering(s)
         rtt = hello_round_trip(ours[0].port)
         one, two = ours[0].endpoint, f"{ours[0].endpoint},{ours[1].endpoint}"
         two_theirs = f"{theirs[0].endpoint},{theirs[1].endpoint}"
