@@ -15,7 +15,10 @@
 4. Asks the planner what the pooled memory of 1, 2 and 3 Raspberry Pi 4 2 GB would run.
 
 Everything runs on one machine: the split's cost here is the RPC protocol's and the
-extra copies, not a network's latency or bandwidth.
+extra copies, not a network's latency or bandwidth. Every process runs with
+OMP_WAIT_POLICY=PASSIVE (--spin keeps OpenMP's default): on loopback all the "devices"
+share this machine's cores, and the idle ones' OpenMP threads spinning for work would
+steal the CPU from the one computing; on separate machines that costs nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -53,7 +57,14 @@ gen = Generator(a["model"], placement, n_ctx=a["p"] + a["n"] + 8, n_threads=a["t
 load = time.perf_counter() - t0
 gen.bench(16, 8)  # warm-up
 pp, tg = zip(*(gen.bench(a["p"], a["n"]) for _ in range(a["reps"])))
-print(json.dumps({"pp": pp, "tg": tg, "load": load,
+# bytes on the wire per generated token, from TCP_INFO on llama.cpp's own sockets
+from slmrun.runtime.rpc_wire import traffic
+eps = placement.endpoints if placement else []
+before = [traffic(ip, port) for _, ip, port in eps]
+gen.bench(1, a["n"])
+after = [traffic(ip, port) for _, ip, port in eps]
+wire = [((s2 - s1) / a["n"], (r2 - r1) / a["n"]) for (s1, r1), (s2, r2) in zip(before, after)]
+print(json.dumps({"pp": pp, "tg": tg, "load": load, "wire": wire,
                   "ngl": placement.n_gpu_layers if placement else 0,
                   "ts": placement.tensor_split if placement else [],
                   "layers": placement.summary() if placement else []}))
@@ -81,17 +92,51 @@ def llama_bench_run(exe: Path, model: Path, rpc_spec: str, ngl: int, ts: list[fl
     return {"pp": pp["samples_ts"], "tg": tg["samples_ts"], "commit": pp.get("build_commit")}
 
 
-def hello_round_trip(port: int, count: int = 200) -> float:
-    """Median seconds of one request/answer with a server on loopback (HELLO + device count)."""
-    from slmrun.runtime.ggml_backend import ggml
-    from slmrun.runtime.rpc_wire import query
-    version = ggml().proto_version()
+def round_trip(port: int, count: int = 500) -> float:
+    """Median seconds of one request and its answer on an open connection to a server on
+    loopback (RPC_CMD_DEVICE_COUNT, the smallest: what a synchronous exchange costs)."""
+    import socket
+    from slmrun.runtime import rpc_wire
     times = []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        query("127.0.0.1", port, 5.0, version)
-        times.append(time.perf_counter() - t0)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        rpc_wire._call(sock, rpc_wire._CMD_HELLO, bytes(rpc_wire._CONN_CAPS_SIZE), 4 + rpc_wire._CONN_CAPS_SIZE)
+        for _ in range(count):
+            t0 = time.perf_counter()
+            rpc_wire._call(sock, rpc_wire._CMD_DEVICE_COUNT, b"", 4)
+            times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+REPLIED = {"get_tensor", "copy_tensor", "set_tensor_hash", "get_alloc_size", "alloc_buffer", "buffer_get_base",
+           "get_alignment", "get_max_size", "get_device_memory", "hello", "device_count", "init_tensor"}
+
+
+def protocol_per_token(model: Path, threads: int, configs) -> dict:
+    """RPC commands per generated token, by server and command, from two runs of different
+    lengths against servers logging every command (GGML_RPC_DEBUG=1)."""
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="slmrun-rpc-bench-"))
+    servers = [Server([*slmrun_cmd(), "rpc-server", "--port", "{port}", "-t", str(threads)], log=tmp / f"s{i}.log",
+                      env={"GGML_RPC_DEBUG": "1"}) for i in range(2)]
+    out = {}
+    try:
+        for s in servers:
+            s.ready()
+        spec = {1: servers[0].endpoint, 2: f"{servers[0].endpoint},{servers[1].endpoint}"}
+        for name, n_servers, use_local in configs:
+            counts = []
+            for n in (8, 40):
+                before = [s.commands() for s in servers]
+                slmrun_run(model, spec[n_servers], use_local, threads, 8, n, 1)
+                time.sleep(0.5)  # the servers' last lines
+                counts.append([s.commands() - b for s, b in zip(servers, before)])
+            tokens = 2 * (40 - 8)  # one bench repetition and the traffic run, each n tokens
+            out[name] = [{cmd: (long[cmd] - short[cmd]) / tokens for cmd in long if long[cmd] != short[cmd]}
+                         for short, long in zip(*counts)][:n_servers]
+    finally:
+        for s in servers:
+            s.stop()
+    return out
 
 
 def free_port() -> int:
@@ -105,11 +150,18 @@ class Server:
     """A server process on 127.0.0.1, ready when it answers the RPC handshake (llama.cpp's
     prints with printf into a pipe, block-buffered: asking is the reliable signal)."""
 
-    def __init__(self, cmd: list[str]):
+    def __init__(self, cmd: list[str], log: Path | None = None, env: dict | None = None):
         self.port = free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
+        self.log = log
+        out = open(log, "w") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen([c.replace("{port}", str(self.port)) for c in cmd], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def commands(self) -> "Counter":
+        """RPC commands served so far, by name (the server runs with GGML_RPC_DEBUG=1)."""
+        from collections import Counter
+        return Counter(re.findall(r"^\[(\w+)\]", self.log.read_text(errors="replace"), re.M))
 
     def ready(self, timeout: float = 60) -> "Server":
         from slmrun.runtime.ggml_backend import ggml
@@ -171,9 +223,12 @@ def main(argv=None) -> int:
     ap.add_argument("-r", type=int, default=3, help="repetitions per process")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--quiet", type=float, default=120, help="seconds to wait for a quiet machine before each row")
+    ap.add_argument("--spin", action="store_true", help="keep OpenMP's default wait policy (threads spin)")
     a = ap.parse_args(argv)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+    if not a.spin:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # inherited by every server, worker and llama-bench
     build = lt.installed_build()
     exes = lt.build_tools("llama-bench", "ggml-rpc-server", jobs=a.jobs)
     model = default_model()
@@ -183,7 +238,7 @@ def main(argv=None) -> int:
     try:
         for s in ours + theirs:
             s.ready()
-        rtt = hello_round_trip(ours[0].port)
+        rtt = round_trip(ours[0].port)
         one, two = ours[0].endpoint, f"{ours[0].endpoint},{ours[1].endpoint}"
         two_theirs = f"{theirs[0].endpoint},{theirs[1].endpoint}"
         configs = [
@@ -212,11 +267,15 @@ def main(argv=None) -> int:
                 r["lb_pp"] += lb["pp"]
                 r["lb_tg"] += lb["tg"]
                 r["load"].append(sl["load"])
+                r.setdefault("wire", []).append(sl["wire"])
                 meta[name] = {"ngl": sl["ngl"], "ts": sl["ts"], "layers": sl["layers"], "commit": lb["commit"]}
     finally:
         for s in ours + theirs:
             s.stop()
-    write(a, build, model, configs, results, meta, rtt, what_fits())
+    protocol = protocol_per_token(model, a.threads, [("1 server, all layers", 1, False),
+                                                     ("2 servers, all layers", 2, False),
+                                                     ("local CPU + 2 servers, by free memory", 2, True)])
+    write(a, build, model, configs, results, meta, rtt, what_fits(), protocol)
     print(OUT.read_text())
     return 0
 
@@ -225,7 +284,7 @@ def _med(xs) -> float:
     return statistics.median(xs)
 
 
-def write(a, build, model, configs, results, meta, rtt, fits) -> None:
+def write(a, build, model, configs, results, meta, rtt, fits, protocol) -> None:
     base = results[configs[0][0]]
     base_sl, base_lb = _med(base["sl_tg"]), _med(base["lb_tg"])
     lines = [
@@ -238,7 +297,9 @@ def write(a, build, model, configs, results, meta, rtt, fits) -> None:
         "",
         f"`.venv/bin/python benchmarks/rpc.py --rounds {a.rounds} --threads {a.threads} -p {a.p} -n {a.n} "
         f"-r {a.r}` on {platform.machine()} ({os.cpu_count()} logical cores, shared with other jobs), model "
-        f"{model.name}, flash attention on, every process with {a.threads} threads. slmrun's path is "
+        f"{model.name}, flash attention on, every process with {a.threads} threads"
+        + ("" if a.spin else " and `OMP_WAIT_POLICY=PASSIVE` (all the devices share these cores: idle "
+                             "OpenMP threads spinning would take the CPU from the one computing)") + ". slmrun's path is "
         "`slmrun.runtime.rpc.place()` + llama.cpp's low-level API (tests/rpc_client.py), each run in its own "
         f"process; llama-bench is built from the same llama.cpp ({build.get('commit')}, "
         "`-DGGML_RPC=ON`) and given the same `--rpc`, `-ngl` and `-ts`. Servers: `slmrun rpc-server -t "
@@ -264,8 +325,28 @@ def write(a, build, model, configs, results, meta, rtt, fits) -> None:
                      f"{lb_tg:.1f} | {sl_tg / lb_tg:.2f} | {cost} | {_med(r['noise']):.2f} |")
     lines += [
         "",
-        f"A request/answer with a server on loopback (slmrun's own handshake + device count, new connection "
-        f"each time) takes {rtt * 1e6:.0f} µs (median of 200).",
+        "## Per token, on the wire",
+        "",
+        "What one generated token costs in protocol terms, independent of this machine's load: the commands "
+        "the client sends each server (counted by the servers themselves, `GGML_RPC_DEBUG=1`, difference of "
+        "two runs of different lengths), and the bytes on llama.cpp's sockets (the client's TCP_INFO). "
+        "Commands marked * wait for an answer: each is a network round trip.",
+        "",
+        "| split | server | commands per token | bytes sent / received per token |",
+        "|---|---|---|---:|",
+    ]
+    for name, per_server in protocol.items():
+        wires = results[name].get("wire") or []
+        for i, cmds in enumerate(per_server):
+            text = ", ".join(f"{cmd}{'*' if cmd in REPLIED else ''} {n:g}" for cmd, n in sorted(cmds.items()))
+            sent = _med([w[i][0] for w in wires]) if wires else 0
+            got = _med([w[i][1] for w in wires]) if wires else 0
+            lines.append(f"| {name} | {i + 1} | {text} | {sent / 1024:.1f} KiB / {got / 1024:.1f} KiB |")
+    lines += [
+        "",
+        f"One request and its answer on an open connection to a server here takes {rtt * 1e6:.0f} µs "
+        "(median of 500, RPC_CMD_DEVICE_COUNT); on a network add its round trip time per command marked *, "
+        "and the bytes at its bandwidth.",
         "",
         "Load time of the model in slmrun's process (weights sent to the servers; median): "
         + ", ".join(f"{name}: {_med(results[name]['load']):.2f} s" for name, _, _ in configs) + ".",

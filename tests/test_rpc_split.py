@@ -114,7 +114,7 @@ def test_survey_reports_each_servers_memory_without_llama_cpp(servers):
         assert 0 < free < total <= hardware.detect().ram_total
 
 
-def test_keepalive_is_on_for_llama_cpp_connections(tiny_deep, servers):
+def test_keepalive_is_on_for_llama_cpp_connections_and_traffic_is_counted(tiny_deep, servers):
     from slmrun.runtime.rpc_wire import own_connections
     placement = rpc.place(tiny_deep, _endpoints(servers))
     gen = Generator(tiny_deep, placement)
@@ -128,6 +128,11 @@ def test_keepalive_is_on_for_llama_cpp_connections(tiny_deep, servers):
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30000
             finally:
                 sock.close()
+        from slmrun.runtime.rpc_wire import traffic
+        before = [traffic("127.0.0.1", s.port) for s in servers]
+        gen.generate("the capital of", 4)
+        after = [traffic("127.0.0.1", s.port) for s in servers]
+        assert all(a[0] > b[0] and a[1] > b[1] for a, b in zip(after, before))  # TCP_INFO counts both ways
     finally:
         gen.close()
 
