@@ -27,7 +27,8 @@ _EXPORTS = {
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
-                     "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError"),
+                     "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
+                     "RpcUnavailableError", "RpcServerError", "RpcBindError"),
                     "slmrun.errors"),
 }
 

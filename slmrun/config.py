@@ -58,9 +58,13 @@ KEEP_ALIVE = Var("SLMRUN_KEEP_ALIVE", "5m", "How long the server keeps an idle m
 MAX_QUEUE = Var("SLMRUN_MAX_QUEUE", "16", "Requests per model that may wait for a slot; past that the server "
                 "answers 503 with Retry-After instead of queueing.")
 MAX_BODY = Var("SLMRUN_MAX_BODY", "4M", "Largest request body the server accepts (bigger ones get 413).")
+RPC_CONNECT_TIMEOUT = Var("SLMRUN_RPC_CONNECT_TIMEOUT", "5", "Seconds an RPC server (--rpc) has to accept a "
+                          "connection and answer llama.cpp's handshake before slmrun gives up on it.")
+RPC_TIMEOUT = Var("SLMRUN_RPC_TIMEOUT", "120", "Seconds one evaluation step may wait on RPC servers before slmrun "
+                  "declares them stuck and stops (llama.cpp itself would wait forever).")
 
 ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP, SERVER, API_KEY, KEEP_ALIVE, MAX_QUEUE,
-       MAX_BODY)
+       MAX_BODY, RPC_CONNECT_TIMEOUT, RPC_TIMEOUT)
 
 DEFAULT_PORT = 11435  # Ollama's 11434 plus one: both can run side by side
 
@@ -106,6 +110,22 @@ def flash_attn_default() -> bool:
     """
     value = FLASH_ATTN.get().strip().lower()
     return value not in ("0", "off", "false", "no")
+
+
+def _seconds(var: Var) -> float:
+    try:
+        value = float(var.get())
+    except ValueError:
+        return float(var.default)
+    return value if value > 0 else float(var.default)
+
+
+def rpc_connect_timeout() -> float:
+    return _seconds(RPC_CONNECT_TIMEOUT)
+
+
+def rpc_timeout() -> float:
+    return _seconds(RPC_TIMEOUT)
 
 
 def pip_command() -> list[str]:

@@ -189,3 +189,25 @@ class StructuredOutputError(SlmrunError, ValueError):
     default_hint = ("Raise max_tokens so the value can finish, or tighten the schema "
                     "(maxLength, maxItems, enum) so it stays short.")
 
+
+RPC_REINSTALL = 'CMAKE_ARGS="-DGGML_RPC=ON" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+
+
+class RpcUnavailableError(SlmrunError, RuntimeError):
+    """The installed llama-cpp-python was built without llama.cpp's RPC backend."""
+
+    default_hint = (f"Reinstall it with the RPC backend: {RPC_REINSTALL} "
+                    "(or `make setup` in a checkout of slmrun).")
+
+
+class RpcServerError(SlmrunError, ConnectionError):
+    """An RPC server that is not there, refuses, is busy, speaks another protocol, or went away."""
+
+    default_hint = ("Start it on that machine with `slmrun rpc-server --host ADDRESS --port PORT` "
+                    "(or llama.cpp's ggml-rpc-server), and check the address and any firewall between.")
+
+
+class RpcBindError(SlmrunError, OSError):
+    """`slmrun rpc-server` cannot listen where it was asked to."""
+
+    default_hint = "Choose another port with --port, or stop the program that holds this one."
