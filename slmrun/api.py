@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from . import config, store
 from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFoundError,
@@ -172,7 +173,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          flash_attn: bool | None = None, use_mmap: bool = True, use_mlock: bool = False,
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
-         max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True):
+         max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True,
+         rpc: str | Sequence[str] | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
@@ -181,7 +183,11 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     the planner's estimate exceeds what this machine has available, unless ``force=True``.
     ``chat_format`` names a prompt format (prompt_formats.names(), or "none") to chat
     with instead of the model's own; ``model.chat_format`` says what is used and why.
-    ``allow_path=False`` refuses file paths (see resolve()).
+    ``allow_path=False`` refuses file paths (see resolve()). ``rpc`` ("HOST:PORT,..." or a
+    list) splits the layers across this machine and llama.cpp RPC servers (`slmrun
+    rpc-server`), each share in proportion to its memory and checked against it; one slot
+    unless ``n_parallel`` says otherwise. A server that fails later ends the model's
+    requests with RpcServerError (runtime.rpc_guard).
     """
     from .runtime import LoadOptions, Model
 
@@ -204,7 +210,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
                                        hint=f"Use an integer from {int(key == 'n_parallel')}"
                                             + (f" to {top}." if top else " up."))
     from .hardware import detect
-    from .planner import choose_parallel, effective_flash_attn, spec_from_gguf
+    from .planner import check_memory, choose_parallel, effective_flash_attn, spec_from_gguf
 
     fa = effective_flash_attn(flash_attn, type_v)
     hw = detect()
@@ -212,6 +218,12 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads(hw)
     batch = min(n_batch, ctx)
+    eps = devices = None
+    if rpc is not None:
+        from . import remote
+        eps = remote.endpoints(rpc)
+        devices = remote.remote_devices(eps)
+        n_parallel = n_parallel or 1  # a split is for a model too big for one machine, not for throughput
     if n_parallel is None:
         n_parallel = choose_parallel(spec_from_gguf(info), weights_bytes=info.size, n_ctx=ctx, hw=hw,
                                      n_batch=batch, type_k=type_k or "f16", type_v=type_v or "f16",
@@ -222,7 +234,11 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
         max_queue=max_queue)
-    if not force:
+    placement = None
+    if eps is not None:
+        ngl, ts, _ = remote.split_for_load(info, options, hw, devices, name=resolved.name, force=force)
+        placement = remote.place(resolved.path, eps, (ngl, ts))
+    elif not force:
         check_memory(info, options, name=resolved.name, hw=hw)
     template = None
     if choice.template:
@@ -231,7 +247,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         sandbox().start()  # the renderer starts while llama.cpp loads the weights
     model = Model(resolved.path, options, prompt_format=choice.fmt, chat_template=template,
                   name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
-                  info=info)
+                  info=info, placement=placement)
     model.chat_format = choice
     return model
 
@@ -242,26 +258,6 @@ def chat_format_for(resolved: Resolved, info, override: str | None = None):
 
     meta = store.read_sidecar(resolved.stored.path) if resolved.stored is not None else {}
     return choose_chat_format(info, resolved.entry, meta, override)
-
-
-def check_memory(info, options, *, name: str, hw) -> None:
-    """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit on ``hw``."""
-    from .errors import InsufficientMemoryError
-    from .planner import budget_bytes, estimate_memory, spec_from_gguf
-    from .units import format_bytes
-
-    need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
-                           n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",
-                           type_v=options.type_v or "f16", flash_attn=options.flash_attn,
-                           n_parallel=options.n_parallel).total
-    budget = budget_bytes(hw)
-    if need > budget:
-        slots = f" x {options.n_parallel} parallel slots" if options.n_parallel > 1 else ""
-        raise InsufficientMemoryError(
-            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens{slots}; "
-            f"this machine has {format_bytes(budget)} available after a safety reserve",
-            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx"
-                 + (", fewer slots (n_parallel)" if options.n_parallel > 1 else "") + ", or --force to load anyway.")
 
 
 def list_models() -> list[store.StoredModel]:

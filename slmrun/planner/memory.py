@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from ..errors import InvalidArgumentError
+from ..errors import InsufficientMemoryError, InvalidArgumentError
+from ..units import format_bytes
 from .quants import kv_cache_type
 from .spec import UNGATED_FFN_ARCHS, ModelSpec
 
@@ -131,3 +132,21 @@ def budget_bytes(hw, reserve_bytes: int | None = None) -> int:
     """Memory a model may use on `hw`: what is available (cgroup-aware) minus the reserve."""
     reserve = default_reserve(hw) if reserve_bytes is None else int(reserve_bytes)
     return max(0, hw.memory_available - reserve)
+
+
+def check_memory(info, options, *, name: str, hw) -> None:
+    """Fail before llama.cpp does (or the OOM killer does) when the model cannot fit on ``hw``."""
+    from .spec import spec_from_gguf
+
+    need = estimate_memory(spec_from_gguf(info), weights_bytes=info.size, n_ctx=options.n_ctx,
+                           n_batch=options.n_batch, n_ubatch=options.n_ubatch, type_k=options.type_k or "f16",
+                           type_v=options.type_v or "f16", flash_attn=options.flash_attn,
+                           n_parallel=options.n_parallel).total
+    budget = budget_bytes(hw)
+    if need > budget:
+        slots = f" x {options.n_parallel} parallel slots" if options.n_parallel > 1 else ""
+        raise InsufficientMemoryError(
+            f"{name} needs about {format_bytes(need)} at a context of {options.n_ctx} tokens{slots}; "
+            f"this machine has {format_bytes(budget)} available after a safety reserve",
+            hint=f"Try a smaller quant (`slmrun plan {name}` compares them), a smaller --ctx"
+                 + (", fewer slots (n_parallel)" if options.n_parallel > 1 else "") + ", or --force to load anyway.")

@@ -8,6 +8,7 @@ a pull or a load uses when none is named.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from ..errors import InsufficientMemoryError, InvalidArgumentError
 from ..units import format_bytes
@@ -17,6 +18,7 @@ from .options import QuantOption, Setting, choose, default_context, evaluate, in
 from .parallel import choose_parallel
 from .quants import kv_cache_type
 from .speed import fallback_bandwidth
+from .split import DeviceShare, RemoteDevice, apply_split, describe_split
 
 
 @dataclass
@@ -41,6 +43,9 @@ class Plan:
     bandwidth_gbs: float | None = None
     n_parallel: int = 1  # requests decoded together (slots), each with n_ctx tokens
     parallel_bytes: int | None = None  # memory with all n_parallel slots
+    split: list[DeviceShare] | None = None  # across RPC devices (local CPU first); None: one machine
+    n_gpu_layers: int = 0  # with a split: the layers llama.cpp offloads, and their shares
+    tensor_split: list[float] | None = None
 
     @property
     def option(self) -> QuantOption:
@@ -63,12 +68,15 @@ class Plan:
             "bandwidth_gbs": self.bandwidth_gbs, "n_parallel": self.n_parallel,
             "parallel_bytes": self.parallel_bytes,
             "memory": self.memory.to_dict() if self.memory else None,
+            "split": [d.to_dict() for d in self.split] if self.split is not None else None,
+            "n_gpu_layers": self.n_gpu_layers, "tensor_split": self.tensor_split,
         }
 
 
 def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: str | None = None,
          force: bool = False, reserve_bytes: int | None = None, type_k: str = "f16", type_v: str | None = None,
-         flash_attn: bool | None = None, n_batch: int = 512, n_parallel: int | None = None) -> Plan:
+         flash_attn: bool | None = None, n_batch: int = 512, n_parallel: int | None = None,
+         devices: Sequence[RemoteDevice] | None = None, use_local: bool = True) -> Plan:
     """Choose how to run `model` (a registry entry, a GGUFInfo, or (ModelSpec, {quant: size})) on `hw`.
 
     Rules: the budget is available memory (cgroup-aware) minus a reserve; among the
@@ -76,6 +84,10 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     if none is fast enough, the fastest that fits; within a quality tier a fast kernel,
     then the smaller file. `quant` overrides the choice; `force` returns a plan even when
     it does not fit (with a warning) instead of raising InsufficientMemoryError.
+
+    ``devices`` (RPC servers' devices, planner.split.RemoteDevice) plans the model split
+    across them and this machine (its CPU too unless ``use_local=False``): the budget is
+    the sum, each device's share must fit its own, the speed is the split's.
     """
     name, spec, rows = inputs(model)
     type_k = type_k.lower()
@@ -94,6 +106,16 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     setting = Setting(hw=hw, n_ctx=ctx, budget=budget, min_speed=min_speed, n_threads=threads,
                       n_batch=n_batch, type_k=type_k, type_v=type_v, flash_attn=flash_attn)
     options = evaluate(spec, rows, setting)
+    splits = None
+    if devices:
+        asked_parallel = n_parallel is not None
+        n_parallel = n_parallel or 1  # a split is for a model too big for one machine, not for throughput
+        local_budget = budget if use_local else 0
+        setting = setting.at(budget=local_budget + sum(d.budget for d in devices))
+        options, splits = apply_split(spec, options, n_cells=ctx * n_parallel, type_k=type_k, type_v=type_v,
+                                      local_budget=local_budget, devices=devices,
+                                      local_gbs=hw.bandwidth_gbs or fallback_bandwidth(hw), min_speed=min_speed,
+                                      use_local=use_local)
     by_quant = {o.quant: o for o in options}
     reasons: list[str] = []
     warnings: list[str] = []
@@ -110,6 +132,17 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
         warnings.append(f"n_ctx {ctx} is beyond the {spec.context_length} tokens {name} was trained on; "
                         "quality degrades past it")
 
+    if splits is not None:
+        reasons.append(f"split across {len(devices)} RPC device{'s' if len(devices) != 1 else ''}"
+                       + (" and this machine" if use_local else "") + f": {format_bytes(setting.budget)} in all, "
+                       + ", ".join(f"{d.name} {format_bytes(d.budget)}" for d in devices))
+        if quant is None and not any(o.fits for o in options) and not force:
+            smallest = min(options, key=lambda o: o.estimated_bytes)
+            raise InsufficientMemoryError(
+                f"{name} does not fit even split across this machine and {len(devices)} RPC device"
+                f"{'s' if len(devices) != 1 else ''} ({format_bytes(setting.budget)} in all): the smallest "
+                f"option, {smallest.quant}, needs {describe_split(splits[smallest.quant][0])}",
+                hint="Add a server (--rpc), use a smaller model or --ctx, or pass --force to try anyway.")
     if quant is not None:
         pick = override(name, quant, options, by_quant, setting, force, reasons, warnings)
     else:
@@ -127,12 +160,28 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     why = ("the cgroup's CPU quota" if threads < max(1, hw.performance_cores) else "the performance cores")
     reasons.append(f"{threads} thread{'s' if threads != 1 else ''}: {why}"
                    + (f" (of {hw.logical_cores} logical)" if hw.logical_cores != threads else ""))
-    n_par, par_bytes = _slots(spec, pick, setting, n_parallel, reserve_bytes, reasons, warnings)
+    split_fields = {}
+    if splits is None:
+        n_par, par_bytes = _slots(spec, pick, setting, n_parallel, reserve_bytes, reasons, warnings)
+    else:
+        n_par = n_parallel
+        reasons.append(f"{n_par} parallel slot{'s' if n_par != 1 else ''}: "
+                       + ("asked for (--parallel)" if asked_parallel else "one at a time across devices"))
+        shares, ngl, ts = splits[pick.quant]
+        split_fields = dict(split=shares, n_gpu_layers=ngl, tensor_split=ts)
+        par_bytes = pick.estimated_bytes
+        reasons.append(f"layers by free memory: {describe_split(shares)}")
+        reasons.append(f"~{pick.estimated_tps:.1f} tok/s expected: a token passes through the devices one after "
+                       "another, so the split is bounded by the slowest device and by the network (about "
+                       "two round trips per server per token); servers do not report their speed, so each "
+                       "is assumed as fast as this machine")
+        warnings.extend(f"{s.device}'s share needs {format_bytes(s.need_bytes)}, over its "
+                        f"{format_bytes(s.budget_bytes)} budget" for s in shares if not s.fits)
     return Plan(model=name, hardware=hw.name, quant=pick.quant, n_threads=threads, n_ctx=ctx, type_k=type_k,
                 type_v=type_v, n_batch=min(n_batch, ctx), flash_attn=flash_attn,
-                estimated_bytes=pick.estimated_bytes, estimated_tps=pick.estimated_tps, budget_bytes=budget,
+                estimated_bytes=pick.estimated_bytes, estimated_tps=pick.estimated_tps, budget_bytes=setting.budget,
                 min_speed=min_speed, reasons=reasons, options=options, warnings=warnings, memory=pick.memory,
-                bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes)
+                bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes, **split_fields)
 
 
 def _slots(spec, pick, s, n_parallel, reserve_bytes, reasons, warnings) -> tuple[int, int]:

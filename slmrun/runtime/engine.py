@@ -18,16 +18,45 @@ removed at once. Each slot holds at most ``n_ctx_seq`` cells of a unified cache 
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 
 from ..errors import GenerationError, ModelClosedError, QueueFullError
 from .params import PENALTY_LAST_N
 from .response import Stats, TextAssembler, closed_error
 from .rows import logprob_entry, logsoftmax_row, row_copy
 from .slots import Request, Seq, Slot, common_prefix
+
+
+class _Task:
+    """A call() waiting for the engine thread."""
+
+    def __init__(self, fn):
+        self.fn, self._done = fn, threading.Event()
+        self._result = self._error = None
+
+    def run(self, handle) -> None:
+        try:
+            self._result = self.fn(handle)
+        except BaseException as exc:  # noqa: BLE001 — handed to the caller
+            self._error = exc
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    def wait(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class _Broken(Exception):
+    """The engine thread's way out after fail_broken."""
 
 
 class Engine:
@@ -47,8 +76,9 @@ class Engine:
         self._active: list[Seq] = []
         self._cond = threading.Condition()
         self._step_lock = threading.Lock()
-        self._paused = 0
+        self._tasks: deque[_Task] = deque()
         self._closing = False
+        self._broken: BaseException | None = None  # an RPC server this model is split over failed
         self._stopped = threading.Event()
         self.counters = {"requests": 0, "prompt_tokens": 0, "prompt_eval_tokens": 0, "generated_tokens": 0,
                          "cancelled": 0, "errors": 0, "steps": 0}
@@ -58,6 +88,8 @@ class Engine:
     # --- any thread ------------------------------------------------------------------
     def submit(self, req: Request) -> None:
         with self._cond:
+            if self._broken is not None:
+                raise copy.copy(self._broken)
             if self._closing:
                 raise ModelClosedError(f"{self.name} is closed")
             if self.max_queue is not None:
@@ -81,8 +113,31 @@ class Engine:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
+            broken = self._broken is not None
+        if threading.current_thread() is not self._thread and not broken:
             self._thread.join()
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+    def fail_broken(self, error: BaseException) -> None:
+        """From any thread, when an RPC server the model is split over has failed: the engine
+        thread is stuck inside llama.cpp (or will find its context unusable), so every request
+        ends here with ``error``, without a call into llama.cpp, and new ones are refused. The
+        thread and the model's memory are lost: freeing them would talk to the dead server."""
+        with self._cond:
+            if self._broken is not None:
+                return
+            self._broken, self._closing = error, True
+            queued, self._queue = list(self._queue), deque()
+            tasks, self._tasks = list(self._tasks), deque()
+            active = list(self._active)
+            self._cond.notify_all()
+        for task in tasks:
+            task.fail(error)
+        for req in [seq.req for seq in active] + queued:
+            req.state.finish(None, error=error)
 
     def snapshot(self) -> dict:
         """Slots busy, queue depth, cached tokens per slot, counters (for /metrics and `ps`)."""
@@ -91,26 +146,27 @@ class Engine:
                     "slots_busy": sum(s.busy for s in self._slots), "queue_depth": len(self._queue),
                     "cached_tokens": [len(s.tokens) for s in self._slots], **self.counters}
 
-    @contextmanager
-    def exclusive(self):
-        """The context to oneself: waits until no sequence runs, holds new ones back meanwhile."""
+    def call(self, fn):
+        """``fn(handle)`` run on the engine thread with the context to itself (it waits for running
+        sequences to end and holds new ones back meanwhile); its result, or its exception.
+
+        On the engine's thread because llama.cpp's CPU backend keeps an OpenMP thread team per
+        calling thread: decoding from a second thread makes two teams that contend for the
+        cores (tg measured 0.66x in benchmarks/SINGLE_STREAM.md before this)."""
+        if threading.current_thread() is self._thread:
+            return fn(self._h)
+        task = _Task(fn)
         with self._cond:
+            if self._broken is not None:
+                raise copy.copy(self._broken)
             if self._closing:
                 raise ModelClosedError(f"{self.name} is closed")
-            self._paused += 1
-            self._cond.wait_for(lambda: not self._active or self._closing)
-        try:
-            with self._step_lock:
-                if self._closing:
-                    raise ModelClosedError(f"{self.name} is closed")
-                yield self._h
-        finally:
-            with self._cond:
-                self._paused -= 1
-                self._cond.notify_all()
+            self._tasks.append(task)
+            self._cond.notify_all()
+        return task.wait()
 
     def forget_cache(self) -> None:
-        """Clear the KV cache and every slot's record of it (under exclusive())."""
+        """Clear the KV cache and every slot's record of it (in a call())."""
         self._h.memory_clear()
         for slot in self._slots:
             slot.tokens = []
@@ -125,18 +181,23 @@ class Engine:
         try:
             while True:
                 with self._cond:
-                    while not self._closing and not self._active and not (self._queue and not self._paused):
+                    while not (self._closing or self._active or self._queue or self._tasks):
                         self._cond.wait()
                     if self._closing:
                         break
                     self._reap_cancelled()
-                    if not self._paused:
+                    if not self._tasks:  # a call() waits for the running sequences and goes first
                         self._admit()
-                    if not self._active:
-                        self._cond.notify_all()  # an exclusive() caller may be waiting for this
+                    task = self._tasks.popleft() if self._tasks and not self._active else None
+                    if task is None and not self._active:
                         continue
                 with self._step_lock:
-                    self._step()
+                    if task is not None:
+                        task.run(self._h)
+                    else:
+                        self._step()
+        except _Broken:
+            return  # fail_broken has ended every request; llama.cpp's context must not be touched again
         except BaseException as exc:  # a bug of ours: fail every request rather than hang them
             error = GenerationError(f"the engine of {self.name} stopped: {type(exc).__name__}: {exc}")
             with self._cond:
@@ -144,18 +205,22 @@ class Engine:
             self._fail_all(error)
             raise
         finally:
-            self._fail_all(closed_error())
-            for slot_seq in list(self._active):  # a failure inside _end: free what is left
-                self._h.sampler_free(slot_seq.chain)
-            self._active.clear()
-            if self._on_exit is not None:
-                self._on_exit()
+            if self._broken is None:  # else nothing of llama.cpp's may be touched: see fail_broken
+                self._fail_all(closed_error())
+                for slot_seq in list(self._active):  # a failure inside _end: free what is left
+                    self._h.sampler_free(slot_seq.chain)
+                self._active.clear()
+                if self._on_exit is not None:
+                    self._on_exit()
             self._stopped.set()
 
     def _fail_all(self, error) -> None:
         with self._cond:
             queued, self._queue = list(self._queue), deque()
+            tasks, self._tasks = list(self._tasks), deque()
             self._cond.notify_all()
+        for task in tasks:
+            task.fail(error)
         for seq in list(self._active):
             self._end(seq, None, error=error)
         for req in queued:
@@ -249,6 +314,8 @@ class Engine:
             budget -= n
         t0 = time.perf_counter()
         rc = h.decode(items)
+        if self._broken is not None:
+            raise _Broken()
         dt = time.perf_counter() - t0
         self.counters["steps"] += 1
         if rc != 0:

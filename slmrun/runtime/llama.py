@@ -10,11 +10,12 @@ sequence's share of the cache is enforced by the engine, not by llama.cpp.
 
 Thread safety: tokenizing reads only the vocabulary and may run on any thread while the
 engine decodes (llama-server does the same); everything that touches the context runs on
-the engine thread, or under ``Engine.exclusive()``.
+the engine thread (``Engine.call()`` runs other work there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from dataclasses import dataclass
@@ -85,11 +86,17 @@ class ContextSpec:
     type_v: str | None = None
 
 
+def _watched(guard, what: str):
+    return guard.watch(what) if guard is not None else contextlib.nullcontext()
+
+
 class LlamaHandle:
     """A loaded llama_model and its llama_context. ``close()`` frees both, once."""
 
     def __init__(self, path: Path, spec: ContextSpec, *, use_mmap: bool = True, use_mlock: bool = False,
-                 verbose: bool = False, model_params_hook=None):
+                 verbose: bool = False, model_params_hook=None, guard=None):
+        """``guard``: a model split over RPC servers (runtime.rpc.Placement): every step that waits
+        on them runs under its watchdog, so a server that stops answering cannot hang us."""
         import llama_cpp
 
         self._lib = llama_cpp
@@ -104,7 +111,13 @@ class LlamaHandle:
                              (False, False): llama_cpp.LLAMA_LOAD_MODE_NONE}[(bool(use_mmap), bool(use_mlock))]
         mparams.n_gpu_layers = 0
         self._keepalive = model_params_hook(mparams) if model_params_hook else None
-        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+        self._guard = guard
+        if guard is not None:  # sending the weights may take long on a slow link: progress moves the deadline
+            dog = guard.watch("loading")
+            self._progress = llama_cpp.llama_progress_callback(lambda progress, user_data: (dog.kick(), True)[1])
+            mparams.progress_callback = self._progress
+        with _watched(guard, "loading"):
+            self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load {Path(path).name}")
         cparams = llama_cpp.llama_context_default_params()
@@ -122,12 +135,15 @@ class LlamaHandle:
             cparams.type_k = type_k
         if type_v is not None:
             cparams.type_v = type_v
-        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        with _watched(guard, "creating the context"):
+            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
             self.model = None
             raise ModelLoadError(f"llama.cpp could not create a context of {spec.n_ctx} tokens for "
                                  f"{Path(path).name}", hint="Try a smaller --ctx, or fewer parallel slots.")
+        if guard is not None:
+            guard.connected()
         self.spec = spec
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.memory = llama_cpp.llama_get_memory(self.ctx)
@@ -200,7 +216,12 @@ class LlamaHandle:
             seq_id[i][0] = s
             logits[i] = out
         b.n_tokens = len(items)
-        return self._lib.llama_decode(self.ctx, b)
+        if self._guard is None:
+            return self._lib.llama_decode(self.ctx, b)
+        with self._guard.watch():  # over RPC the decode is asynchronous: wait for it under the deadline
+            rc = self._lib.llama_decode(self.ctx, b)
+            self._lib.llama_synchronize(self.ctx)
+        return rc
 
     def logits(self, index: int):
         """The logits row of batch item ``index`` (a ctypes float array over llama.cpp's buffer)."""

@@ -2,13 +2,14 @@
 
 No sampling and no text, so slmrun's numbers compare 1:1 with llama.cpp's llama-bench
 (tools/llama-bench: test_prompt / test_gen). Each call takes the context for itself
-(``Engine.exclusive()``: it waits for running requests and holds new ones back) and
-works on sequence 0, continuing from where the last call left it; ``clear_kv`` starts
+(``Engine.call()``: on the engine's thread, once running requests end, new ones held
+back meanwhile) and works on sequence 0, continuing from where the last call left it; ``clear_kv`` starts
 over at position 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 
@@ -18,9 +19,11 @@ from ..errors import ContextOverflowError, GenerationError, InvalidArgumentError
 def clear_kv(model) -> None:
     """Empty the KV cache (every slot's prompt cache too): the next decode starts at position 0."""
     model._check_open()
-    with model._engine.exclusive():
+
+    def clear(h):
         model._engine.forget_cache()
         model._bench_pos = 0
+    model._engine.call(clear)
 
 
 def _position(model, h, n_tokens: int) -> int:
@@ -53,7 +56,8 @@ def bench_pp(model, n_tokens: int, *, n_batch: int | None = None, seed: int = 0)
     n_batch = min(n_batch or model.options.n_batch, model.options.n_batch)
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
-    with model._engine.exclusive() as h:
+
+    def run(h) -> float:
         pos = _position(model, h, n_tokens)
         tokens = _random_tokens(h, n_tokens, seed)
         t0 = time.perf_counter()
@@ -66,27 +70,32 @@ def bench_pp(model, n_tokens: int, *, n_batch: int | None = None, seed: int = 0)
         elapsed = time.perf_counter() - t0
         model._bench_pos = pos + n_tokens
         model._engine.forget_cache_records()
-    return elapsed
+        return elapsed
+    return model._engine.call(run)
 
 
 def bench_tg(model, n_tokens: int, *, seed: int = 0) -> float:
     """Seconds to decode ``n_tokens`` tokens one at a time with no sampling: token
     generation as llama-bench measures it. Continues the KV cache."""
     model._check_open()
-    with model._engine.exclusive() as h:
+
+    def run(h) -> float:
         pos = _position(model, h, n_tokens)
         tokens = _random_tokens(h, n_tokens, seed)
         lib, ctx, b = h._lib, h.ctx, h.batch
         decode, sync = lib.llama_decode, lib.llama_synchronize
         b.n_seq_id[0], b.seq_id[0][0], b.logits[0], b.n_tokens = 1, 0, True, 1
+        guard = h._guard.watch() if h._guard is not None else contextlib.nullcontext()  # a split model
         t0 = time.perf_counter()
-        for i, token in enumerate(tokens):
-            # The one-token batch written in place: two ctypes stores a token.
-            b.token[0], b.pos[0] = token, pos + i
-            if decode(ctx, b) != 0:
-                raise GenerationError("llama.cpp failed to decode a token")
-            sync(ctx)
+        with guard:
+            for i, token in enumerate(tokens):
+                # The one-token batch written in place: two ctypes stores a token.
+                b.token[0], b.pos[0] = token, pos + i
+                if decode(ctx, b) != 0:
+                    raise GenerationError("llama.cpp failed to decode a token")
+                sync(ctx)
         elapsed = time.perf_counter() - t0
         model._bench_pos = pos + n_tokens
         model._engine.forget_cache_records()
-    return elapsed
+        return elapsed
+    return model._engine.call(run)

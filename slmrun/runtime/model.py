@@ -9,6 +9,7 @@ physical/performance cores, flash attention on, mmap on, the context from the mo
 from __future__ import annotations
 
 import atexit
+import copy
 import threading
 import time
 import weakref
@@ -105,7 +106,8 @@ class Model:
 
     def __init__(self, path: Path, options: LoadOptions, *, prompt_format=None,
                  chat_template: str | None = None, name: str | None = None, info=None, plan=None,
-                 model_params_hook=None):
+                 model_params_hook=None, placement=None):
+        """``placement``: the model's layers split over RPC servers (runtime.rpc.place())."""
         self.path = Path(path)
         self.name = name or self.path.stem
         self.options = options
@@ -121,7 +123,9 @@ class Model:
                            type_k=options.type_k, type_v=options.type_v)
         t0 = time.perf_counter()
         self._h = LlamaHandle(self.path, spec, use_mmap=options.use_mmap, use_mlock=options.use_mlock,
-                              verbose=options.verbose, model_params_hook=model_params_hook)
+                              verbose=options.verbose, model_params_hook=model_params_hook or placement,
+                              guard=placement)
+        self.placement = placement
         self.load_s = time.perf_counter() - t0
         self._shared = shared = _Shared(self._h)
         self._lock = shared.lock
@@ -130,6 +134,8 @@ class Model:
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
                               n_batch=options.n_batch, name=self.name, load_s=self.load_s,
                               max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free)
+        if placement is not None:  # a failed server ends this model's requests (rpc_guard's default)
+            placement.on_failure = self._engine.fail_broken
         _OPEN.add(self)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -160,6 +166,8 @@ class Model:
 
     def _check_open(self) -> None:
         # llama.cpp's pointers are freed by close(); touching them would crash the process.
+        if self._engine.broken is not None:
+            raise copy.copy(self._engine.broken)  # a fresh traceback for each caller
         if self._closed:
             raise ModelClosedError("this model was closed")
 

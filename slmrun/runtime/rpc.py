@@ -30,13 +30,13 @@ import ctypes
 import ipaddress
 import re
 import socket
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
 
 from .. import config
 from ..errors import InvalidArgumentError, RpcServerError, RpcUnavailableError
+from ..planner.split import assign_layers, split_layers  # noqa: F401  (pure; re-exported)
 from . import rpc_guard
 from .rpc_guard import Watchdog, set_failure_handler  # noqa: F401  (part of this module's API)
 
@@ -229,49 +229,6 @@ def add_servers(endpoints: Sequence[Endpoint], timeout: float | None = None, *,
 
 # ---------------------------------------------------------------- the split
 
-def split_layers(n_layer: int, local_free: int, device_free: Sequence[int], *,
-                 use_local: bool = True) -> tuple[int, list[float]]:
-    """(n_gpu_layers, tensor_split) giving each device a share of the model's n_layer + 1
-    offloadable layers (the output layer counts as one) proportional to its free memory.
-
-    The local CPU's share is the layers llama.cpp does not offload (the first ones)."""
-    if n_layer < 1 or not device_free:
-        raise InvalidArgumentError("a split needs at least one layer and one RPC device")
-    units = n_layer + 1
-    remote = sum(max(0, f) for f in device_free)
-    # A server that reports no memory gets an equal share, as llama.cpp does when all are zero.
-    shares = [max(0, f) / remote for f in device_free] if remote else [1 / len(device_free)] * len(device_free)
-    n_local = 0
-    if use_local and local_free > 0:
-        n_local = round(units * local_free / (local_free + (remote or local_free * len(device_free))))
-    return units - min(n_local, units), shares
-
-
-def assign_layers(n_layer: int, n_gpu_layers: int, tensor_split: Sequence[float]) -> list[int]:
-    """Which device llama.cpp puts each layer on (-1 = the local CPU), output layer last:
-    llama_model_base::load_tensors' rule, so the planner can show the split it will get."""
-    f32 = _f32  # llama.cpp computes in float: the same rounding decides the boundary layers
-    acc, cumulative = f32(0.0), []
-    for s in tensor_split:
-        acc = f32(acc + f32(s))
-        cumulative.append(acc)
-    cumulative = [f32(c / acc) for c in cumulative]
-    start = max(n_layer + 1 - n_gpu_layers, 0)
-    active = min(n_gpu_layers, n_layer + 1)
-    out = []
-    for il in range(n_layer + 1):
-        if il < start or il - start >= active:
-            out.append(-1)
-            continue
-        x = f32(f32(il - start) / active)
-        out.append(min(next((i for i, c in enumerate(cumulative) if c > x), len(cumulative)), len(cumulative) - 1))
-    return out
-
-
-def _f32(x: float) -> float:
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
 @dataclass(eq=False)  # compared by identity: rpc_guard tracks live placements in a WeakSet
 class Placement:
     """Where a model's layers go, and the ctypes objects llama.cpp will read (kept alive here)."""
@@ -284,6 +241,7 @@ class Placement:
     tensor_split: list[float]
     use_local: bool = True
     timeout: float = field(default_factory=config.rpc_timeout)
+    on_failure: object = field(default=None, repr=False)  # called with the RpcServerError (rpc_guard)
 
     def __post_init__(self):
         from llama_cpp import LLAMA_MAX_DEVICES
@@ -350,11 +308,14 @@ class Placement:
 
 
 def place(model_path: str | Path, endpoints: Sequence[Endpoint] | str, *, use_local: bool = True,
-          local_free: int | None = None, timeout: float | None = None, register: bool = False) -> Placement:
+          local_free: int | None = None, timeout: float | None = None, register: bool = False,
+          split: tuple[int, Sequence[float]] | None = None) -> Placement:
     """Connect to the servers and split ``model_path``'s layers across them (and the local
     CPU unless ``use_local=False``), each share proportional to the memory free on it.
 
-    ``local_free`` defaults to this machine's available memory (hardware.detect())."""
+    ``local_free`` defaults to this machine's available memory (hardware.detect()); ``split``
+    gives (n_gpu_layers, tensor_split) instead, as the planner chose them (Plan.n_gpu_layers,
+    Plan.tensor_split), one share per device the servers offer."""
     from ..gguf_info import read_info
 
     eps = parse_endpoints(endpoints) if isinstance(endpoints, str) else list(endpoints)
@@ -363,7 +324,12 @@ def place(model_path: str | Path, endpoints: Sequence[Endpoint] | str, *, use_lo
     if local_free is None:
         from ..hardware import detect
         local_free = detect().memory_available if use_local else 0
-    n_gpu_layers, shares = split_layers(info.block_count, local_free, [d.free for d in devices],
-                                        use_local=use_local)
+    if split is not None:
+        n_gpu_layers, shares = int(split[0]), [float(x) for x in split[1]]
+        if len(shares) != len(devices):
+            raise InvalidArgumentError(f"the split has {len(shares)} shares for {len(devices)} RPC devices")
+    else:
+        n_gpu_layers, shares = split_layers(info.block_count, local_free, [d.free for d in devices],
+                                            use_local=use_local)
     return Placement(model_path=Path(model_path), n_layer=info.block_count, devices=devices,
                      local_free=local_free, n_gpu_layers=n_gpu_layers, tensor_split=shares, use_local=use_local)

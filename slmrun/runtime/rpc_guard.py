@@ -44,7 +44,20 @@ def _print_and_exit(err: RpcServerError) -> None:
     os._exit(1)
 
 
-_handler: Handler = _print_and_exit
+def _to_owners(err: RpcServerError) -> None:
+    """The default: the models that depend on the failed servers end their requests with
+    ``err`` and refuse new ones (their ``on_failure``); the process lives on. With no such
+    model (a failure while loading, before one exists) print and exit."""
+    named = set(getattr(err, "servers", ()) or ())
+    owners = [o for o in list(_endpoints_in_use) if getattr(o, "on_failure", None) is not None
+              and (not named or named & {label for label, _, _ in o.endpoints})]
+    if not owners:
+        _print_and_exit(err)
+    for owner in owners:
+        owner.on_failure(err)
+
+
+_handler: Handler = _to_owners
 _state = threading.Lock()
 _installed = None  # the ctypes callback, kept alive
 _endpoints_in_use: "weakref.WeakSet" = weakref.WeakSet()  # objects with .endpoints: [(label, ip, port)]
@@ -52,9 +65,11 @@ _reporting = threading.Lock()  # one report at a time when several threads fail 
 
 
 def set_failure_handler(handler: Handler | None) -> Handler:
-    """Who hears of a failed server (None: the default, print and exit 1); returns the previous one."""
+    """Who hears of a failed server (None: the default, which fails the requests of the models
+    on it and keeps the process, or prints and exits 1 when no model is there to tell);
+    returns the previous one."""
     global _handler
-    previous, _handler = _handler, handler or _print_and_exit
+    previous, _handler = _handler, handler or _to_owners
     return previous
 
 
@@ -112,11 +127,17 @@ def lost_error(detail: str, *, endpoints: list[tuple[str, str, int]] | None = No
         dead = [label for label, ip, port in endpoints if not reachable(ip, port, probe_timeout)]
     if dead:
         who = "RPC server " + ", ".join(dead) if len(dead) == 1 else "RPC servers " + ", ".join(dead)
-        return RpcServerError(f"{who} went away mid-run ({detail}); llama.cpp cannot go on without it",
-                              hint="Restart it (`slmrun rpc-server` on that machine), then run again.")
+        return _naming(RpcServerError(f"{who} went away mid-run ({detail}); llama.cpp cannot go on without it",
+                                      hint="Restart it (`slmrun rpc-server` on that machine), then run again."),
+                       dead)
     names = ", ".join(label for label, _, _ in endpoints) or "unknown"
     return RpcServerError(f"an RPC server failed mid-run ({detail}); servers in use: {names}",
                           hint="Check each server's own output, restart the one that failed, then run again.")
+
+
+def _naming(err: RpcServerError, servers: list[str]) -> RpcServerError:
+    err.servers = list(servers)  # which owners it concerns (_to_owners)
+    return err
 
 
 def _on_abort(message: bytes) -> None:
@@ -183,9 +204,10 @@ class Watchdog:
                  if any(awaiting_reply(fd) for fd in own_connections(ip, port))] or \
             [label for label, _, _ in self.endpoints]
         who = f"RPC server {stuck[0]}" if len(stuck) == 1 else "RPC servers " + ", ".join(stuck)
-        return RpcServerError(f"{who} gave no answer within {self.timeout:g} s during {self.what}: "
-                              "stuck, or far too slow",
-                              hint="Check that server; raise SLMRUN_RPC_TIMEOUT if a slow device needs longer.")
+        return _naming(RpcServerError(f"{who} gave no answer within {self.timeout:g} s during {self.what}: "
+                                      "stuck, or far too slow",
+                                      hint="Check that server; raise SLMRUN_RPC_TIMEOUT if a slow device "
+                                           "needs longer."), stuck)
 
     def _watch(self) -> None:
         while True:
