@@ -76,7 +76,8 @@ def greedy_pairs(exe: Path, model: Path, threads: int, n: int) -> list[tuple[str
                                      "-t", str(threads), "-c", "2048", "-fa", "on", "-no-cnv",
                                      "--no-display-prompt", "--seed", "1"],
                                     check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
-            pairs.append((prompt, ours, theirs.rstrip("\n")))
+            # llama-completion marks a reply that ended on EOS with " [end of text]" (not model text)
+            pairs.append((prompt, ours, theirs.rstrip("\n").removesuffix(" [end of text]")))
     return pairs
 
 

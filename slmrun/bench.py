@@ -303,7 +303,7 @@ def _tests(n_prompt: int, n_gen: int, full: bool, with_tg: bool, n_depth: int = 
 
 def bench_config(target: Target, config: BenchConfig, *, n_prompt: int, n_gen: int, reps: int,
                  n_ctx: int | None = None, full: bool = True, with_tg: bool = True, n_depth: int = 0,
-                 steps: _Steps | None = None) -> list[Row]:
+                 steps: _Steps | None = None, rpc=None) -> list[Row]:
     """Load ``target`` with ``config`` and measure; one Row per test (see _tests)."""
     from .api import load
 
@@ -314,7 +314,7 @@ def bench_config(target: Target, config: BenchConfig, *, n_prompt: int, n_gen: i
     t0 = time.perf_counter()
     # One slot: llama-bench measures one sequence, and so does slmrun's single-stream figure.
     model = load(target.load_ref(), n_ctx=n_ctx, n_threads=config.n_threads, flash_attn=config.flash_attn,
-                 n_batch=config.n_batch, n_parallel=1)
+                 n_batch=config.n_batch, n_parallel=1, rpc=rpc)
     load_s = time.perf_counter() - t0
     with model:
         quant = target.quant or (model.info.quant if model.info else None)
@@ -464,12 +464,14 @@ def _loadavg() -> list[float] | None:
 
 def run(refs: Sequence[str] | None = None, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 5,
         threads: Sequence[int] | None = None, n_ctx: int | None = None, all_local: bool = False,
-        sweep: bool = False, n_depth: int = 0, progress: Progress | None = None) -> Report:
+        sweep: bool = False, n_depth: int = 0, progress: Progress | None = None,
+        rpc: str | Sequence[str] | None = None) -> Report:
     """Benchmark each model (and quant) at each thread count; see the module docstring.
 
     ``threads`` defaults to slmrun's default (the performance cores); with ``sweep``, to
     the counts ``sweep_threads()`` picks, each with flash attention on and off and
-    several batch sizes, and the report says which configuration is fastest.
+    several batch sizes, and the report says which configuration is fastest. ``rpc``
+    splits each model across those RPC servers, as ``load(rpc=...)`` does.
     """
     from .api import default_threads
     from .config import flash_attn_default
@@ -495,9 +497,11 @@ def run(refs: Sequence[str] | None = None, *, n_prompt: int = 512, n_gen: int = 
     steps = _Steps(sum(len(_tests(n_prompt, n_gen, full, tg)) for _, _, full, tg in plan), progress)
     report = Report(header(n_prompt=n_prompt, n_gen=n_gen, reps=reps, n_ctx=n_ctx, threads=counts,
                            sweep=sweep, profile=profile, n_depth=n_depth))
+    if rpc is not None:
+        report.header["settings"]["rpc"] = rpc if isinstance(rpc, str) else ",".join(rpc)
     for target, config, full, with_tg in plan:
         report.results += bench_config(target, config, n_prompt=n_prompt, n_gen=n_gen, reps=reps, n_ctx=n_ctx,
-                                       full=full, with_tg=with_tg, n_depth=n_depth, steps=steps)
+                                       full=full, with_tg=with_tg, n_depth=n_depth, steps=steps, rpc=rpc)
     if sweep:
         report.sweep = sweep_summary(report.results, default, n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth)
     report.header["load_avg_end"] = _loadavg()

@@ -93,7 +93,8 @@ def test_tiny_model_split_gives_the_local_text(tiny_deep, servers, use_local):
     assert got == [names[d] for d in placement.layers]
     counts = [n for _, n, _ in placement.summary()]
     assert counts[1] > 0 and counts[2] > 0 and (counts[0] > 0) == use_local
-    assert f"{placement.devices[0].name}[{placement.devices[0].address}] model buffer size" in log
+    # ggml names the buffer after the device's number on its server (RPC0 for each one here)
+    assert f"RPC{placement.devices[0].index}[{placement.devices[0].address}] model buffer size" in log
 
 
 @pytest.mark.real_model

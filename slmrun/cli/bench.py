@@ -18,6 +18,7 @@ import typer
 from ..errors import InvalidArgumentError
 from ..units import format_bytes
 from . import app
+from .rpc import rpc_option
 
 CSV_FIELDS = ("model", "quant", "path", "file_size", "n_threads", "flash_attn", "n_batch", "n_ctx", "test",
               "n_tokens", "n_depth", "reps", "unit", "mean_tps", "std_tps", "mean_s", "std_s", "peak_rss", "samples")
@@ -169,10 +170,14 @@ def bench(
     as_csv: bool = typer.Option(False, "--csv", help="One CSV line per configuration and test."),
     as_md: bool = typer.Option(False, "--md", help="The table as Markdown."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    rpc: Optional[str] = rpc_option(),
 ):
     """Measure prompt processing, generation, time to first token, load time and memory."""
     from ..bench import run
 
+    if rpc is not None:
+        from .rpc import exit_on_rpc_failure
+        exit_on_rpc_failure()
     if as_json + as_csv + as_md > 1:
         raise InvalidArgumentError("choose one of --json, --csv and --md")
     refs, all_local = expand_quants(list(model or []), quants)
@@ -181,7 +186,7 @@ def bench(
     progress = None if quiet else Progress()
     try:
         report = run(refs or None, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=parse_threads(threads),
-                     n_ctx=ctx, all_local=all_local, sweep=sweep, n_depth=depth, progress=progress)
+                     n_ctx=ctx, all_local=all_local, sweep=sweep, n_depth=depth, progress=progress, rpc=rpc)
     finally:
         if progress is not None:
             progress.close()

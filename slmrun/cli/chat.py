@@ -14,6 +14,7 @@ import typer
 from .. import config
 from . import app
 from .output import WordWrap
+from .rpc import rpc_option
 from .run import FORMAT_HELP, format_verbose, load_for_cli
 
 HELP = """Commands:
@@ -149,6 +150,9 @@ class ChatUI:
         from ..api import load
         from ..errors import SlmrunError
         old = self.session.model
+        if old.placement is not None:  # its servers serve one client: no second copy while this one lives
+            self.say("A model split over RPC servers keeps its context: restart `slmrun chat` with --ctx.")
+            return
         try:
             new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1)
         except SlmrunError as exc:
@@ -257,11 +261,12 @@ def chat(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
     chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    rpc: Optional[str] = rpc_option(),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format)
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:

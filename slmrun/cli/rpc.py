@@ -12,6 +12,20 @@ import typer
 from . import app, exit_code_for, fail
 
 
+RPC_HELP = ("HOST:PORT[,HOST:PORT...] of `slmrun rpc-server`s: split the model's layers across them and "
+            "this machine, by the memory each has.")
+
+
+def rpc_option():
+    return typer.Option(None, "--rpc", help=RPC_HELP)
+
+
+def describe_placement(placement) -> str:
+    from ..units import format_bytes
+    return "; ".join(f"{dev} {n} layer{'s' if n != 1 else ''}" + (f" ({format_bytes(free)} free)" if free else "")
+                     for dev, n, free in placement.summary())
+
+
 def exit_on_rpc_failure() -> None:
     """Report a server that fails mid-run as main() reports errors (one line, the hint,
     the error's exit code) and end the process: llama.cpp cannot go on without it."""

@@ -11,6 +11,7 @@ import typer
 
 from .. import config
 from . import app, fail
+from .rpc import describe_placement, rpc_option
 
 
 def format_verbose(stats, total_s: float) -> str:
@@ -38,13 +39,19 @@ FORMAT_HELP = ("Chat with this prompt format instead of the model's own: chatml,
 
 
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
-                 force: bool = False, chat_format: Optional[str] = None, announce: bool = True):
+                 force: bool = False, chat_format: Optional[str] = None, announce: bool = True,
+                 rpc: Optional[str] = None):
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
+    if rpc is not None:
+        from .rpc import exit_on_rpc_failure
+        exit_on_rpc_failure()  # a server lost mid-reply: one line and the exit code, not a stuck terminal
     # One person at a terminal sends one request at a time: one slot, no KV cache for others.
     m = load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
-             chat_format=chat_format, n_parallel=1)
+             chat_format=chat_format, n_parallel=1, rpc=rpc)
+    if m.placement is not None:
+        typer.echo(f"Split: {describe_placement(m.placement)}", err=True)
     choice = getattr(m, "chat_format", None)
     if announce and choice is not None and choice.source == "inferred":
         typer.echo(f"Note: {m.name} has no chat template; using the {choice.fmt.name} prompt format, "
@@ -73,6 +80,7 @@ def run(
                                                "constrained to it and checked against it."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A grammar file (llguidance's Lark syntax, "
                                            "or GBNF) the reply is constrained to."),
+    rpc: Optional[str] = rpc_option(),
 ):
     """Answer one prompt, streaming the reply to stdout."""
     t0 = time.perf_counter()
@@ -86,7 +94,7 @@ def run(
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
-                      chat_format=None if json_object else chat_format, announce=not raw) as m:
+                      chat_format=None if json_object else chat_format, announce=not raw, rpc=rpc) as m:
         if raw:
             response = m.complete(prompt, **params)
         else:

@@ -14,6 +14,7 @@ import typer
 
 from .. import config
 from . import app, fail
+from .rpc import rpc_option
 
 SERVER_UNREACHABLE = 15  # exit code: no server answers at the address
 
@@ -58,6 +59,7 @@ def serve(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory all loaded models may use together, "
                                          "e.g. 2G (default: what is available at start, less a reserve)."),
     grace: float = typer.Option(10.0, "--grace", help="On SIGTERM, seconds in-flight requests get to finish."),
+    rpc: Optional[str] = rpc_option(),
 ):
     """Serve models over HTTP: OpenAI's API under /v1, Ollama's under /api, a chat page at /."""
     from ..errors import InvalidArgumentError
@@ -77,12 +79,16 @@ def serve(
         raise InvalidArgumentError(f"--grace must be >= 0, got {grace}")
     models = tuple(model or ())
     _check_models(models)
+    if rpc:
+        from .. import remote
+        remote.endpoints(rpc)  # a malformed list, or a build without RPC: say so now
     settings = Settings(host=bind_host, port=bind_port, models=models, default_model=config.default_model(),
                         api_key=key, insecure=insecure, cors=tuple(cors or ()), keep_alive=keep_s,
                         max_body=parse_size(max_body or config.max_body_default()),
                         max_queue=config.max_queue_default() if max_queue is None else max_queue,
                         n_ctx=ctx, n_parallel=parallel, n_threads=threads,
-                        memory=parse_size(memory) if memory else None, grace_s=grace)
+                        memory=parse_size(memory) if memory else None, grace_s=grace,
+                        load_kwargs={"rpc": rpc} if rpc else {})
     run(settings)
 
 

@@ -10,6 +10,7 @@ import typer
 
 from ..units import format_bytes
 from . import app
+from .rpc import rpc_option
 
 
 def _size(n: int | None) -> str:
@@ -31,14 +32,20 @@ def hw(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     measure: bool = typer.Option(False, "--measure",
                                  help="Measure the memory bandwidth now if it is not cached yet (~1 s)."),
+    rpc: Optional[str] = rpc_option(),
 ):
-    """Show this machine: CPU, cores, SIMD features, memory, disk and memory bandwidth."""
+    """Show this machine: CPU, cores, SIMD features, memory, disk and memory bandwidth (and with
+    --rpc, what each RPC server offers)."""
     from .. import config, hardware
 
     profile = hardware.detect(measure_bandwidth=measure)
     d = profile.to_dict()
     d["llama_cpp_features"] = _llama_features()
     d["store"] = str(config.models_dir())
+    devices = _rpc_devices(rpc)
+    if devices is not None:
+        d["rpc_devices"] = [{"name": x.name, "free_bytes": x.free_bytes, "total_bytes": x.total_bytes,
+                             "budget_bytes": x.budget} for x in devices]
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
@@ -70,9 +77,19 @@ def hw(
         ("disk free", f"{_size(profile.disk_free)} at {d['store']}"),
         ("bandwidth", bandwidth),
     ]
+    if devices is not None:
+        from .. import remote
+        rows += [("rpc", line) for line in remote.describe_devices(remote.endpoints(rpc), devices)]
     from .output import echo_table
 
     echo_table(None, rows)
+
+
+def _rpc_devices(rpc: str | None):
+    if rpc is None:
+        return None
+    from .. import remote
+    return remote.remote_devices(remote.endpoints(rpc))
 
 
 def _target(profile: str | None, ram: str | None, cores: int | None, arch: str | None):
@@ -117,16 +134,18 @@ def plan_cmd(
     parallel: Optional[int] = typer.Option(None, "--parallel", help="Plan for this many requests at once "
                                            "(default: as many slots as fit, up to 4)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    rpc: Optional[str] = rpc_option(),
 ):
     """Compare every quant of a model on this machine (or another): memory, speed, quality, and the pick.
-    MODEL is a registry name, an imported model (its local files) or a .gguf path."""
+    MODEL is a registry name, an imported model (its local files) or a .gguf path. With --rpc, plans
+    the model split across this machine and the servers, each share fitted to its memory."""
     from .. import planner
     from ..api import plan_target
 
     target, ref_quant = plan_target(model)
     hw = _target(profile, ram, cores, arch)
     p = planner.plan(target, hw, n_ctx=ctx, min_speed=min_speed, quant=quant or ref_quant, force=force,
-                     type_k=kv_type, type_v=kv_type, n_parallel=parallel)
+                     type_k=kv_type, type_v=kv_type, n_parallel=parallel, devices=_rpc_devices(rpc))
     if as_json:
         typer.echo(json.dumps(p.to_dict(), indent=2))
         return
@@ -159,6 +178,11 @@ def _print_plan(p, hw) -> None:
                f"of {p.n_ctx} tokens, ~{format_bytes(p.parallel_bytes)} with all of them")
     for reason in p.reasons:
         typer.echo(f"  - {reason}")
+    if p.split is not None:
+        typer.echo("")
+        echo_table(("DEVICE", "BLOCKS", "OUTPUT", "NEEDS", "BUDGET", "FITS"),
+                   [(s.device, str(s.blocks), "yes" if s.output else "", format_bytes(s.need_bytes),
+                     format_bytes(s.budget_bytes), "yes" if s.fits else "no") for s in p.split])
     for warning in p.warnings:
         typer.echo(f"Warning: {warning}", err=True)
     typer.echo("Memory = weights + KV cache + compute + runtime; speed from memory bandwidth "

@@ -152,6 +152,11 @@ class Model:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def broken(self) -> BaseException | None:
+        """The RpcServerError that ended this model, when an RPC server it is split over failed."""
+        return self._engine.broken
+
     def __enter__(self) -> "Model":
         return self
 

@@ -36,6 +36,7 @@ STATUS = (
     (E.ModelNotFoundError, 404, "model_not_found"), (E.ModelNotPulledError, 404, "model_not_found"),
     (E.UnknownQuantError, 404, "model_not_found"),
     (E.QueueFullError, 503, "server_busy"), (E.ModelClosedError, 503, "model_unloaded"),
+    (E.RpcServerError, 502, "rpc_server_failed"),
     (E.StoreLockedError, 409, "model_busy"),
     (E.DownloadError, 502, "download_failed"), (E.ChecksumMismatchError, 502, "checksum_mismatch"),
     (E.InsufficientDiskSpaceError, 507, "insufficient_storage"),

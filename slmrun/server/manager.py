@@ -150,6 +150,10 @@ class ModelManager:
     async def lease(self, ref: str, *, keep_alive: float | None = None) -> Lease:
         key = await asyncio.to_thread(self.resolve, ref)
         entry = self._models.get(key)
+        if entry is not None and entry.model.broken is not None:  # an RPC server it was split over failed
+            log.warning("%s lost an RPC server (%s); loading it again", key, entry.model.broken)
+            self._models.pop(key, None)
+            entry = None
         load_s = 0.0
         if entry is None:
             t0 = time.perf_counter()
@@ -208,12 +212,16 @@ class ModelManager:
         fa = effective_flash_attn(kw.get("flash_attn"), None)
         n_ctx = kw.get("n_ctx") or default_context(spec)
         batch = min(512, n_ctx)
+        if kw.get("rpc"):
+            kw["n_parallel"] = kw.get("n_parallel") or 1  # a split is for fitting, not throughput
         if not kw.get("n_parallel"):
             kw["n_parallel"] = choose_parallel(spec, weights_bytes=info.size, n_ctx=n_ctx, hw=detect(), n_batch=batch,
                                                flash_attn=fa).n_parallel
         kw["n_ctx"] = n_ctx
         need = estimate_memory(spec, weights_bytes=info.size, n_ctx=n_ctx, n_batch=batch, n_ubatch=batch,
                                flash_attn=fa, n_parallel=kw["n_parallel"]).total
+        if kw.get("rpc"):  # only this machine's share counts against the server's budget
+            need = _local_share(info, kw, n_ctx, batch, fa)
         details = {"family": info.architecture, "parameter_size": _param_size(info.n_params),
                    "quantization_level": info.quant, "context_length": n_ctx,
                    "digest": r.stored.sha256 if r.stored is not None else None,
@@ -290,6 +298,19 @@ class ModelManager:
 
     def loaded(self) -> list[Loaded]:
         return list(self._models.values())
+
+
+def _local_share(info, kw: dict, n_ctx: int, batch: int, fa: bool) -> int:
+    from .. import remote
+    from ..hardware import detect
+    from ..runtime import LoadOptions
+
+    eps = remote.endpoints(kw["rpc"])
+    options = LoadOptions(n_ctx=n_ctx, n_threads=1, n_threads_batch=1, n_batch=batch, n_ubatch=batch, flash_attn=fa,
+                          n_parallel=kw["n_parallel"])
+    _, _, shares = remote.split_for_load(info, options, detect(), remote.remote_devices(eps), name=info.name,
+                                         force=True)
+    return shares[0].need_bytes
 
 
 def _param_size(n: int) -> str:
