@@ -137,3 +137,14 @@ def build_tools(*targets: str, jobs: int | None = None) -> dict[str, Path]:
         log(f"building {', '.join(missing)} with -j{jobs} (minutes, the first time)")
         run(["cmake", "--build", out, "--target", *missing, f"-j{jobs}"], stdout=subprocess.DEVNULL)
     return exes
+
+
+def write_marked(path: Path, begin: str, end: str, block: str, *, title: str) -> None:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) in place of the old one
+    in ``path``, or at its end; a new file starts with ``title``."""
+    text = path.read_text() if path.exists() else title + "\n"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    path.write_text(text)

@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import random
-import re
 import socket
 import statistics
 import string
@@ -34,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from llama_tools import build_tools, installed_build, loadavg, log  # noqa: E402
+from llama_tools import build_tools, installed_build, loadavg, log, write_marked  # noqa: E402
 
 OUT = HERE / "SERVER.md"
 MARK_BEGIN, MARK_END = "<!-- load:begin -->", "<!-- load:end -->"
@@ -155,12 +154,7 @@ def write(rows: list[dict], a, meta: dict) -> None:
                      f"{s / ls:.2f} |")
     lines += ["", MARK_END]
     block = "\n".join(lines)
-    text = OUT.read_text() if OUT.exists() else "# slmrun serve\n\n" + MARK_BEGIN + "\n" + MARK_END + "\n"
-    if MARK_BEGIN in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda m: block, text, flags=re.S)
-    else:
-        text += "\n" + block + "\n"
-    OUT.write_text(text)
+    write_marked(OUT, MARK_BEGIN, MARK_END, block, title="# slmrun serve")
     log(f"wrote {OUT}")
 
 

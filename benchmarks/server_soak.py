@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "SERVER.md"
 MARK_BEGIN, MARK_END = "<!-- soak:begin -->", "<!-- soak:end -->"
 MB = 1 << 20
+sys.path.insert(0, str(HERE))
+from llama_tools import write_marked  # noqa: E402
 
 LIBRARY_CYCLES = r"""
 import json, sys
@@ -162,12 +164,7 @@ def write(a, lib_trim, lib_plain, cycles, chat) -> None:
         lines.append(f"| {turn} | {sent} | {prompt} | {rss / MB:.1f} |")
     lines += ["", MARK_END]
     block = "\n".join(lines)
-    text = OUT.read_text() if OUT.exists() else "# slmrun serve\n"
-    if MARK_BEGIN in text:
-        text = re.sub(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), lambda m: block, text, flags=re.S)
-    else:
-        text += "\n" + block + "\n"
-    OUT.write_text(text)
+    write_marked(OUT, MARK_BEGIN, MARK_END, block, title="# slmrun serve")
     log(f"wrote {OUT}")
 
 

@@ -226,3 +226,24 @@ def test_more_memory_on_a_device_means_more_of_the_layers():
     shares = {s.device: s for s in p.split}
     assert shares["b:1"].blocks > shares["a:1"].blocks
     assert all(s.need_bytes <= s.budget_bytes for s in p.split)
+
+
+# --- the server -------------------------------------------------------------------------------
+
+def test_serve_with_rpc_splits_its_models_and_reloads_one_whose_server_died(tiny6, tmp_path):
+    from serverutil import Server as Serve, store_model
+    victim = Server().ready()
+    home = tmp_path / "home"
+    store_model(home, tiny6, "tiny6")
+    body = {"model": "tiny6", "prompt": PROMPT, "raw": True, "stream": False, "options": {"temperature": 0, "num_predict": 16}}
+    with Serve(home, "--rpc", victim.endpoint, "--ctx", "256", "--threads", "1") as s:
+        status, reply = s.json("POST", "/api/generate", body)
+        assert status == 200, reply
+        local = _local_text(tiny6, 16)
+        assert reply["response"] == local
+        victim.stop(signal.SIGKILL)
+        status, reply = s.json("POST", "/api/generate", {**body, "options": {"num_predict": 8}})
+        assert status == 502 and "went away mid-run" in json.dumps(reply), reply  # the server lives on
+        status, reply = s.json("POST", "/api/generate", body)  # loads again: the server is not there
+        assert status == 502 and f"{victim.endpoint} refused the connection" in json.dumps(reply), reply
+        assert s.get("/api/version")[0] == 200

@@ -7,8 +7,13 @@
     rows.py      logits rows: copies, log-probabilities, OpenAI-shaped logprobs
     response.py  Response (stream, wait, cancel, await), Stats, text assembly and stop strings
     params.py    per-request sampling parameters, validated in the caller's thread
-    llama.py     the one place that calls llama.cpp's C API (model, context, batch, samplers)
+    llama.py     llama.cpp's C API: model, context, batch, samplers (measure.py's timing loop
+                 also calls llama_decode itself, to time nothing but the decode)
     measure.py   raw decode timings for slmrun.bench (llama-bench's method)
+    rpc.py       a model split across llama.cpp RPC servers: endpoints, survey, Placement
+    rpc_guard.py what happens when a server fails: ggml's abort hook, the watchdog, handlers
+    rpc_server.py, rpc_wire.py, ggml_backend.py
+                 `slmrun rpc-server`, slmrun's own short queries to servers, ggml through ctypes
 """
 
 from .llama import set_llama_log, system_info

@@ -16,7 +16,8 @@ The loader's side, in order::
 
 Layers go as llama.cpp's own ``--rpc`` puts them (``-ngl``, ``--tensor-split``): the
 first ones on the local CPU, the rest across the servers' devices, each share
-proportional to the memory its device has free. The input embedding always stays local.
+proportional to the memory its device has free (``load(rpc=)`` passes the planner's split
+instead: the same rule over each device's budget). The input embedding always stays local.
 
 The servers are not added to ggml's global device list (``ggml_backend_register``, as
 llama.cpp's ``--rpc`` does) unless asked: llama.cpp gives every registered RPC device to

@@ -96,7 +96,10 @@ def fail(err: RpcServerError) -> None:
             _handler(err)
         except BaseException:  # noqa: BLE001 — an exception cannot cross into C
             pass
-    if isinstance(threading.current_thread(), threading._DummyThread):  # a C++ thread, e.g. ggml's dispatcher
+    me = threading.current_thread()
+    # A C++ thread (ggml's dispatcher), or an engine thread inside llama_decode: that model is
+    # lost either way (its requests have been ended), and returning would abort the process.
+    if isinstance(me, threading._DummyThread) or me.name.startswith("slmrun-engine"):
         _park()
 
 

@@ -62,14 +62,19 @@ def completion_logprobs(model, entries, offset: int) -> dict | None:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-async def chat_completions(request: Request):
-    state = request.app.state.slmrun
-    call = translate.openai_chat(await read_json(request))
+async def _begin(request: Request, parse, prefix: str, kind: str):
+    """The call, its structured-output plan, the generation started, and the fields every
+    reply (or chunk) of it carries."""
+    call = parse(await read_json(request))
     plan = structured.plan_for(call)
-    gen = await generation.start(state, call, request, extra=plan.params)
-    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": gen.key,
-            "system_fingerprint": FINGERPRINT}
+    gen = await generation.start(request.app.state.slmrun, call, request, extra=plan.params)
+    base = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
+            "model": gen.key, "system_fingerprint": FINGERPRINT}
+    return call, plan, gen, base
+
+
+async def chat_completions(request: Request):
+    call, plan, gen, base = await _begin(request, translate.openai_chat, "chatcmpl", "chat.completion.chunk")
     if call.stream:
         return EngineStream(gen.response, _chat_chunks(gen, call, plan, base), media_type="text/event-stream",
                             headers={**SSE_HEADERS, **_dropped_header(gen)})
@@ -113,13 +118,7 @@ async def _chat_chunks(gen, call, plan, base):
 
 
 async def completions(request: Request):
-    state = request.app.state.slmrun
-    call = translate.openai_completion(await read_json(request))
-    plan = structured.plan_for(call)
-    gen = await generation.start(state, call, request, extra=plan.params)
-    rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    base = {"id": rid, "object": "text_completion", "created": created, "model": gen.key,
-            "system_fingerprint": FINGERPRINT}
+    call, plan, gen, base = await _begin(request, translate.openai_completion, "cmpl", "text_completion")
     echo = call.prompt if call.echo and isinstance(call.prompt, str) else ""
     if call.stream:
         return EngineStream(gen.response, _completion_chunks(gen, call, base, echo), media_type="text/event-stream",
