@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_tools import HERE, build_tools, cpu_snapshot, log, others_cores, wait_quiet  # noqa: E402
+from llama_tools import HERE, analysis_block, build_tools, cpu_snapshot, log, others_cores, wait_quiet  # noqa: E402
 
 OUT = HERE / "CONCURRENCY.md"
 TOPICS = ["a lighthouse keeper", "a lost robot", "the first snow", "a market at dawn", "an old violin",
@@ -183,10 +183,10 @@ def measure(tool: str, fn, retries: int = 3) -> dict:
     raise AssertionError("unreachable")
 
 
-def fmt(values) -> str:
+def fmt(values, digits: int = 1) -> str:
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:
@@ -243,14 +243,12 @@ def write_report(a, streams, runs) -> None:
         scale = statistics.fmean(sl) / one if one else float("nan")
         # A step decodes one token of every stream: its time is n / aggregate rate.
         extra = (f"{(n / scale - 1) / (n - 1) * 100:+.0f}% of a one-stream step" if n > 1 and one else "-")
-        lines.append(f"| {n} | {fmt(ls)} | {fmt(sl)} | **{fmt(ratios) if len(ratios) > 1 else f'{ratios[0]:.2f}'}** | "
+        lines.append(f"| {n} | {fmt(ls)} | {fmt(sl)} | **{fmt(ratios, 2)}** | "
                      f"{scale:.2f}× | {percentile(ttft_l, .5) * 1000:.0f} / {percentile(ttft_l, .95) * 1000:.0f} ms | "
                      f"{percentile(ttft_s, .5) * 1000:.0f} / {percentile(ttft_s, .95) * 1000:.0f} ms | {extra} |")
     noise = max(r["noise"] for v in runs.values() for r in v)
     lines += ["", f"Most CPU other processes used during a counted run: {noise:.2f} cores.", ""]
-    keep = _kept_analysis(a.out)
-    lines += ["<!-- analysis:begin -->", keep or "(interpretation: write it here; kept when the script runs again)",
-              "<!-- analysis:end -->", ""]
+    lines += analysis_block(a.out)
     a.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -261,14 +259,6 @@ def _cpu_name() -> str:
         return detect().cpu_model
     except Exception:
         return "unknown CPU"
-
-
-def _kept_analysis(path: Path) -> str:
-    if not path.is_file():
-        return ""
-    text = path.read_text()
-    a, b = text.find("<!-- analysis:begin -->"), text.find("<!-- analysis:end -->")
-    return text[a + len("<!-- analysis:begin -->"):b].strip() if a >= 0 and b > a else ""
 
 
 if __name__ == "__main__":

@@ -148,3 +148,13 @@ def write_marked(path: Path, begin: str, end: str, block: str, *, title: str) ->
     else:
         text += "\n" + block + "\n"
     path.write_text(text)
+
+
+def analysis_block(path: Path) -> list[str]:
+    """The lines of the file's hand-written "analysis" block, to write back when a script
+    regenerates the file (a placeholder when there is none yet)."""
+    begin, end = "<!-- analysis:begin -->", "<!-- analysis:end -->"
+    text = path.read_text() if path.is_file() else ""
+    a, b = text.find(begin), text.find(end)
+    kept = text[a + len(begin):b].strip() if a >= 0 and b > a else ""
+    return [begin, kept or "(interpretation: write it here; kept when the script runs again)", end, ""]

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_tools import HERE, build_tools, cpu_snapshot, log, others_cores, wait_quiet  # noqa: E402
+from llama_tools import HERE, analysis_block, build_tools, cpu_snapshot, log, others_cores, wait_quiet  # noqa: E402
 
 REPO = HERE.parent
 WORK = HERE / "_work"
@@ -131,7 +131,7 @@ def main() -> None:
     for prompt, ours, theirs in pairs:
         cell = lambda t: t.replace("|", "\\|").replace("\n", "⏎")[:120]  # noqa: E731
         lines.append(f"| {cell(prompt)} | {'yes' if ours == theirs else 'NO'} | {cell(ours)} | {cell(theirs)} |")
-    a.out.write_text("\n".join(lines) + "\n")
+    a.out.write_text("\n".join(lines + [""] + analysis_block(a.out)) + "\n")
     print("\n".join(lines))
 
 

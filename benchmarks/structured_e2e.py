@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import write_marked  # noqa: E402
 from structured_grammar import DATA, OUT, e2e_messages  # noqa: E402
 
 CLASSIFY_SET = Path(__file__).resolve().parent / "data" / "classify_set.jsonl"
@@ -43,13 +44,7 @@ PAPER = {"Github_hard": "Guidance 41%, llama.cpp 39%, XGrammar 28%, Outlines 3% 
 def write_block(path: Path, name: str, body: str) -> None:
     """Put ``body`` between <!-- name:begin --> and <!-- name:end --> in the file (appended if absent)."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.is_file() else ""
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
-        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
+    write_marked(path, begin, end, f"{begin}\n{body.rstrip()}\n{end}", title="# Structured output")
 
 
 # ------------------------------------------------------------------ 1 and 2: JSONSchemaBench
@@ -113,7 +108,8 @@ def run_e2e(model, files: list[Path], max_tokens: int, workers: int) -> list[dic
 def e2e_report(rows: list[dict], *, model_name: str, max_tokens: int, seconds: float, load) -> str:
     splits = sorted({r["split"] for r in rows})
     lines = ["## End to end with the default model", "",
-             f"`benchmarks/structured_e2e.py` with {model_name}: for every schema, greedy decoding asked for one "
+             f"`{' '.join(['benchmarks/structured_e2e.py', *sys.argv[1:]])}` with {model_name}: for every schema "
+             "(with --limit N: N of them, evenly spread over the sorted files), greedy decoding asked for one "
              f"valid instance (the schema in the system prompt), at most {max_tokens} tokens, constrained by the "
              "schema and not; an output counts when it parses and validates (jsonschema). A refused schema counts "
              f"as a failure for the constrained run. Whole run {seconds / 60:.0f} min, load average "
@@ -212,7 +208,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=0, help="this many schemas, evenly spread (0: all)")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--workers", type=int, default=4, help="concurrent requests (the engine batches them)")
     ap.add_argument("--samples", type=int, default=5)
@@ -221,7 +217,10 @@ def main() -> None:
     a = ap.parse_args()
     import slmrun
 
-    files = sorted(a.data.glob("*---*.json"))[:a.limit or None]
+    files = sorted(a.data.glob("*---*.json"))
+    if a.limit and a.limit < len(files):  # an even spread over the splits, not the first split only
+        step = len(files) / a.limit
+        files = [files[int(i * step)] for i in range(a.limit)]
     with slmrun.load(a.model, n_ctx=4096, n_parallel=a.workers) as model:
         if not a.skip_e2e:
             t0, load0 = time.perf_counter(), os.getloadavg()[0]
