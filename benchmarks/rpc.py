@@ -10,7 +10,8 @@
    llama.cpp's own ggml-rpc-server).
 3. For each split (local; all layers on 1 server; on 2 servers; the local CPU + 2
    servers by free memory) runs, interleaved in rounds, each in its own process:
-   slmrun's path (slmrun.runtime.rpc.place + llama.cpp's low-level API, tests/rpc_client.py)
+   slmrun's path (slmrun.runtime.rpc.place + a Model over it, timed by runtime.measure as
+   `slmrun bench` times it: the engine thread, its watchdog around each step)
    and llama-bench with the same --rpc / -ngl / -ts.
 4. Asks the planner what the pooled memory of 1, 2 and 3 Raspberry Pi 4 2 GB would run.
 
@@ -33,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,28 +47,36 @@ OUT = HERE / "RPC.md"
 
 WORKER = r"""
 import json, sys, time
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
-from rpc_client import Generator
-from slmrun.runtime import rpc
-a = json.loads(sys.argv[2])
-placement = rpc.place(a["model"], a["rpc"], use_local=a["use_local"]) if a["rpc"] else None
-t0 = time.perf_counter()
-gen = Generator(a["model"], placement, n_ctx=a["p"] + a["n"] + 8, n_threads=a["threads"])
-load = time.perf_counter() - t0
-gen.bench(16, 8)  # warm-up
-pp, tg = zip(*(gen.bench(a["p"], a["n"]) for _ in range(a["reps"])))
-# bytes on the wire per generated token, from TCP_INFO on llama.cpp's own sockets
+sys.path.insert(0, sys.argv[1])
+from slmrun.runtime import LoadOptions, Model, measure, rpc
 from slmrun.runtime.rpc_wire import traffic
+a = json.loads(sys.argv[2])
+# The engine's own path: a Model over the placement, timed by measure (what `slmrun bench` runs).
+placement = rpc.place(a["model"], a["rpc"], use_local=a["use_local"]) if a["rpc"] else None
+t = a["threads"]
+opts = LoadOptions(n_ctx=max(256, a["p"] + a["n"] + 8), n_threads=t, n_threads_batch=t, flash_attn=True)
+t0 = time.perf_counter()
+m = Model(a["model"], opts, placement=placement)
+load = time.perf_counter() - t0
+measure.clear_kv(m); measure.bench_pp(m, 16); measure.bench_tg(m, 8)  # warm-up
+pp, tg = [], []
+for _ in range(a["reps"]):  # each test from an empty cache, as llama-bench runs them
+    measure.clear_kv(m)
+    pp.append(a["p"] / measure.bench_pp(m, a["p"]))
+    measure.clear_kv(m)
+    tg.append(a["n"] / measure.bench_tg(m, a["n"]))
+# bytes on the wire per generated token, from TCP_INFO on llama.cpp's own sockets
 eps = placement.endpoints if placement else []
+measure.clear_kv(m)
 before = [traffic(ip, port) for _, ip, port in eps]
-gen.bench(1, a["n"])
+measure.bench_tg(m, a["n"])
 after = [traffic(ip, port) for _, ip, port in eps]
 wire = [((s2 - s1) / a["n"], (r2 - r1) / a["n"]) for (s1, r1), (s2, r2) in zip(before, after)]
 print(json.dumps({"pp": pp, "tg": tg, "load": load, "wire": wire,
                   "ngl": placement.n_gpu_layers if placement else 0,
                   "ts": placement.tensor_split if placement else [],
                   "layers": placement.summary() if placement else []}))
-gen.close()
+m.close()
 """
 
 
@@ -188,29 +196,28 @@ def default_model() -> Path:
     return Path(json.loads(out)["file"])
 
 
-def pooled(hw, n: int):
-    return replace(hw, ram_total=hw.ram_total * n, ram_available=hw.ram_available * n,
-                   name=f"{n} x {hw.name}")
-
-
 def what_fits(device: str = "rpi4-2gb", counts=(1, 2, 3)) -> list[tuple[str, list[str]]]:
+    """The planner's pick for each registry model on one board, and split across it and 1-2
+    more boards like it acting as RPC servers (plan(..., devices=...): each share must fit)."""
     from slmrun import planner
     from slmrun.errors import InsufficientMemoryError
-    from slmrun.units import format_bytes
     from slmrun.hardware import profile
+    from slmrun.planner import RemoteDevice
     from slmrun.registry import load_registry
+    from slmrun.units import format_bytes
     hw = profile(device)
     rows = []
     for entry in sorted(load_registry().models.values(), key=lambda e: e.n_params):
-        name = entry.name
         cells = []
         for n in counts:
+            boards = [RemoteDevice(f"board{i + 2}:50052", free_bytes=hw.memory_available, total_bytes=hw.ram_total)
+                      for i in range(n - 1)]
             try:
-                pick = planner.plan(entry, pooled(hw, n), min_speed=0)
-                cells.append(f"{pick.quant}, {format_bytes(pick.estimated_bytes)}")
+                pick = planner.plan(entry, hw, min_speed=0, devices=boards or None)
+                cells.append(f"{pick.quant}, {format_bytes(pick.estimated_bytes)}, ~{pick.estimated_tps:.1f} tok/s")
             except InsufficientMemoryError:
                 cells.append("does not fit")
-        rows.append((name, cells))
+        rows.append((entry.name, cells))
     return rows
 
 
@@ -300,7 +307,8 @@ def write(a, build, model, configs, results, meta, rtt, fits, protocol) -> None:
         f"{model.name}, flash attention on, every process with {a.threads} threads"
         + ("" if a.spin else " and `OMP_WAIT_POLICY=PASSIVE` (all the devices share these cores: idle "
                              "OpenMP threads spinning would take the CPU from the one computing)") + ". slmrun's path is "
-        "`slmrun.runtime.rpc.place()` + llama.cpp's low-level API (tests/rpc_client.py), each run in its own "
+        "`slmrun.runtime.rpc.place()` + a `Model` over the placement, timed by `runtime.measure` (the engine "
+        "thread and its per-step watchdog, as `slmrun bench --rpc` runs), each run in its own "
         f"process; llama-bench is built from the same llama.cpp ({build.get('commit')}, "
         "`-DGGML_RPC=ON`) and given the same `--rpc`, `-ngl` and `-ts`. Servers: `slmrun rpc-server -t "
         f"{a.threads}` unless the row says otherwise. Medians of {a.rounds} rounds x {a.r} repetitions, "
@@ -353,10 +361,13 @@ def write(a, build, model, configs, results, meta, rtt, fits, protocol) -> None:
         "",
         "## What it buys: the largest model that fits",
         "",
-        "The planner's pick (`slmrun.planner.plan`, no speed floor) when the memory of one, two or three "
-        "Raspberry Pi 4 2 GB boards is pooled. Pooling is an upper bound: each device also needs its own "
-        "compute buffer, and the client keeps the input embedding; the split's speed is bounded by the slowest "
-        "board and the network between them (a Pi 4's gigabit Ethernet).",
+        "The planner's pick (`slmrun.planner.plan`, no speed floor) on one Raspberry Pi 4 2 GB, and split "
+        "across it and one or two more acting as RPC servers (`plan(..., devices=...)`, what `slmrun plan "
+        "MODEL --rpc ...` does with the servers' reported memory): every board's share of the layers, its "
+        "KV cache and its own compute buffer must fit that board's budget; the client also keeps the input "
+        "embedding. The speed is the planner's estimate: the boards take turns on each token, plus ~1 ms of "
+        "network per server per token (a Pi 4's gigabit Ethernet), so a split is slower than one board "
+        "that could hold the model and only buys the fit.",
         "",
         "| model | 1 x rpi4-2gb | 2 x rpi4-2gb | 3 x rpi4-2gb |",
         "|---|---|---|---|",

@@ -163,9 +163,11 @@ def run_classify(model, samples: int) -> str:
         for seed in range(samples):
             text = model.chat(classify_messages(item["text"], item["labels"]), temperature=0.8, seed=seed,
                               max_tokens=8).text.strip().lower()
-            found = [lab for lab in sorted(item["labels"], key=len, reverse=True)
-                     if re.match(re.escape(lab.lower()) + r"\b", text)]
-            votes[found[0] if found else None] += 1
+            # The label the reply names first, anywhere in it (lenient: "Positive label: ..." counts),
+            # the longer of two that start at the same place ("not spam" over "spam").
+            hits = [(m.start(), -len(lab), lab) for lab in item["labels"]
+                    for m in [re.search(r"\b" + re.escape(lab.lower()) + r"\b", text)] if m]
+            votes[min(hits)[2] if hits else None] += 1
         answer, n = votes.most_common(1)[0]
         rows.append({"task": item["task"], "gold": item["label"], "classify": c.label,
                      "p": c.probabilities[c.label], "sampled": answer, "sampled_conf": n / samples})
@@ -187,7 +189,8 @@ def run_classify(model, samples: int) -> str:
              f"{len(items)} short texts written for this benchmark (by the slmrun authors, public domain), "
              "balanced, in three tasks: sentiment (positive / negative), spam (spam / not spam) and topic "
              f"(sports / weather / food). Sampled text: the same chat prompt, {samples} replies at temperature "
-             "0.8, the majority label (a reply that starts with no label counts as wrong) and its share as the "
+             "0.8, the majority label (the label a reply names first, anywhere in it; a reply naming none counts "
+             "as wrong) and its share as the "
              "confidence. Expected calibration error over 5 equal-width confidence bins (lower is better).", "",
              "| task | texts | classify accuracy | classify ECE | sampled accuracy | sampled ECE | sampled: no label |",
              "|---|---|---|---|---|---|---|"]

@@ -97,11 +97,21 @@ class Conversation:
         return cls(system=system, turns=turns)
 
 
-def fit_history(messages: list[dict], count_tokens, *, n_ctx: int, reserve: int) -> tuple[list[dict], int]:
+def fit_history(messages: list[dict], count_tokens, *, n_ctx: int, reserve: int,
+                quantum: int = 0) -> tuple[list[dict], int]:
     """Drop the oldest turns until the prompt plus ``reserve`` reply tokens fit ``n_ctx``.
 
     The system prompt and the newest message always stay. Returns (messages, turns dropped).
     ``count_tokens(messages)`` gives the rendered prompt's length in tokens.
+
+    ``quantum`` > 0 cuts in steps of about that many tokens instead of one turn at a time:
+    the cut is the first one at or past the needed one whose offset into the conversation
+    (its content's characters / 4, about tokens: a function of the history alone, and no
+    rendering) reaches a multiple of ``quantum``. The
+    history only grows at the end, so the same cut is chosen turn after turn until the
+    conversation grows by ~``quantum`` more tokens, and the kept prompt keeps its prefix:
+    the KV cache serves it (as llama.cpp's context shift discards a block at a time)
+    instead of a re-evaluation of the whole context every turn once it is full.
     """
     system = [m for m in messages[:1] if m["role"] == "system"]
     rest = messages[len(system):]
@@ -125,6 +135,14 @@ def fit_history(messages: list[dict], count_tokens, *, n_ctx: int, reserve: int)
             hi = mid
         else:
             lo = mid + 1
+    if quantum > 0 and lo > 0:
+        offsets, total = [], 0  # content before each cut, in ~tokens: fixed once written
+        for k in range(len(cuts)):
+            offsets.append(total // 4)
+            if k + 1 < len(cuts):
+                total += sum(len(str(m.get("content") or "")) for m in rest[cuts[k]:cuts[k + 1]])
+        step = -(-offsets[lo] // quantum) * quantum
+        lo = next((k for k in range(lo, len(cuts) - 1) if offsets[k] >= step), lo)
     return system + rest[cuts[lo]:], cuts[lo]
 
 
@@ -172,7 +190,7 @@ class ChatSession:
         n_ctx = self.model.n_ctx
         reserve = min(self.params.get("max_tokens") or 256, n_ctx // 4)
         messages, dropped = fit_history(self.conversation.messages(text), self.count_tokens,
-                                        n_ctx=n_ctx, reserve=reserve)
+                                        n_ctx=n_ctx, reserve=reserve, quantum=n_ctx // 4)
         if dropped:
             del self.conversation.turns[:dropped]
             self.dropped_total += dropped

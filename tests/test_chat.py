@@ -81,6 +81,29 @@ def test_fit_history_drops_oldest_exchanges_and_keeps_the_system_prompt():
     assert fit_history(msgs, count, n_ctx=10_000, reserve=20) == (msgs, 0)
 
 
+def test_fit_history_in_quanta_keeps_the_same_cut_for_turns_so_the_cache_serves_them():
+    n_ctx, reserve = 400, 40
+    count = lambda ms: sum(len(m["content"]) // 4 + 4 for m in ms)  # noqa: E731  (~tokens, as rendered)
+    history = [{"role": "system", "content": "S" * 40}]
+    cuts, prefixes = [], []
+    for turn in range(60):
+        history.append({"role": "user", "content": f"question {turn}: " + "q" * 30})
+        kept, dropped = fit_history(history, count, n_ctx=n_ctx, reserve=reserve, quantum=n_ctx // 4)
+        one_by_one, least = fit_history(history, count, n_ctx=n_ctx, reserve=reserve)
+        assert count(kept) + reserve <= n_ctx and kept[0] == history[0] and kept[-1] == history[-1]
+        assert least <= dropped <= least + 2 * 6  # a quantum (100 tokens) is ~3 exchanges of ~30 tokens
+        cuts.append(dropped)
+        prefixes.append(kept[:2])
+        history.append({"role": "assistant", "content": f"answer {turn}: " + "a" * 30})
+    trimmed = [c for c in cuts if c]
+    assert len(trimmed) > 30
+    changes = sum(a != b for a, b in zip(trimmed, trimmed[1:]))
+    # One message at a time would move the cut every turn; in quanta it moves every few turns,
+    # and between moves the kept prompt starts the same (the slot's KV cache covers it).
+    assert changes <= len(trimmed) // 2
+    assert sum(a == b for a, b in zip(prefixes, prefixes[1:])) >= len(prefixes) // 2
+
+
 def test_conversation_json_round_trip(tmp_path):
     c = Conversation("S", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
     again = Conversation.from_json(json.loads(json.dumps(c.to_json())))
