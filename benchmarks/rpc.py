@@ -166,6 +166,14 @@ class Server:
         self.proc = subprocess.Popen([c.replace("{port}", str(self.port)) for c in cmd], stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far (a live child: not in RUSAGE_CHILDREN yet)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def commands(self) -> "Counter":
         """RPC commands served so far, by name (the server runs with GGML_RPC_DEBUG=1)."""
         from collections import Counter
@@ -262,13 +270,15 @@ def main(argv=None) -> int:
             for name, spec, use_local in configs:
                 lt.wait_quiet(a.quiet)
                 lt.log(f"round {rnd + 1}/{a.rounds}: {name}")
-                before = lt.cpu_snapshot()
+                before, served = lt.cpu_snapshot(), sum(x.cpu_seconds() for x in ours + theirs)
                 sl = slmrun_run(model, spec, use_local, a.threads, a.p, a.n, a.r)
                 lb = llama_bench_run(exes["llama-bench"], model, spec, sl["ngl"] if spec else 0, sl["ts"],
                                      a.threads, a.p, a.n, a.r)
                 r = results[name]
-                # the servers are our children too, so "others" is the rest of the machine
-                r["noise"].append(lt.others_cores(before, lt.cpu_snapshot()))
+                # the servers work for this run: their CPU is ours, "others" is the rest of the machine
+                after = lt.cpu_snapshot()
+                served = sum(x.cpu_seconds() for x in ours + theirs) - served
+                r["noise"].append(max(0.0, lt.others_cores(before, after) - served / (after[2] - before[2])))
                 r["sl_pp"] += sl["pp"]
                 r["sl_tg"] += sl["tg"]
                 r["lb_pp"] += lb["pp"]
@@ -314,9 +324,12 @@ def write(a, build, model, configs, results, meta, rtt, fits, protocol) -> None:
         f"{a.threads}` unless the row says otherwise. Medians of {a.rounds} rounds x {a.r} repetitions, "
         "interleaved.",
         "",
-        f"**The machine was busy**: other jobs used a median {_med(sum((r['noise'] for r in results.values()), [])):.2f} "
-        f"of its {os.cpu_count()} cores while these ran (per row below). Absolute rates are therefore low "
-        "and noisy; compare rows and the two tools within a row, which ran side by side.",
+        f"Other processes (not this script, its workers or its servers) used a median "
+        f"{_med(sum((r['noise'] for r in results.values()), [])):.2f} of the {os.cpu_count()} cores while these "
+        "ran (per row below). With `OMP_WAIT_POLICY=PASSIVE` every process's OpenMP threads sleep between "
+        "steps, which on this machine cuts even the local rate to about a third of the default (spinning) "
+        "policy's: compare rows, and the two tools within a row, which ran side by side; not these rates "
+        "with benchmarks/RESULTS.md.",
         "",
         f"| split | layers (local / servers) | slmrun pp{a.p} t/s | slmrun tg{a.n} t/s | llama-bench pp{a.p} t/s "
         f"| llama-bench tg{a.n} t/s | slmrun / llama-bench (tg) | split cost per token (slmrun, llama-bench) "
