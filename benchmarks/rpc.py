@@ -309,8 +309,8 @@ def write(a, build, model, configs, results, meta, rtt, fits, protocol) -> None:
         "",
         "**Everything here runs on one machine, over loopback (127.0.0.1).** The numbers are the cost of "
         "llama.cpp's RPC protocol and of the extra processes and copies, not of a real network: on Ethernet or "
-        "Wi-Fi each token also pays the network's round trips and transfer time, and the split runs at the "
-        "speed of the slowest device.",
+        "Wi-Fi each token also pays the network's round trips and transfer time, and the devices take turns "
+        "on every token, so a split is never faster than one machine with all the memory.",
         "",
         f"`.venv/bin/python benchmarks/rpc.py --rounds {a.rounds} --threads {a.threads} -p {a.p} -n {a.n} "
         f"-r {a.r}` on {platform.machine()} ({os.cpu_count()} logical cores, shared with other jobs), model "
