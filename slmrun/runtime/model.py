@@ -73,6 +73,24 @@ def _return_freed_heap() -> None:
         pass
 
 
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc arenas (M_ARENA_MAX) for a long-running process whose models load
+    and close on many threads (the server's workers, a new engine thread each load). glibc
+    gives each thread its own arena, up to 8 per core, and each keeps its high-water mark:
+    a server loading and unloading the default model grew ~0.12 MB a cycle that way, a
+    plain loop 0.006 (benchmarks/SERVER.md). Call before the threads start; True if set.
+    Linux/glibc only (MALLOC_ARENA_MAX in the environment does the same)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-8, int(n)))  # M_ARENA_MAX, malloc.h
+    except (OSError, AttributeError):
+        return False
+
+
 class _Shared:
     """What a Model and its engine thread both use. The engine holds this, never the Model, so
     a Model nobody holds any more is collected, and its ``__del__`` closes it."""

@@ -95,6 +95,8 @@ def run(settings: Settings) -> None:
     import logging
     import sys
 
+    from ..runtime.model import limit_malloc_arenas
+    limit_malloc_arenas()  # models load and close on many threads here: keep RSS from ratcheting up
     import uvicorn
 
     from .app import create_app
