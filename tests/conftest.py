@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,11 @@ def pytest_configure(config):
     # Test modules read the registry at import (collection), before any fixture runs.
     for name in variables_to_clear():
         os.environ.pop(name, None)
+    # Started in the background of a non-interactive shell (`make test &`), this process and
+    # every child it spawns would ignore SIGINT, and the Ctrl-C tests would send it to children
+    # that cannot hear it. A handler here is reset to the default in each child at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
