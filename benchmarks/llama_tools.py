@@ -141,13 +141,14 @@ def build_tools(*targets: str, jobs: int | None = None) -> dict[str, Path]:
 
 def write_marked(path: Path, begin: str, end: str, block: str, *, title: str) -> None:
     """Put ``block`` (which starts with ``begin`` and ends with ``end``) in place of the old one
-    in ``path``, or at its end; a new file starts with ``title``."""
+    in ``path``, or at its end; a new file starts with ``title``. Says so in the log."""
     text = path.read_text() if path.exists() else title + "\n"
     if begin in text:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda m: block, text, flags=re.S)
     else:
         text += "\n" + block + "\n"
     path.write_text(text)
+    log(f"wrote {path}")
 
 
 def analysis_block(path: Path) -> list[str]:

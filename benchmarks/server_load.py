@@ -152,10 +152,7 @@ def write(rows: list[dict], a, meta: dict) -> None:
         s, ls = med("slmrun", key), med("llama-server", key)
         lines.append(f"| {label} | {s * scale:.{0 if unit else 2}f} {unit} | {ls * scale:.{0 if unit else 2}f} {unit} | "
                      f"{s / ls:.2f} |")
-    lines += ["", MARK_END]
-    block = "\n".join(lines)
-    write_marked(OUT, MARK_BEGIN, MARK_END, block, title="# slmrun serve")
-    log(f"wrote {OUT}")
+    write_marked(OUT, MARK_BEGIN, MARK_END, "\n".join(lines + ["", MARK_END]), title="# slmrun serve")
 
 
 def main(argv=None) -> int:

@@ -162,10 +162,7 @@ def write(a, lib_trim, lib_plain, cycles, chat) -> None:
         lines.append("| not measured yet | | | |")
     for turn, rss, prompt, sent in chat:
         lines.append(f"| {turn} | {sent} | {prompt} | {rss / MB:.1f} |")
-    lines += ["", MARK_END]
-    block = "\n".join(lines)
-    write_marked(OUT, MARK_BEGIN, MARK_END, block, title="# slmrun serve")
-    log(f"wrote {OUT}")
+    write_marked(OUT, MARK_BEGIN, MARK_END, "\n".join(lines + ["", MARK_END]), title="# slmrun serve")
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 
 def slmrun_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("slmrun")
@@ -108,3 +110,25 @@ def stop_new(before: int) -> None:
         if server.proc.poll() is None:
             server.send(signal.SIGCONT)
             server.stop(signal.SIGKILL)
+
+
+# --- fixtures: import them into a test module (`from rpc_servers import servers, stop_leftover_servers`)
+
+@pytest.fixture(autouse=True)
+def stop_leftover_servers():
+    """Stop any server a failed test of the module left running."""
+    before = len(Server.started)
+    yield
+    stop_new(before)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Two `slmrun rpc-server`s on loopback for the module, sharing one SLMRUN_HOME."""
+    home = tmp_path_factory.mktemp("rpc-server-home")
+    pair = [Server(env={"SLMRUN_HOME": str(home)}) for _ in range(2)]
+    for s in pair:
+        s.ready()
+    yield pair
+    for s in pair:
+        s.stop()

@@ -10,17 +10,10 @@ import threading
 
 import pytest
 
-from rpc_servers import Server, stop_new, free_port, port_is_free, slmrun_cmd
+from rpc_servers import Server, free_port, port_is_free, slmrun_cmd, stop_leftover_servers  # noqa: F401  (fixture)
 from slmrun.errors import InvalidArgumentError, RpcServerError
 from slmrun.runtime import rpc
 
-
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_servers():
-    before = len(Server.started)
-    yield
-    stop_new(before)
 
 # ---------------------------------------------------------------- endpoints
 

@@ -17,31 +17,13 @@ from pathlib import Path
 import pytest
 
 import slmrun
-from rpc_servers import Server, slmrun_cmd, stop_new
+from rpc_servers import Server, servers, slmrun_cmd, stop_leftover_servers  # noqa: F401  (fixtures)
 from slmrun import planner
 from slmrun.errors import InsufficientMemoryError, RpcServerError
 from slmrun.planner import RemoteDevice
 from tinymodels import write_tiny_gguf
 
 GiB = 1 << 30
-
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_servers():
-    before = len(Server.started)
-    yield
-    stop_new(before)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rpc-load-home")
-    servers = [Server(env={"SLMRUN_HOME": str(home)}) for _ in range(2)]
-    for s in servers:
-        s.ready()
-    yield servers
-    for s in servers:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +45,12 @@ def _local_text(path: Path, n: int = 24) -> str:
 
 # --- the library ------------------------------------------------------------------------------
 
-def test_load_with_rpc_splits_by_the_planner_and_gives_the_local_text(tiny6, pair):
+def test_load_with_rpc_splits_by_the_planner_and_gives_the_local_text(tiny6, servers):
     local = _local_text(tiny6)
-    with slmrun.load(tiny6, n_ctx=256, n_threads=1, rpc=_eps(pair)) as m:
+    with slmrun.load(tiny6, n_ctx=256, n_threads=1, rpc=_eps(servers)) as m:
         assert m.placement is not None and m.n_parallel == 1
         rows = m.placement.summary()
-        assert [r[0] for r in rows] == ["local CPU", *(s.endpoint for s in pair)]
+        assert [r[0] for r in rows] == ["local CPU", *(s.endpoint for s in servers)]
         assert sum(n for _, n, _ in rows) == 7  # six blocks and the output layer
         assert all(n > 0 for _, n, _ in rows[1:])  # both servers hold layers
         # What llama.cpp got is what the planner's split says for these budgets.
@@ -143,12 +125,12 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
-def test_cli_run_with_rpc_prints_the_local_text_and_the_split(tiny6, pair):
+def test_cli_run_with_rpc_prints_the_local_text_and_the_split(tiny6, servers):
     local = _cli("run", "--raw", "-m", str(tiny6), "--ctx", "256", "-t", "0", "-n", "16", PROMPT)
-    split = _cli("run", "--raw", "-m", str(tiny6), "--ctx", "256", "-t", "0", "-n", "16", "--rpc", _eps(pair), PROMPT)
+    split = _cli("run", "--raw", "-m", str(tiny6), "--ctx", "256", "-t", "0", "-n", "16", "--rpc", _eps(servers), PROMPT)
     assert local.returncode == 0 and split.returncode == 0, split.stderr
     assert split.stdout == local.stdout and split.stdout.strip()
-    assert "Split: local CPU" in split.stderr and pair[1].endpoint in split.stderr
+    assert "Split: local CPU" in split.stderr and servers[1].endpoint in split.stderr
 
 
 def test_cli_run_with_a_missing_server_is_one_line_and_its_exit_code(tiny6):
@@ -159,28 +141,28 @@ def test_cli_run_with_a_missing_server_is_one_line_and_its_exit_code(tiny6):
     assert p.stderr.splitlines()[0] == f"Error: RPC server 127.0.0.1:{port} refused the connection: nothing listens there"
 
 
-def test_cli_plan_and_hw_ask_the_servers(tiny6, pair):
-    p = _cli("plan", str(tiny6), "--rpc", _eps(pair), "--json")
+def test_cli_plan_and_hw_ask_the_servers(tiny6, servers):
+    p = _cli("plan", str(tiny6), "--rpc", _eps(servers), "--json")
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
-    assert [s["device"] for s in d["split"]] == ["local CPU", *(s.endpoint for s in pair)]
+    assert [s["device"] for s in d["split"]] == ["local CPU", *(s.endpoint for s in servers)]
     assert sum(s["blocks"] for s in d["split"]) == 6 and sum(s["output"] for s in d["split"]) == 1
     assert all(s["fits"] for s in d["split"]) and d["n_parallel"] == 1
-    text = _cli("plan", str(tiny6), "--rpc", _eps(pair))
+    text = _cli("plan", str(tiny6), "--rpc", _eps(servers))
     assert "DEVICE" in text.stdout and "a token passes through the devices one after another" in text.stdout
-    hw = _cli("hw", "--rpc", _eps(pair), "--json")
+    hw = _cli("hw", "--rpc", _eps(servers), "--json")
     assert hw.returncode == 0, hw.stderr
     devices = json.loads(hw.stdout)["rpc_devices"]
-    assert [x["name"] for x in devices] == [s.endpoint for s in pair]
+    assert [x["name"] for x in devices] == [s.endpoint for s in servers]
     assert all(0 < x["budget_bytes"] < x["free_bytes"] <= x["total_bytes"] for x in devices)
 
 
-def test_cli_bench_with_rpc_measures_the_split(tiny6, pair):
-    p = _cli("bench", "-m", str(tiny6), "--rpc", _eps(pair), "-p", "16", "-n", "8", "-r", "1", "--ctx", "256",
+def test_cli_bench_with_rpc_measures_the_split(tiny6, servers):
+    p = _cli("bench", "-m", str(tiny6), "--rpc", _eps(servers), "-p", "16", "-n", "8", "-r", "1", "--ctx", "256",
              "--json", "-q", timeout=300)
     assert p.returncode == 0, p.stderr
     d = json.loads(p.stdout)
-    assert d["header"]["settings"]["rpc"] == _eps(pair)
+    assert d["header"]["settings"]["rpc"] == _eps(servers)
     tg = next(r for r in d["results"] if r["test"] == "tg8")
     assert tg["mean_tps"] > 0
 

@@ -20,29 +20,12 @@ from pathlib import Path
 import pytest
 
 from rpc_client import Generator
-from rpc_servers import Server, stop_new
+from rpc_servers import Server, servers, stop_leftover_servers  # noqa: F401  (fixtures)
 from slmrun.runtime import rpc
 from tinymodels import write_tiny_gguf
 
 CLIENT = Path(__file__).with_name("rpc_client.py")
 
-
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_servers():
-    before = len(Server.started)
-    yield
-    stop_new(before)
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    home = tmp_path_factory.mktemp("rpc-server-home")
-    pair = [Server(env={"SLMRUN_HOME": str(home)}) for _ in range(2)]
-    for s in pair:
-        s.ready()
-    yield pair
-    for s in pair:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
