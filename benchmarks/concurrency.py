@@ -24,7 +24,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_tools import HERE, analysis_block, build_tools, cpu_snapshot, log, others_cores, wait_quiet  # noqa: E402
+from llama_tools import (HERE, analysis_block, build_tools, cpu_snapshot, free_port, log, others_cores,  # noqa: E402
+                         wait_http_ready, wait_quiet)
 
 OUT = HERE / "CONCURRENCY.md"
 TOPICS = ["a lighthouse keeper", "a lost robot", "the first snow", "a market at dawn", "an old violin",
@@ -43,12 +43,6 @@ TOPICS = ["a lighthouse keeper", "a lost robot", "the first snow", "a market at 
 def prompts(n: int) -> list[str]:
     return [f"Once upon a time there was {TOPICS[i % len(TOPICS)]}. Write the whole story, in detail:\n"
             for i in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values, q: float) -> float:
@@ -68,18 +62,7 @@ def run_llama_server(exe: Path, model: Path, threads: int, n_streams: int, n_tok
            "-c", str(ctx * n_streams), "-fa", "on", "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"llama-server did not start: {' '.join(cmd)}")
-            time.sleep(0.2)
+        wait_http_ready(port, proc, timeout=120, what=f"llama-server ({' '.join(cmd)})")
         _server_round(port, prompts(1), min(16, n_tokens))  # warm-up: page in the weights
         return _server_round(port, prompts(n_streams), n_tokens)
     finally:

@@ -159,3 +159,31 @@ def analysis_block(path: Path) -> list[str]:
     a, b = text.find(begin), text.find(end)
     kept = text[a + len(begin):b].strip() if a >= 0 and b > a else ""
     return [begin, kept or "(interpretation: write it here; kept when the script runs again)", end, ""]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a benchmark starts)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http_ready(port: int, proc: subprocess.Popen, *, timeout: float, what: str) -> None:
+    """Until ``GET /health`` on 127.0.0.1:``port`` answers 200; RuntimeError when ``proc``
+    exits first or ``timeout`` seconds pass."""
+    import http.client
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready within {timeout:g} s")
+        time.sleep(0.2)

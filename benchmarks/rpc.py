@@ -147,19 +147,12 @@ def protocol_per_token(model: Path, threads: int, configs) -> dict:
     return out
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """A server process on 127.0.0.1, ready when it answers the RPC handshake (llama.cpp's
     prints with printf into a pipe, block-buffered: asking is the reliable signal)."""
 
     def __init__(self, cmd: list[str], log: Path | None = None, env: dict | None = None):
-        self.port = free_port()
+        self.port = lt.free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
         self.log = log
         out = open(log, "w") if log else subprocess.DEVNULL

@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import string
 import subprocess
@@ -33,33 +32,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from llama_tools import build_tools, installed_build, loadavg, log, write_marked  # noqa: E402
+from llama_tools import (build_tools, free_port, installed_build, loadavg, log, wait_http_ready,  # noqa: E402
+                         write_marked)
 
 OUT = HERE / "SERVER.md"
 MARK_BEGIN, MARK_END = "<!-- load:begin -->", "<!-- load:end -->"
 CODE_LINES = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become ready")
 
 
 def start_slmrun(model_ref: str, a) -> tuple[subprocess.Popen, int]:
@@ -68,7 +46,7 @@ def start_slmrun(model_ref: str, a) -> tuple[subprocess.Popen, int]:
     cmd = [str(exe), "serve", "--port", str(port), "-m", model_ref, "--ctx", str(a.ctx), "--parallel", str(a.parallel),
            "--threads", str(a.threads), "--max-queue", str(a.clients * 2)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_ready(port, proc)
+    wait_http_ready(port, proc, timeout=180, what="the server")
     return proc, port
 
 
@@ -79,7 +57,7 @@ def start_llama_server(exe: Path, model: Path, a) -> tuple[subprocess.Popen, int
            "-tb", str(a.threads), "-c", str(a.ctx * a.parallel), "-np", str(a.parallel), "-fa", "on",
            "-b", "512", "-ub", "512", "-kvu", "--no-webui"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_ready(port, proc)
+    wait_http_ready(port, proc, timeout=180, what="the server")
     return proc, port
 
 

@@ -86,10 +86,6 @@ class ContextSpec:
     type_v: str | None = None
 
 
-def _watched(guard, what: str):
-    return guard.watch(what) if guard is not None else contextlib.nullcontext()
-
-
 class LlamaHandle:
     """A loaded llama_model and its llama_context. ``close()`` frees both, once."""
 
@@ -116,7 +112,7 @@ class LlamaHandle:
             dog = guard.watch("loading")
             self._progress = llama_cpp.llama_progress_callback(lambda progress, user_data: (dog.kick(), True)[1])
             mparams.progress_callback = self._progress
-        with _watched(guard, "loading"):
+        with self.watched("loading"):
             self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load {Path(path).name}")
@@ -135,7 +131,7 @@ class LlamaHandle:
             cparams.type_k = type_k
         if type_v is not None:
             cparams.type_v = type_v
-        with _watched(guard, "creating the context"):
+        with self.watched("creating the context"):
             self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)
@@ -166,6 +162,10 @@ class LlamaHandle:
         if self.model:
             lib.llama_model_free(self.model)
             self.model = None
+
+    def watched(self, what: str = "an evaluation step"):
+        """The watchdog's deadline around a step that waits on RPC servers; nothing for a local model."""
+        return self._guard.watch(what) if self._guard is not None else contextlib.nullcontext()
 
     # --- tokens --------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
