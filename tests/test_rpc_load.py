@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pexpect
 import pytest
 
 import slmrun
@@ -229,3 +230,22 @@ def test_serve_with_rpc_splits_its_models_and_reloads_one_whose_server_died(tiny
         status, reply = s.json("POST", "/api/generate", body)  # loads again: the server is not there
         assert status == 502 and f"{victim.endpoint} refused the connection" in json.dumps(reply), reply
         assert s.get("/api/version")[0] == 200
+
+
+def test_chat_keeps_the_context_of_a_split_model_and_says_how_to_change_it(tiny6, servers, tmp_path):
+    from test_chat import _spawn
+    child = _spawn(tiny6, tmp_path, "--rpc", _eps(servers), "--format", "chatml")
+    try:
+        child.sendline("/set ctx 512")
+        child.expect("A model split over RPC servers keeps its context: restart `slmrun chat` with --ctx.")
+        child.expect(">>> ")  # still chatting, with the same model
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+
+def test_a_split_that_does_not_match_the_devices_is_refused(tiny6, servers):
+    from slmrun.runtime import rpc
+    with pytest.raises(slmrun.InvalidArgumentError, match="the split has 1 shares for 2 RPC devices"):
+        rpc.place(tiny6, _eps(servers), split=(3, [1.0]))
