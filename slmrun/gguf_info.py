@@ -37,6 +37,19 @@ _MARK_STRIDE = 256  # skip_strings notes every 256th string's offset in the toke
 _MAX_SPECIAL = 1 << 16  # Gemma 3 has ~6k special tokens; a vocabulary of only "special" ones is odd
 
 
+# general.pooling_type values (llama.h enum llama_pooling_type).
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dims: tuple[int, ...]  # ggml's order (ne0 first)
+    type: str  # "F32", "Q8_0", ...
+    offset: int  # absolute, in the file
+    nbytes: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class GGUFInfo(ModelShape):
     path: Path
@@ -49,10 +62,29 @@ class GGUFInfo(ModelShape):
     license: str | None
     metadata: dict = field(default_factory=dict, repr=False)  # scalars; arrays as their length
     special_tokens: tuple[str, ...] = field(default=(), repr=False)  # CONTROL/USER_DEFINED token texts
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     @property
     def weights_bytes(self) -> int:
         return self.size
+
+    @property
+    def pooling(self) -> str | None:
+        """{arch}.pooling_type by name ("mean", "cls", "last", "rank", "none"); None when absent."""
+        value = self.metadata.get(f"{self.architecture}.pooling_type")
+        return POOLING_NAMES.get(value, "unknown") if isinstance(value, int) else None
+
+    @property
+    def causal(self) -> bool:
+        """{arch}.attention.causal (llama.cpp's default: true)."""
+        value = self.metadata.get(f"{self.architecture}.attention.causal")
+        return value if isinstance(value, bool) else True
+
+    @property
+    def is_embedding_model(self) -> bool:
+        """A model that gives embeddings and does not generate: an encoder (BERT family), or a
+        GGUF that names a pooling (embedding models built on a decoder, e.g. Qwen3-Embedding)."""
+        return self.encoder or (self.pooling is not None and self.pooling != "none")
 
 
 class _Cursor:
@@ -239,6 +271,7 @@ def read_info(path: str | Path) -> GGUFInfo:
         data_start = -(-cur.pos // alignment) * alignment
         n_params = 0
         type_bytes: dict[int, int] = {}
+        infos = []
         for name, dims, ttype, offset in tensors:
             try:
                 block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
@@ -256,6 +289,8 @@ def read_info(path: str | Path) -> GGUFInfo:
                     f"({data_start + offset + nbytes} > {size} bytes)")
             n_params += count
             type_bytes[ttype] = type_bytes.get(ttype, 0) + nbytes
+            infos.append(TensorInfo(name, tuple(dims), gguf.GGMLQuantizationType(ttype).name,
+                                    data_start + offset, nbytes))
 
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
@@ -291,5 +326,28 @@ def read_info(path: str | Path) -> GGUFInfo:
         tensor_count=len(tensors),
         chat_template=template if isinstance(template, str) and template.strip() else None,
         license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
-        metadata=meta, special_tokens=specials,
+        metadata=meta, special_tokens=specials, tensors=tuple(infos),
     )
+
+
+def tensor_digest(info: GGUFInfo) -> str:
+    """SHA-256 over every tensor's name, type, shape and bytes, in file order.
+
+    What a model computes with, without the metadata: a conversion's result is checked with
+    it, since its metadata block may differ between gguf versions while the weights may not.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(info.path, "rb") as f:
+        for t in info.tensors:
+            h.update(f"{t.name}\0{t.type}\0{','.join(map(str, t.dims))}\0".encode())
+            f.seek(t.offset)
+            left = t.nbytes
+            while left:
+                chunk = f.read(min(left, 4 << 20))
+                if not chunk:
+                    raise InvalidModelFileError(f"{info.path.name}: tensor {t.name} is cut short")
+                h.update(chunk)
+                left -= len(chunk)
+    return h.hexdigest()
