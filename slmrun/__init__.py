@@ -21,7 +21,7 @@ _EXPORTS = {
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
-                     "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
+                     "InvalidModelFileError", "UnsupportedModelError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
                      "RegistryError", "UnknownQuantError", "DownloadError", "OfflineError",
                      "RemoteFileNotFoundError", "ChecksumMismatchError", "InsufficientDiskSpaceError",
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",

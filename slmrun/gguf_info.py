@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidModelFileError, ModelFileNotFoundError
-from .shape import ModelShape
+from .shape import ENCODER_ARCHS, ModelShape
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -79,12 +79,6 @@ class GGUFInfo(ModelShape):
         """{arch}.attention.causal (llama.cpp's default: true)."""
         value = self.metadata.get(f"{self.architecture}.attention.causal")
         return value if isinstance(value, bool) else True
-
-    @property
-    def is_embedding_model(self) -> bool:
-        """A model that gives embeddings and does not generate: an encoder (BERT family), or a
-        GGUF that names a pooling (embedding models built on a decoder, e.g. Qwen3-Embedding)."""
-        return self.encoder or (self.pooling is not None and self.pooling != "none")
 
 
 class _Cursor:
@@ -313,6 +307,10 @@ def read_info(path: str | Path) -> GGUFInfo:
     if quant is None and type_bytes:
         quant = gguf.GGMLQuantizationType(max(type_bytes, key=type_bytes.get)).name
     template = meta.get("tokenizer.chat_template")
+    # An embedding model: an encoder (BERT family), or a GGUF naming a pooling (embedding models
+    # built on a decoder, e.g. Qwen3-Embedding); generative GGUFs name none.
+    pooling = meta.get(f"{arch}.pooling_type")
+    embedding = arch in ENCODER_ARCHS or (isinstance(pooling, int) and pooling != 0)
     return GGUFInfo(
         path=path, size=size, version=version, architecture=arch,
         name=str(meta.get("general.name") or path.stem),
@@ -322,7 +320,7 @@ def read_info(path: str | Path) -> GGUFInfo:
         head_count=n_head, head_count_kv=arch_int("attention.head_count_kv", n_head) or n_head,
         key_length=arch_int("attention.key_length", head_dim) or head_dim,
         value_length=arch_int("attention.value_length", head_dim) or head_dim,
-        context_length=arch_int("context_length"), vocab_size=vocab,
+        context_length=arch_int("context_length"), vocab_size=vocab, embedding_model=embedding,
         tensor_count=len(tensors),
         chat_template=template if isinstance(template, str) and template.strip() else None,
         license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,

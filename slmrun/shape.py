@@ -33,6 +33,13 @@ class ModelShape:
     # unless {arch}.attention.key_length says otherwise).
     key_length: int = 0
     value_length: int = 0
+    # A model that embeds text and does not generate (BERT family, or a GGUF naming a pooling):
+    # no chat, and no generation speed to estimate.
+    embedding_model: bool = False
+
+    @property
+    def is_embedding_model(self) -> bool:
+        return self.embedding_model
 
     @property
     def has_kv_cache(self) -> bool:

