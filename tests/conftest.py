@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tinymodels import write_tiny_gguf  # noqa: E402
+from tinymodels import write_tiny_bert_gguf, write_tiny_gguf, write_tiny_hf_bert  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -78,6 +78,18 @@ def tiny_llama_plain(tiny_dir) -> Path:
 def tiny_phi2(tiny_dir) -> Path:
     """phi2 architecture, no chat template (like the real Phi-2)."""
     return write_tiny_gguf(tiny_dir / "tiny-phi2.gguf", arch="phi2", chat_template=None, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tiny_dir) -> Path:
+    """bert architecture (an embedding model: mean pooling, non-causal), written directly with gguf."""
+    return write_tiny_bert_gguf(tiny_dir / "tiny-bert.gguf")
+
+
+@pytest.fixture
+def tiny_hf_bert(tmp_path) -> Path:
+    """A Hugging Face BERT model directory (random weights, a 212-token vocabulary), one per test."""
+    return write_tiny_hf_bert(tmp_path / "tiny-hf-bert")
 
 
 @pytest.fixture(scope="session")

@@ -144,6 +144,15 @@ def read_vocab(d) -> Vocab:
         types.append(kind)
     # BertModel.set_vocab: llama.cpp's WordPiece tokenizer matches "▁word" at a word's start.
     tokens = [t if k == CONTROL else t[2:] if t.startswith("##") else PHANTOM + t for t, k in zip(tokens, types)]
+    # llama.cpp aborts the process on a vocabulary with one text twice (llama-vocab.cpp asserts
+    # id_to_token.size() == token_to_id.size()): refuse it here instead.
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        if seen.setdefault(t, i) != i:
+            raise InvalidModelFileError(
+                f"{d.path}: tokens {seen[t]} and {i} both become {t!r} in llama.cpp's vocabulary "
+                "(a continuation '##x' is written 'x', a word 'x' as '\u2581x')",
+                hint="The vocabulary has a token twice; llama.cpp cannot load such a GGUF. Fix vocab.txt/tokenizer.json.")
     lowercase, strip_accents = _normalizer(d.tokenizer_json, d.tokenizer_config)
     v = Vocab(tokens=tokens, types=types, lowercase=lowercase, strip_accents=strip_accents)
     if d.tokenizer_json is None:
