@@ -230,6 +230,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads(hw)
     encoder = is_encoder(info)
+    if encoder:  # positions past the trained length have no embedding: llama.cpp would read past the table
+        ctx = min(ctx, trained)
     # An encoder's whole batch is one micro-batch (non-causal attention sees all of it), and a
     # batch must hold its longest input; it keeps no cache, so "slots" are only sequence ids.
     batch = max(n_batch, ctx) if encoder else min(n_batch, ctx)
