@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tinymodels import write_tiny_bert_gguf, write_tiny_gguf, write_tiny_hf_bert  # noqa: E402
+from tinymodels import write_tiny_bert, write_tiny_gguf, write_tiny_hf_bert  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -81,9 +81,9 @@ def tiny_phi2(tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tiny_dir) -> Path:
+def tiny_bert_gguf(tiny_dir) -> Path:
     """bert architecture (an embedding model: mean pooling, non-causal), written directly with gguf."""
-    return write_tiny_bert_gguf(tiny_dir / "tiny-bert.gguf")
+    return write_tiny_bert(tiny_dir / "tiny-bert.gguf")
 
 
 @pytest.fixture

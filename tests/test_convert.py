@@ -16,7 +16,7 @@ import pytest
 import slmrun
 from slmrun.gguf_info import read_info, tensor_digest
 from slmrun.sources.convert import convert
-from tinymodels import BERT_SPECIALS, bert_tensors, bert_vocab, write_tiny_hf_bert
+from tinymodels import HF_BERT_SPECIALS, bert_tensors, bert_vocab, hf_bert_vocab, write_tiny_hf_bert
 
 N_EMBD, N_LAYER, N_FF, N_POS = 32, 2, 64, 64
 LAYER_PARTS = {  # GGUF name -> Hugging Face name, per layer
@@ -61,7 +61,7 @@ def test_tensors_have_llama_cpps_names_shapes_types_and_the_weights(tmp_path, ti
     names = source_names()
     # The pooler and position_ids are dropped; nothing else is added or lost.
     assert set(got) == set(names) and out.n_tensors == len(names) == 5 + 16 * N_LAYER
-    src = bert_tensors(n_vocab=len(bert_vocab()), n_embd=N_EMBD, n_layer=N_LAYER, n_ff=N_FF, n_pos=N_POS)
+    src = bert_tensors(n_vocab=len(hf_bert_vocab()), n_embd=N_EMBD, n_layer=N_LAYER, n_ff=N_FF, n_pos=N_POS)
     for name, t in got.items():
         want = src[names[name]]
         assert tuple(int(d) for d in t.shape) == want.shape[::-1], name  # ggml's order: numpy's reversed
@@ -92,7 +92,7 @@ def test_bf16_and_f16_checkpoints_convert(tmp_path):
     for dtype in ("F16", "BF16"):
         d = write_tiny_hf_bert(tmp_path / dtype, dtype=dtype)
         got = tensors(convert(d, tmp_path / f"{dtype}.gguf", quant="F32").path)
-        src = bert_tensors(n_vocab=len(bert_vocab()), n_embd=N_EMBD, n_layer=N_LAYER, n_ff=N_FF, n_pos=N_POS)
+        src = bert_tensors(n_vocab=len(hf_bert_vocab()), n_embd=N_EMBD, n_layer=N_LAYER, n_ff=N_FF, n_pos=N_POS)
         word = src["embeddings.word_embeddings.weight"]
         # F16 rounds; BF16 keeps the upper 16 bits of each float32.
         expect = (word.astype(np.float16).astype(np.float32) if dtype == "F16"
@@ -103,7 +103,7 @@ def test_bf16_and_f16_checkpoints_convert(tmp_path):
 def test_vocabulary_in_llama_cpps_phantom_space_convention(tmp_path):
     d = write_tiny_hf_bert(tmp_path / "m", extra_vocab=3)
     meta = fields(convert(d, tmp_path / "x.gguf").path)
-    vocab = bert_vocab()
+    vocab = hf_bert_vocab()
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     assert len(tokens) == len(types) == len(vocab) + 3 == meta.get("bert.vocab_size", len(tokens))
     for i, text in enumerate(vocab):
@@ -129,7 +129,7 @@ def test_tokenizer_json_gives_the_special_tokens_and_what_to_add(tmp_path):
     and [SEP] last (add_bos, add_eos), no separate separator; its BertNormalizer's lowercase."""
     d = write_tiny_hf_bert(tmp_path / "m", tokenizer_json=True, lowercase=False)
     meta = fields(convert(d, tmp_path / "x.gguf").path)
-    ids = {t: i for i, t in enumerate(bert_vocab())}
+    ids = {t: i for i, t in enumerate(hf_bert_vocab())}
     assert (meta["tokenizer.ggml.add_bos_token"], meta["tokenizer.ggml.add_eos_token"],
             meta["tokenizer.ggml.add_sep_token"]) == (True, True, False)
     assert meta["tokenizer.ggml.bos_token_id"] == ids["[CLS]"] and meta["tokenizer.ggml.eos_token_id"] == ids["[SEP]"]
@@ -167,7 +167,7 @@ def test_context_length_is_sentence_transformers_max_seq_length(tmp_path):
     out = convert(d, tmp_path / "x.gguf", quant="F32")
     assert out.context_length == 16 == fields(out.path)["bert.context_length"]
     pos = tensors(out.path)["position_embd.weight"]
-    src = bert_tensors(n_vocab=len(bert_vocab()), n_embd=N_EMBD, n_layer=N_LAYER, n_ff=N_FF, n_pos=64)
+    src = bert_tensors(n_vocab=len(hf_bert_vocab()), n_embd=N_EMBD, n_layer=N_LAYER, n_ff=N_FF, n_pos=64)
     assert np.array_equal(pos.data, src["embeddings.position_embeddings.weight"][:16])
     assert convert(d, tmp_path / "y.gguf", n_ctx=40).context_length == 40  # asked for: up to the 64 trained
     with pytest.raises(slmrun.InvalidModelFileError, match="outside 1..64"):
@@ -187,7 +187,7 @@ def test_a_converted_model_loads_in_llama_cpp_and_tokenizes_as_wordpiece(tmp_pat
     does: lower-cased, punctuation apart, the longest piece first, '##' pieces inside a word,
     [UNK] for a word it cannot spell, [CLS] ... [SEP] around it all."""
     out = convert(tiny_hf_bert, tmp_path / "tiny.gguf", quant="F16")
-    ids = {t: i for i, t in enumerate(bert_vocab())}
+    ids = {t: i for i, t in enumerate(hf_bert_vocab())}
 
     def expect(*pieces):
         return [ids[p] for p in ("[CLS]", *pieces, "[SEP]")]
@@ -199,16 +199,17 @@ def test_a_converted_model_loads_in_llama_cpp_and_tokenizes_as_wordpiece(tmp_pat
         assert m.tokenize("\u4e2d") == expect("[UNK]")  # a character the vocabulary lacks
         assert m.tokenize("  hello\tworld \n") == expect("hello", "world")
         assert m.detokenize(m.tokenize("hello world"), special=False).strip() == "hello world"
-    assert BERT_SPECIALS[0] == "[PAD]"
+    assert HF_BERT_SPECIALS[0] == "[PAD]"
 
 
-def test_a_directly_written_bert_gguf_reads_as_an_embedding_model(tiny_bert):
-    """gguf_info on a BERT GGUF that slmrun did not write (tinymodels.write_tiny_bert_gguf)."""
-    info = read_info(tiny_bert)
+def test_a_directly_written_bert_gguf_reads_as_an_embedding_model(tiny_bert_gguf):
+    """gguf_info on a BERT GGUF that slmrun's converter did not write (tinymodels.write_tiny_bert)."""
+    info = read_info(tiny_bert_gguf)
     assert (info.architecture, info.pooling, info.causal, info.embedding_model) == ("bert", "mean", False, True)
     assert not info.has_kv_cache and info.context_length == 64 and info.embedding_length == 32
-    with slmrun.load(tiny_bert) as m:
-        assert m.tokenize("hello world")[1:-1] == [bert_vocab().index("hello"), bert_vocab().index("world")]
+    tokens, _ = bert_vocab()
+    with slmrun.load(tiny_bert_gguf) as m:
+        assert m.tokenize("bike shop")[1:-1] == [tokens.index("\u2581bike"), tokens.index("\u2581shop")]
 
 
 def test_the_model_card_gives_the_license_and_a_bad_one_is_ignored(tmp_path, tiny_hf_bert):

