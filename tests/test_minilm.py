@@ -62,3 +62,26 @@ def test_plan_of_the_pulled_model(minilm):
     """An embedding model's plan from the file alone (as for an imported copy): no KV cache, no speed."""
     p = planner.plan(read_info(minilm.path), hardware.profile("rpi4-2gb"))
     assert p.embedding_model and p.quant == minilm.quant and p.memory.kv_cache == 0 and p.estimated_tps == 0
+
+
+MIN_COSINE = {"F16": 0.999, "Q8_0": 0.995}  # issue 18's bar for each type
+
+
+def test_embeddings_match_the_transformers_reference(minilm):
+    """Model.embed on the converted model against the reference vectors (transformers, float32,
+    input cut at 256 tokens, mean pooling, L2-normalised): every one of the 30 texts reaches the
+    type's cosine, and each took the reference's tokens."""
+    import numpy as np
+
+    with slmrun.load(minilm.path) as m:
+        assert m.is_embedding_model and m.n_embd == 384 and m.pooling == "mean"
+        e = m.embed([item["text"] for item in REFERENCE])
+        whole = [len(m.tokenize(item["text"])) for item in REFERENCE]
+    assert e.n_tokens == [len(item["token_ids"]) for item in REFERENCE]
+    assert e.truncated == [n > 256 for n in whole] and sum(e.truncated) == 1
+    ref = np.array([item["embedding"] for item in REFERENCE], dtype=np.float64)
+    got = np.asarray(e, dtype=np.float64)
+    cosines = (got * ref).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    worst = int(np.argmin(cosines))
+    assert cosines[worst] >= MIN_COSINE[minilm.quant], (REFERENCE[worst]["text"][:60], float(cosines[worst]))
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised, as the reference is
