@@ -128,19 +128,23 @@ def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch:
                           total=weights + kv + compute + overhead)
 
 
+# An encoder's batch, measured (docs/CALIBRATION.md): n_ff + 4 n_embd live floats per token, and
+# ~3 MiB more than its llama.cpp context alone (slmrun's engine thread and state around it).
+ENCODER_FLOATS_FFN = 1
+ENCODER_FLOATS_EMBD = 4
+ENCODER_OVERHEAD = 3 * MiB
+
+
 def _without_kv_cache(spec: ModelSpec, weights: int, n_ctx: int, n_batch: int, n_ubatch: int, flash_attn: bool,
                       n_parallel: int) -> MemoryEstimate:
     """An encoder: a decode holds whole sequences (up to n_parallel of n_ctx tokens, at most a
-    micro-batch), attends within them, and outputs every token. Measured on all-MiniLM-L6-v2 F16
-    (docs/CALIBRATION.md): within 7% from 64 to 2048 tokens a batch."""
+    micro-batch), attends within them, and outputs every token: a logits row (n_vocab floats)
+    and an embedding each. Measured on BERTs from 21 to 126 MiB: within 4% at a full batch."""
     ub = max(1, min(n_ubatch, n_batch, n_ctx * n_parallel))
-    if spec.architecture in UNGATED_FFN_ARCHS:
-        per_token = 2 * spec.feed_forward_length + spec.embedding_length // 2
-    else:
-        per_token = COMPUTE_FLOATS_FFN * spec.feed_forward_length + COMPUTE_FLOATS_EMBD * spec.embedding_length
+    per_token = ENCODER_FLOATS_FFN * spec.feed_forward_length + ENCODER_FLOATS_EMBD * spec.embedding_length
     compute = 4 * ub * per_token + (2 * ub * ub if flash_attn else 4 * ub * ub + 4 * spec.head_count * ub * ub)
-    outputs = 4 * ub * (spec.vocab_size + spec.embedding_length)  # a logits row and an embedding per token
-    overhead = FIXED_OVERHEAD + VOCAB_BYTES_PER_TOKEN * spec.vocab_size
+    outputs = 4 * ub * (spec.vocab_size + spec.embedding_length)
+    overhead = FIXED_OVERHEAD + ENCODER_OVERHEAD + VOCAB_BYTES_PER_TOKEN * spec.vocab_size
     return MemoryEstimate(weights=weights, kv_cache=0, compute=compute + outputs, overhead=overhead,
                           total=weights + compute + outputs + overhead)
 
