@@ -45,18 +45,13 @@ def out_type(value: str | None) -> str:
     return wanted
 
 
-def estimated_size(src: str | Path, quant: str) -> int:
-    """About how many bytes the GGUF of a model directory takes (for the free-space check)."""
-    from .hf_dir import read_model_dir
-
-    d = read_model_dir(src)
-    n = sum(t.nbytes // max(1, _dtype_bytes(t.dtype)) for sf in d.weights_files() for t in sf.tensors.values())
-    return int(n * _BYTES[out_type(quant)]) + (8 << 20)
-
-
-def _dtype_bytes(dtype: str) -> int:
+def estimated_size(d, quant: str) -> int:
+    """About how many bytes the GGUF of a model directory (hf_dir.HFModelDir) takes, for the
+    free-space check: its parameters at the output type, and room for the vocabulary."""
     from .safetensors_io import DTYPE_SIZES
-    return DTYPE_SIZES[dtype]
+
+    n = sum(t.nbytes // DTYPE_SIZES[t.dtype] for sf in d.weights_files() for t in sf.tensors.values())
+    return int(n * _BYTES[out_type(quant)]) + (8 << 20)
 
 
 def verify(path: Path, written, *, quant: str, n_ctx: int, config: dict, pooling: str | None) -> Converted:
@@ -87,9 +82,10 @@ def verify(path: Path, written, *, quant: str, n_ctx: int, config: dict, pooling
                      tensors_sha256=tensor_digest(info))
 
 
-def convert(src: str | Path, dest: str | Path, *, quant: str | None = None, name: str | None = None,
+def convert(src, dest: str | Path, *, quant: str | None = None, name: str | None = None,
             n_ctx: int | None = None) -> Converted:
-    """Convert the Hugging Face model directory ``src`` into the GGUF ``dest`` (overwritten), verified.
+    """Convert the Hugging Face model directory ``src`` (a path, or an hf_dir.HFModelDir already
+    read) into the GGUF ``dest`` (overwritten), verified.
 
     ``quant``: F16 (default), F32 or Q8_0. ``name``: general.name (default: the model card's,
     as llama.cpp's converter derives it). ``n_ctx``: the context length to record (default:
@@ -97,10 +93,10 @@ def convert(src: str | Path, dest: str | Path, *, quant: str | None = None, name
     On any failure ``dest`` is removed.
     """
     from . import bert
-    from .hf_dir import read_model_dir
+    from .hf_dir import HFModelDir, read_model_dir
 
     quant = out_type(quant)
-    d = read_model_dir(src)
+    d = src if isinstance(src, HFModelDir) else read_model_dir(src)
     dest = Path(dest)
     dest.unlink(missing_ok=True)
     try:
@@ -120,22 +116,27 @@ def install(src: str | Path, *, name: str, filename: str, quant: str | None, sou
     ChecksumMismatchError and nothing stored.
     """
     from ... import store
+    from .hf_dir import read_model_dir
 
     quant = out_type(quant)
+    d = read_model_dir(src)
     staging = store.staging_dir(name)
-    store.check_free_space(staging, estimated_size(src, quant), what=f"converting {Path(src).name} to {filename}")
+    store.check_free_space(staging, estimated_size(d, quant), what=f"converting {d.path.name} to {filename}")
     tmp = staging / (filename + ".incomplete")
-    result = convert(src, tmp, quant=quant, name=model_name, n_ctx=n_ctx)
-    if expect_tensors is not None and result.tensors_sha256 != expect_tensors:
+    result = convert(d, tmp, quant=quant, name=model_name, n_ctx=n_ctx)
+    try:
+        if expect_tensors is not None and result.tensors_sha256 != expect_tensors:
+            raise ChecksumMismatchError(
+                f"{filename}: the converted tensors have SHA-256 {result.tensors_sha256}, expected {expect_tensors}",
+                hint="Nothing was stored. The conversion did not give the recorded weights; please report it.")
+        meta = {"architecture": result.architecture, "filename": filename, "kind": "embedding",
+                "tensors_sha256": result.tensors_sha256, "pooling": result.pooling,
+                "context_length": result.context_length, **(extra or {})}
+        return store.install(tmp, name=name, filename=filename, quant=quant, sha256=store.sha256_file(tmp),
+                             source=source, extra=meta)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise ChecksumMismatchError(
-            f"{filename}: the converted tensors have SHA-256 {result.tensors_sha256}, expected {expect_tensors}",
-            hint="Nothing was stored. The conversion did not give the recorded weights; please report it.")
-    meta = {"architecture": result.architecture, "filename": filename, "kind": "embedding",
-            "tensors_sha256": result.tensors_sha256, "pooling": result.pooling,
-            "context_length": result.context_length, **(extra or {})}
-    return store.install(tmp, name=name, filename=filename, quant=quant, sha256=store.sha256_file(tmp),
-                         source=source, extra=meta)
+        raise
 
 
 def pull(entry, file, *, force: bool = False, progress: bool = True):
