@@ -25,7 +25,7 @@ EMBED_POOLING = ("mean", "cls", "last")
 
 def is_encoder(info) -> bool:
     """A GGUF of an encoder (BERT family: non-causal attention): it embeds, it does not generate."""
-    return info.metadata.get(f"{info.architecture}.attention.causal") is False
+    return not info.causal
 
 
 @dataclass(frozen=True)
