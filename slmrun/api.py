@@ -35,6 +35,27 @@ def looks_like_path(ref: str) -> bool:
             or ref.startswith("."))
 
 
+def _is_file(ref: str) -> bool:
+    """A bare word that names a file here (``slmrun run -m model``); False for anything the
+    filesystem cannot even look up (a name too long, a NUL byte)."""
+    try:
+        return Path(ref).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _model_path(ref: str) -> Path:
+    """A path the user gave, which must exist; never an OSError (too long, unreadable)."""
+    try:
+        path = Path(ref).expanduser()
+        if path.exists():
+            return path
+        problem = "no such model file"
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: "~user" with no such user
+        path, problem = Path(ref), f"cannot use this path ({getattr(exc, 'strerror', None) or exc})"
+    raise ModelFileNotFoundError(f"{problem}: {store.shorten(str(path))}")
+
+
 def choose_quant(entry: ModelEntry) -> str:
     """The quant to use when the user names none: the planner's pick for this machine."""
     try:
@@ -69,12 +90,10 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
     ref = os.fspath(ref).strip()
     if not allow_path:
         if looks_like_path(ref):
-            raise InvalidArgumentError(f"{ref!r} looks like a file path; only model names are accepted here",
+            raise InvalidArgumentError(f"{store.shown(ref)} looks like a file path; only model names are accepted here",
                                        hint="Use a name from `slmrun list` (import a file first with `slmrun import`).")
-    elif looks_like_path(ref) or Path(ref).is_file():
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise ModelFileNotFoundError(f"no such model file: {path}")
+    elif looks_like_path(ref) or _is_file(ref):
+        path = _model_path(ref)
         return Resolved(path=path, name=path.stem, quant=None)
     name, quant = split_ref(ref)
     local = store.find(name, quant)
@@ -119,10 +138,8 @@ def plan_target(ref: str):
     from .planner import LocalModel, spec_from_gguf
 
     ref = os.fspath(ref).strip()
-    if looks_like_path(ref) or Path(ref).is_file():
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise ModelFileNotFoundError(f"no such model file: {path}")
+    if looks_like_path(ref) or _is_file(ref):
+        path = _model_path(ref)
         info = read_info(path)
         return LocalModel(name=path.name, spec=spec_from_gguf(info), files={info.quant: info.size}), None
     name, quant = split_ref(ref)
