@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
-from fuzzing import ROUTES, bad_body, check_answer, forbidden_paths, junk_request  # noqa: E402
+from fuzzing import ROUTES, bad_body, check_answer, forbidden_paths, junk_request, served_routes  # noqa: E402
 from serverutil import Server, store_model  # noqa: E402
 from tinymodels import write_tiny_gguf  # noqa: E402
 
@@ -38,12 +38,6 @@ OUT = HERE / "FUZZ.md"
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def served() -> set[tuple[str, str]]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_server_fuzz import SERVED
-    return SERVED
 
 
 def fuzz_route(client, route, n: int, seed_value: int, forbidden: list[str]) -> tuple[collections.Counter, list]:
@@ -85,7 +79,7 @@ def main() -> None:
                                                               "(a fifth of that for the others)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    routes = [r for r in ROUTES if (r.method, r.path) in served()]
+    routes = [r for r in ROUTES if (r.method, r.path) in served_routes()]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiny = write_tiny_gguf(tmp / "tiny-llama.gguf", arch="llama")

@@ -76,6 +76,23 @@ ROUTES = [
 ]
 
 
+def served_routes() -> set[tuple[str, str]]:
+    """(method, path) of every route the app serves, path parameters written "{name}"."""
+    import re
+
+    from starlette.routing import Route as StarletteRoute
+
+    from slmrun.server import Settings
+    from slmrun.server.app import create_app
+
+    out = set()
+    for r in create_app(Settings()).routes:
+        if isinstance(r, StarletteRoute):
+            for method in sorted((r.methods or {"GET"}) - {"HEAD"}):
+                out.add((method, re.sub(r"\{[^}]*\}", "{name}", r.path)))
+    return out
+
+
 # --- the fields a body declares ---------------------------------------------------------------------
 
 def _unwrap(annotation):

@@ -9,7 +9,6 @@ requests on every run), no deadline. benchmarks/fuzz.py runs the same generator 
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -18,27 +17,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzzing import ROUTES, bad_body, check_answer, forbidden_paths, junk_request  # noqa: E402
+from fuzzing import ROUTES, bad_body, check_answer, forbidden_paths, junk_request, served_routes  # noqa: E402
 from serverutil import Server, store_model  # noqa: E402
 
 EXAMPLES = 60  # per route with a body; routes without one get a third of that
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=False,
                 phases=(Phase.explicit, Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
-
-
-def served_routes() -> set[tuple[str, str]]:
-    """(method, path) of every route the app serves, path parameters written "{name}"."""
-    from starlette.routing import Route
-
-    from slmrun.server import Settings
-    from slmrun.server.app import create_app
-
-    out = set()
-    for r in create_app(Settings()).routes:
-        if isinstance(r, Route):
-            for method in sorted((r.methods or {"GET"}) - {"HEAD"}):
-                out.add((method, re.sub(r"\{[^}]*\}", "{name}", r.path)))
-    return out
 
 
 SERVED = served_routes()

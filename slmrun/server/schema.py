@@ -14,10 +14,18 @@ which http.error_body turns into a 400 in the API's own shape. Types are strict,
 OpenAI's API is: "5" is not a number, ``true`` is not an integer, NaN and Infinity are not
 numbers at all.
 
-Adding an endpoint: declare its body here as a subclass of ``Body`` (``rule("...")`` says
-a field's rule in words where pydantic's own message would be vague, as for unions;
-``ModelName`` for a model reference), then call ``parse`` in the route, and add the route
-to tests/test_server_fuzz.py's table so the fuzz suite sends it bad bodies too.
+Adding an endpoint: declare its body here, a subclass of ``Body`` (``rule("...")`` says a
+field's rule in words where pydantic's own message would be vague, as for unions;
+``ModelName`` for a model reference), and read it in the route with one call::
+
+    async def embeddings(request):
+        body = await schema.parse(request, schema.EmbeddingsRequest)  # typed, or a 400 already
+
+The bodies of the routes still to be wired (/v1/embeddings, /v1/rerank, /api/embed,
+/api/embeddings, /api/create, /api/copy) are declared below; tests/fuzzing.py lists each
+with a good request, so the fuzz suite sends it bad ones from the day it is served (and a
+served route missing from that list fails tests/test_server_fuzz.py). request.py does the
+reading and words the errors.
 
 What is checked where: types, required fields and single values' ranges here; what
 involves several fields (top_logprobs needs logprobs, a tool_choice naming a tool) in
@@ -27,54 +35,17 @@ sampling values again (the library's own guard, for callers that are not the ser
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WrapValidator
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..errors import InvalidArgumentError
-
-log = logging.getLogger("slmrun.server")
+from .request import RequestError, Said, bad, extras, parse, rule, shown, validate  # noqa: F401  (parse: the routes' one call)
 
 INT32_MAX = 2**31 - 1
 
 
-class RequestError(InvalidArgumentError):
-    """A request the API refuses as it stands: ``param`` names the field (OpenAI's
-    ``error.param``), ``code`` is OpenAI's error code."""
-
-    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value",
-                 hint: str | None = None):
-        super().__init__(message, hint=hint)
-        self.param, self.code = param, code
-
-
-def bad(param: str, rule: str, value=None) -> RequestError:
-    """``param must be RULE, got VALUE`` (value shortened)."""
-    return RequestError(f"{param} must be {rule}" + ("" if value is None else f", got {_shown(value)}"), param=param)
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:64]}... ({len(text)} characters)"
-
-
 # --- declaring fields -----------------------------------------------------------------------------
-
-def rule(text: str, *, deep: bool = False):
-    """The field's rule in words: replaces pydantic's errors for the field itself (all of
-    them for a union, which would otherwise list one error per member); with ``deep``,
-    errors inside the value (an item of a list) still name their own place."""
-    def check(value, handler):
-        try:
-            return handler(value)
-        except ValidationError as exc:
-            if deep and all(e["loc"] for e in exc.errors()):
-                raise
-            raise PydanticCustomError("rule", "{rule}", {"rule": text}) from None
-    return WrapValidator(check)
-
 
 def check_model_ref(ref: str) -> str:
     """A model named over the network: a registry or store name (``name``, ``name:quant``,
@@ -97,7 +68,7 @@ def _model_ref(ref: str) -> str:
     try:
         return check_model_ref(ref)
     except InvalidArgumentError as exc:
-        raise PydanticCustomError("model_name", "{message}", {"message": exc.message, "hint": exc.hint}) from None
+        raise Said(exc.message, hint=exc.hint, as_rule=False) from None
 
 
 ModelName = Annotated[str, AfterValidator(_model_ref)]
@@ -404,85 +375,3 @@ class CopyRequest(Body):
 
     source: ModelName
     destination: ModelName
-
-
-# --- reading a body ----------------------------------------------------------------------------------
-
-_WORDS = {"bool_type": "true or false", "bool_parsing": "true or false", "int_type": "an integer",
-          "int_parsing": "an integer", "int_from_float": "an integer", "float_type": "a number",
-          "float_parsing": "a number", "finite_number": "a finite number", "string_type": "a string",
-          "string_unicode": "a string", "list_type": "a list", "dict_type": "an object", "model_type": "an object",
-          "model_attributes_type": "an object", "literal_error": "one of {expected}",
-          "greater_than_equal": ">= {ge}", "greater_than": "> {gt}", "less_than_equal": "<= {le}",
-          "less_than": "< {lt}", "too_short": "at least {min_length} item(s) long", "too_long": "at most {max_length} "
-          "items long", "string_too_short": "at least {min_length} characters", "string_too_long": "at most "
-          "{max_length} characters", "rule": "{rule}"}
-_TYPE_ERRORS = {"bool_type", "int_type", "float_type", "string_type", "list_type", "dict_type", "model_type",
-                "model_attributes_type", "bool_parsing", "int_parsing", "float_parsing", "int_from_float"}
-
-
-def param_of(loc: tuple) -> str:
-    """('messages', 0, 'content') -> "messages[0].content"."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def request_error(exc: ValidationError) -> Exception:
-    """The first of pydantic's errors, said as the API says it."""
-    from .http import HTTPError
-
-    e = exc.errors(include_url=False)[0]
-    kind, ctx, loc = e["type"], e.get("ctx") or {}, e["loc"]
-    if kind == "json_invalid":
-        return HTTPError(400, f"the request body is not valid JSON: {ctx.get('error', e['msg'])}", code="invalid_json")
-    if not loc:
-        return HTTPError(400, "the request body must be a JSON object", code="invalid_json")
-    param = param_of(loc)
-    if kind == "missing":
-        return RequestError(f"{param} is required", param=param, code="missing_required_parameter")
-    if kind == "model_name":
-        return RequestError(f"{param}: {ctx['message']}", param=param, hint=ctx.get("hint"))
-    words = _WORDS.get(kind)
-    rule_text = words.format(**ctx) if words else e["msg"][:1].lower() + e["msg"][1:]
-    return RequestError(f"{param} must be {rule_text}, got {_shown(e.get('input'))}", param=param,
-                        code="invalid_type" if kind in _TYPE_ERRORS else "invalid_value")
-
-
-def extras(body: BaseModel, prefix: str = "") -> list[str]:
-    """The dotted names of every unknown field in ``body``, nested ones included."""
-    out = [f"{prefix}{k}" for k in (body.model_extra or {})]
-    for name in type(body).model_fields:
-        value = getattr(body, name)
-        key = f"{prefix}{name}"
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            if isinstance(item, BaseModel):
-                out += extras(item, f"{key}[{i}]." if isinstance(value, list) else f"{key}.")
-    return out
-
-
-def validate(model: type[Body], data) -> Body:
-    """``data`` (JSON text or bytes, or already-parsed Python values) as ``model``."""
-    try:
-        if isinstance(data, (bytes, bytearray, str)):
-            return model.model_validate_json(data)
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise request_error(exc) from None
-
-
-async def parse(request, model: type[Body]) -> Body:
-    """The request's body as ``model``, or the 400 that says what is wrong with it."""
-    from .http import HTTPError
-
-    raw = await request.body()
-    if not raw.strip():
-        raise HTTPError(400, "the request body is empty: send a JSON object", code="invalid_json")
-    body = validate(model, raw)
-    unknown = extras(body)
-    if unknown:
-        log.info("%s %s: ignoring unknown field(s) %s", request.method, request.url.path,
-                 ", ".join(n if len(n) <= 64 else n[:64] + "..." for n in unknown[:20]))
-    return body

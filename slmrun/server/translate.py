@@ -79,7 +79,7 @@ def parse_duration(value) -> float:
             seconds += float(m.group(1)) * _GO_UNITS[m.group(2)]
             pos = m.end()
         if pos != len(body) or not body:
-            raise RequestError(f"keep_alive: cannot read {S._shown(value)} as a duration", param="keep_alive",
+            raise RequestError(f"keep_alive: cannot read {S.shown(value)} as a duration", param="keep_alive",
                                hint='Use seconds (300) or a duration: "5m", "1h30m", "0", "-1" (forever).')
     if seconds != seconds:
         raise _bad("keep_alive", "a number", value)
@@ -157,7 +157,7 @@ def tool_choice_field(choice, tools) -> object:
         return choice
     name = choice.function.name
     if not tools or name not in {t["name"] for t in tools}:
-        raise RequestError(f"tool_choice names {S._shown(name)}, which is not among the tools", param="tool_choice")
+        raise RequestError(f"tool_choice names {S.shown(name)}, which is not among the tools", param="tool_choice")
     return {"name": name}
 
 
