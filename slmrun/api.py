@@ -19,6 +19,7 @@ from .registry import ModelEntry, load_registry, split_ref
 
 
 MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
+MAX_CTX = 2**32 - 1  # llama.cpp's n_ctx is a uint32_t
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,12 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         if value is not None and not 1 <= value <= cores:
             raise InvalidArgumentError(f"{key}={value}: this machine has {cores} logical cores",
                                        hint=f"Use between 1 and {cores} threads (default: the physical cores).")
-    if n_ctx is not None and n_ctx < 16:
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int)):
+        raise InvalidArgumentError(f"n_ctx must be an integer, got {n_ctx!r}")
+    if n_ctx and n_ctx < 16:
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
+    if n_ctx is not None and n_ctx > MAX_CTX:  # llama.cpp's n_ctx is a uint32_t; past it, a wrapped value
+        raise InvalidArgumentError(f"n_ctx={n_ctx} is too large", hint=f"Use at most {MAX_CTX} tokens.")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
     for key, value, top in (("n_parallel", n_parallel, MAX_PARALLEL), ("max_queue", max_queue, None)):
