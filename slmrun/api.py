@@ -37,8 +37,7 @@ def looks_like_path(ref: str) -> bool:
 
 
 def _is_file(ref: str) -> bool:
-    """A bare word that names a file here (``slmrun run -m model``); False for anything the
-    filesystem cannot even look up (a name too long, a NUL byte)."""
+    """A bare word naming a file here (``-m model``); False for what cannot be looked up."""
     try:
         return Path(ref).is_file()
     except (OSError, ValueError):
@@ -219,10 +218,9 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
                                        hint=f"Use between 1 and {cores} threads (default: the physical cores).")
     if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int)):
         raise InvalidArgumentError(f"n_ctx must be an integer, got {n_ctx!r}")
-    if n_ctx and n_ctx < 16:
-        raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
-    if n_ctx is not None and n_ctx > MAX_CTX:  # llama.cpp's n_ctx is a uint32_t; past it, a wrapped value
-        raise InvalidArgumentError(f"n_ctx={n_ctx} is too large", hint=f"Use at most {MAX_CTX} tokens.")
+    if n_ctx and not 16 <= n_ctx <= MAX_CTX:  # llama.cpp's n_ctx is a uint32_t: past it, a wrapped value
+        raise InvalidArgumentError(f"n_ctx={n_ctx} is too {'small' if n_ctx < 16 else 'large'}",
+                                   hint=f"Use 16 to {MAX_CTX} tokens (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
     for key, value, top in (("n_parallel", n_parallel, MAX_PARALLEL), ("max_queue", max_queue, None)):
