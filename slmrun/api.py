@@ -21,6 +21,7 @@ from .registry import ModelEntry, load_registry, split_ref
 MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
 ENCODER_SEQS = 64  # an embedding model's inputs per batch: a batch of short texts (~8 tokens) fills 512
 EMBED_POOLING = ("mean", "cls", "last")
+MAX_CTX = 2**32 - 1  # llama.cpp's n_ctx is a uint32_t
 
 
 def is_encoder(info) -> bool:
@@ -40,6 +41,26 @@ class Resolved:
 def looks_like_path(ref: str) -> bool:
     return ("/" in ref or os.sep in ref or ref.lower().endswith(".gguf") or ref.startswith("~")
             or ref.startswith("."))
+
+
+def _is_file(ref: str) -> bool:
+    """A bare word naming a file here (``-m model``); False for what cannot be looked up."""
+    try:
+        return Path(ref).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _model_path(ref: str) -> Path:
+    """A path the user gave, which must exist; never an OSError (too long, unreadable)."""
+    try:
+        path = Path(ref).expanduser()
+        if path.exists():
+            return path
+        problem = "no such model file"
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: "~user" with no such user
+        path, problem = Path(ref), f"cannot use this path ({getattr(exc, 'strerror', None) or exc})"
+    raise ModelFileNotFoundError(f"{problem}: {store.shorten(str(path))}")
 
 
 def choose_quant(entry: ModelEntry) -> str:
@@ -76,12 +97,10 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
     ref = os.fspath(ref).strip()
     if not allow_path:
         if looks_like_path(ref):
-            raise InvalidArgumentError(f"{ref!r} looks like a file path; only model names are accepted here",
+            raise InvalidArgumentError(f"{store.shown(ref)} looks like a file path; only model names are accepted here",
                                        hint="Use a name from `slmrun list` (import a file first with `slmrun import`).")
-    elif looks_like_path(ref) or Path(ref).is_file():
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise ModelFileNotFoundError(f"no such model file: {path}")
+    elif looks_like_path(ref) or _is_file(ref):
+        path = _model_path(ref)
         return Resolved(path=path, name=path.stem, quant=None)
     name, quant = split_ref(ref)
     local = store.find(name, quant)
@@ -126,10 +145,8 @@ def plan_target(ref: str):
     from .planner import LocalModel, spec_from_gguf
 
     ref = os.fspath(ref).strip()
-    if looks_like_path(ref) or Path(ref).is_file():
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise ModelFileNotFoundError(f"no such model file: {path}")
+    if looks_like_path(ref) or _is_file(ref):
+        path = _model_path(ref)
         info = read_info(path)
         return LocalModel(name=path.name, spec=spec_from_gguf(info), files={info.quant: info.size}), None
     name, quant = split_ref(ref)
@@ -209,8 +226,11 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         if value is not None and not 1 <= value <= cores:
             raise InvalidArgumentError(f"{key}={value}: this machine has {cores} logical cores",
                                        hint=f"Use between 1 and {cores} threads (default: the physical cores).")
-    if n_ctx is not None and n_ctx < 16:
-        raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int)):
+        raise InvalidArgumentError(f"n_ctx must be an integer, got {n_ctx!r}")
+    if n_ctx and not 16 <= n_ctx <= MAX_CTX:  # llama.cpp's n_ctx is a uint32_t: past it, a wrapped value
+        raise InvalidArgumentError(f"n_ctx={n_ctx} is too {'small' if n_ctx < 16 else 'large'}",
+                                   hint=f"Use 16 to {MAX_CTX} tokens (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
     for key, value, top in (("n_parallel", n_parallel, MAX_PARALLEL), ("max_queue", max_queue, None)):

@@ -208,16 +208,28 @@ def _file_type_name(code) -> str | None:
     return {"ALL_F32": "F32"}.get(name, name.removeprefix("MOSTLY_"))
 
 
+def _shorten(text: str) -> str:
+    from .store import shorten
+    return shorten(text)
+
+
 def read_info(path: str | Path) -> GGUFInfo:
     """Parse and validate a GGUF file's header, metadata and tensor table."""
     import gguf
 
     path = Path(path)
-    if not path.exists():
-        raise ModelFileNotFoundError(f"no such file: {path}")
-    if path.is_dir():
-        raise InvalidModelFileError(f"{path} is a directory, not a .gguf file", hint="Give the path of a .gguf file.")
-    size = path.stat().st_size
+    try:
+        if not path.exists():
+            raise ModelFileNotFoundError(f"no such file: {_shorten(str(path))}")
+        if path.is_dir():
+            raise InvalidModelFileError(f"{path} is a directory, not a .gguf file",
+                                        hint="Give the path of a .gguf file.")
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:  # a name too long for the filesystem, no permission, ...: said, not raised as is
+        raise ModelFileNotFoundError(f"cannot read {_shorten(str(path))}: {exc.strerror or exc}",
+                                     hint="Check the path and its permissions.") from None
     if size < 24:
         raise InvalidModelFileError(f"{path.name}: not a GGUF file ({size} bytes is too small for a header)")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:

@@ -20,7 +20,7 @@ from . import config
 from .errors import ModelNotFoundError, RegistryError, UnknownPromptFormatError, UnknownQuantError
 from .prompt_formats import PromptFormat, get_format
 from .shape import ModelShape
-from .store import MODEL_NAME_RULE, is_model_name
+from .store import MODEL_NAME_RULE, check_name, check_quant, is_model_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,8 +119,9 @@ class Registry:
         return index
 
     def get(self, name: str) -> ModelEntry:
-        """The entry for a name or alias (case-insensitive), without a quant."""
-        key = name.strip().lower()
+        """The entry for a name or alias (case-insensitive), without a quant. A name no model
+        could have (store.check_name) is an InvalidArgumentError, not a "did you mean"."""
+        key = check_name(name)
         index = self._index()
         if key in index:
             return index[key]
@@ -132,15 +133,23 @@ class Registry:
     def resolve(self, ref: str) -> tuple[ModelEntry, str | None]:
         """``name[:quant]`` -> (entry, quant or None when the user named none)."""
         name, _, quant = ref.partition(":")
+        quant = quant.strip() if quant.strip().lower() != LATEST else ""
+        if quant:
+            check_quant(quant)  # its form, before the name is looked up
         entry = self.get(name)
         if quant:
             return entry, entry.file(quant).quant
         return entry, None
 
 
+LATEST = "latest"  # Ollama's default tag: no quant named (the one chosen for this machine)
+
+
 def split_ref(ref: str) -> tuple[str, str | None]:
+    """``name[:quant]`` -> (name, QUANT or None), each checked against the store's rules
+    (InvalidArgumentError before any file is looked at)."""
     name, _, quant = ref.partition(":")
-    return name.strip().lower(), (quant.strip().upper() or None)
+    return check_name(name), (check_quant(quant) if quant.strip() and quant.strip().lower() != LATEST else None)
 
 
 # --- parsing and validation -------------------------------------------------------

@@ -15,7 +15,7 @@ from .. import config
 from . import app
 from .output import WordWrap
 from .rpc import rpc_option
-from .run import FORMAT_HELP, format_verbose, load_for_cli
+from .run import FORMAT_HELP, check_sampling, format_verbose, load_for_cli
 
 HELP = """Commands:
   /help                 this help
@@ -266,6 +266,7 @@ def chat(
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
+    check_sampling(temperature=temperature, seed=seed, max_tokens=max_tokens)
     m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)

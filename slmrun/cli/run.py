@@ -34,6 +34,22 @@ def format_verbose(stats, total_s: float) -> str:
     ])
 
 
+def check_sampling(**params) -> None:
+    """Sampling options, checked before the model loads (a typo costs no load), each named
+    as it was typed (--top-p, not top_p)."""
+    from ..errors import InvalidArgumentError
+    from ..runtime.params import make_params
+
+    try:
+        make_params(**params)
+    except InvalidArgumentError as exc:
+        name = exc.message.split(" ", 1)[0]
+        if name in params:
+            raise InvalidArgumentError("--" + name.replace("_", "-") + exc.message[len(name):],
+                                       hint=exc.hint or None) from None
+        raise
+
+
 FORMAT_HELP = ("Chat with this prompt format instead of the model's own: chatml, llama3, gemma, zephyr, "
                "mistral, phi3, phi2, ... ('none' for plain completion).")
 
@@ -88,9 +104,8 @@ def run(
         prompt = sys.stdin.read()
     if not prompt.strip():
         fail("the prompt is empty", "Give a prompt, or '-' to read it from stdin.", 2)
-    if max_tokens < 0:
-        fail(f"--max-tokens must be >= 0, got {max_tokens}", code=2)
     params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    check_sampling(**params)
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from . import app, fail
-from .run import load_for_cli
+from .run import check_sampling, load_for_cli
 
 MODEL_HELP = "NAME[:QUANT] or a path to a .gguf (default: $SLMRUN_MODEL or smollm2-135m)."
 
@@ -70,6 +70,7 @@ def extract(
     threads: Optional[int] = typer.Option(None, "--threads"),
 ):
     """Pull the schema's fields out of each text; one validated JSON value per text."""
+    check_sampling(max_tokens=max_tokens)
     try:
         schema_text = schema.read_text(encoding="utf-8")
     except OSError as exc:

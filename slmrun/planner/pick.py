@@ -96,8 +96,8 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     type_v = (type_v or type_k).lower()
     kv_cache_type(type_k), kv_cache_type(type_v)
     flash_attn = effective_flash_attn(flash_attn, type_v)
-    if min_speed < 0:
-        raise InvalidArgumentError(f"min_speed must be >= 0, got {min_speed}")
+    if not min_speed >= 0 or min_speed == float("inf"):  # NaN fails the first test
+        raise InvalidArgumentError(f"min_speed must be a finite number >= 0, got {min_speed}")
     if n_ctx is not None and n_ctx < 16:
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16.")
     if n_batch < 1:

@@ -48,6 +48,15 @@ def set_llama_log(enabled: bool) -> None:
     _log_enabled = enabled
 
 
+def preload() -> None:
+    """Load llama.cpp's libraries now, on the calling (main) thread. `slmrun serve` does so
+    before uvicorn starts: loaded later, from the worker thread of the first model load, a
+    generation still streaming when SIGTERM arrived slowed from ~30 tokens/s to one token
+    every ~2 s (tests/test_server_real.py's SIGTERM test; seen when the server stopped
+    importing the runtime at start-up). Why the loading thread matters is not understood."""
+    import llama_cpp  # noqa: F401
+
+
 def system_info() -> str:
     """The CPU features this llama.cpp build was compiled to use ("AVX2 = 1 | ...")."""
     import llama_cpp

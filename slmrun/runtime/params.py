@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -9,6 +10,7 @@ from typing import Sequence
 from ..errors import InvalidArgumentError
 
 PENALTY_LAST_N = 64  # llama.cpp's default repeat window (--repeat-last-n)
+INT32_MAX = 2**31 - 1  # llama.cpp takes top_k as a C int
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,16 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
         bad("max_tokens", max_tokens, "an integer >= 0 (or None)")
     for name, value, lo, hi in (("temperature", temperature, 0.0, None), ("top_p", top_p, 0.0, 1.0),
                                 ("min_p", min_p, 0.0, 1.0), ("repeat_penalty", repeat_penalty, 0.0, None)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or value < lo \
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < lo \
                 or (hi is not None and value > hi):
-            bad(name, value, f">= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+            bad(name, value, f">= {lo}" + (f" and <= {hi}" if hi is not None else " (a finite number)"))
     if repeat_penalty == 0:
         bad("repeat_penalty", repeat_penalty, "> 0 (1.0 = off)")
     for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not -2.0 <= value <= 2.0:
             bad(name, value, "between -2 and 2")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        bad("top_k", top_k, "an integer >= 0 (0 = off)")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= INT32_MAX:
+        bad("top_k", top_k, f"an integer from 0 to {INT32_MAX} (0 = off)")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         bad("seed", seed, "an integer")
     if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:

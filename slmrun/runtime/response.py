@@ -121,9 +121,14 @@ class ResponseState:
             self.done = True
             self.cond.notify_all()
             callbacks, self.callbacks = self.callbacks, []
-        self._wake_loops()
-        for cb in callbacks:
-            cb()
+        # Callbacks first: what they hand to an event loop (the server's lease release) is then
+        # queued before the wake-up of the reader that sends the reply, so a client's next
+        # request never finds the model still held by the request that just answered.
+        try:
+            for cb in callbacks:
+                cb()
+        finally:
+            self._wake_loops()
 
     def _wake_loops(self) -> None:
         for loop, event in list(self.loops):
