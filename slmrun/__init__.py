@@ -22,7 +22,7 @@ _EXPORTS = {
     "Embeddings": "slmrun.runtime",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
-                     "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
+                     "InvalidModelFileError", "UnsupportedModelError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
                      "RegistryError", "UnknownQuantError", "DownloadError", "OfflineError",
                      "RemoteFileNotFoundError", "ChecksumMismatchError", "InsufficientDiskSpaceError",
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",

@@ -257,9 +257,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     if eps is not None:
         ngl, ts, _ = remote.split_for_load(info, options, hw, devices, name=resolved.name, force=force)
         placement = remote.place(resolved.path, eps, (ngl, ts))
-    elif not force:
-        from dataclasses import replace
-        check_memory(info, replace(options, n_parallel=1) if encoder else options, name=resolved.name, hw=hw)
+    elif not force:  # an encoder's estimate has no KV cache and counts a batch of n_parallel inputs
+        check_memory(info, options, name=resolved.name, hw=hw)
     template = None
     if choice.template:
         from .template_sandbox import ChatTemplate, sandbox
@@ -291,6 +290,9 @@ def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.Store
     entry, quant = load_registry().resolve(ref)
     quant = quant or choose_quant(entry)
     file = entry.file(quant)
+    if file.convert:  # made here from a Hugging Face model directory
+        from .sources import convert
+        return convert.pull(entry, file, force=force, progress=progress)
     with store.lock(entry.name, quant):
         existing = [m for m in store.find(entry.name, quant) if m.path.name == file.filename]
         if existing and not force:
@@ -311,23 +313,32 @@ def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.Store
         except InvalidModelFileError:
             path.unlink(missing_ok=True)
             raise
-        extra.update(architecture=info.architecture, filename=file.filename)
+        extra.update(architecture=info.architecture, filename=file.filename, kind=entry.kind)
         return store.install(path, name=entry.name, filename=file.filename, quant=quant, sha256=digest,
                              source=source, extra=extra)
 
 
 def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False,
-                 prompt_format: str | None = None) -> store.StoredModel:
-    """Validate a local GGUF and copy (or hard-link/symlink) it into the store.
+                 prompt_format: str | None = None, quant: str | None = None) -> store.StoredModel:
+    """Validate a local GGUF and copy (or hard-link/symlink) it into the store; or convert a
+    Hugging Face model directory (the BERT family, sources/convert/) into the store.
 
     ``prompt_format`` names the format to chat with (recorded in the store; it wins
     over the file's own template and over inference), or "none" for plain completion.
+    ``quant``, for a directory: the GGUF type, F16 (default), F32 or Q8_0.
     """
     import shutil
 
     from .gguf_info import read_info
     from .prompt_formats import NONE, get_format
 
+    if Path(path).expanduser().is_dir():
+        from .sources import convert
+        return convert.import_dir(Path(path).expanduser(), name=name, quant=quant, link=link,
+                                  prompt_format=prompt_format)
+    if quant is not None:
+        raise InvalidArgumentError("a quant is chosen when converting a model directory; a .gguf is imported as it is",
+                                   hint="Leave out --quant, or re-quantize with llama.cpp's llama-quantize first.")
     if prompt_format is not None:  # a bad name fails before anything is copied
         prompt_format = NONE if prompt_format.strip().lower() == NONE else get_format(prompt_format).name
     src = Path(path).expanduser()
@@ -349,6 +360,7 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
         return store.install(tmp, name=model_name, filename=filename, quant=quant, sha256=digest,
                              source=f"import:{src.resolve()}",
                              extra={"architecture": info.architecture, "filename": filename,
+                                    "kind": "embedding" if info.is_embedding_model else "generative",
                                     **({"prompt_format": prompt_format} if prompt_format else {})})
 
 
@@ -383,7 +395,9 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  context_length=entry.context_length)
         here = {m.quant for m in store.find(entry.name)}
         d["quants"] = {q: q in here for q in entry.quants}
-        if resolved is None:  # not downloaded: what the registry says
+        if entry.embedding_model:
+            d.update(_embedding_facts(entry.embedding_length, entry.pooling, entry.context_length))
+        elif resolved is None:  # not downloaded: what the registry says
             from .prompt_formats import choose_chat_format
             d["prompt_format"] = ("the GGUF's chat template" if entry.has_chat_template
                                   else choose_chat_format(None, entry, {}, None).describe())
@@ -393,9 +407,12 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  context_length=info.context_length, quant=info.quant,
                  license=d.get("license") or info.license or "unknown",
                  embedding_length=info.embedding_length, block_count=info.block_count,
-                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size,
-                 prompt_format=chat_format_for(resolved, info).describe(),
-                 chat_template=info.chat_template or "none", file=str(resolved.path), file_size=info.size)
+                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size)
+        if info.is_embedding_model:
+            d.update(_embedding_facts(info.embedding_length, info.pooling, info.context_length))
+        else:
+            d.update(prompt_format=chat_format_for(resolved, info).describe(), chat_template=info.chat_template or "none")
+        d.update(file=str(resolved.path), file_size=info.size)
         if resolved.stored is not None:
             d["source"] = resolved.stored.source
             d["sha256"] = resolved.stored.sha256
@@ -410,6 +427,11 @@ def describe(ref: str, *, verify: bool = True) -> dict:
         elif verify:
             d["sha256"] = store.sha256_file(resolved.path)
     return d
+
+
+def _embedding_facts(dimensions: int, pooling: str | None, max_tokens: int) -> dict:
+    return {"kind": "embedding", "dimensions": dimensions, "pooling": pooling or "none (the file names none)",
+            "max_tokens": max_tokens, "chat": "none: an embedding model (it embeds text, and neither chats nor completes)"}
 
 
 def _params(n: int) -> str:

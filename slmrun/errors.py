@@ -46,6 +46,13 @@ class InvalidModelFileError(SlmrunError, ValueError):
     default_hint = "Download the file again (`slmrun pull NAME --force`) or check where it came from."
 
 
+class UnsupportedModelError(InvalidModelFileError):
+    """A Hugging Face model directory of an architecture slmrun cannot convert to GGUF."""
+
+    default_hint = ("Convert it with llama.cpp's convert_hf_to_gguf.py (or download a .gguf build) and run "
+                    "`slmrun import FILE.gguf`.")
+
+
 class ModelLoadError(SlmrunError, RuntimeError):
     """llama.cpp refused the model (unsupported architecture, out of memory, ...)."""
 

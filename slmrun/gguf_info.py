@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidModelFileError, ModelFileNotFoundError
-from .shape import ModelShape
+from .shape import ENCODER_ARCHS, ModelShape
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -37,6 +37,19 @@ _MARK_STRIDE = 256  # skip_strings notes every 256th string's offset in the toke
 _MAX_SPECIAL = 1 << 16  # Gemma 3 has ~6k special tokens; a vocabulary of only "special" ones is odd
 
 
+# general.pooling_type values (llama.h enum llama_pooling_type).
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dims: tuple[int, ...]  # ggml's order (ne0 first)
+    type: str  # "F32", "Q8_0", ...
+    offset: int  # absolute, in the file
+    nbytes: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class GGUFInfo(ModelShape):
     path: Path
@@ -49,10 +62,23 @@ class GGUFInfo(ModelShape):
     license: str | None
     metadata: dict = field(default_factory=dict, repr=False)  # scalars; arrays as their length
     special_tokens: tuple[str, ...] = field(default=(), repr=False)  # CONTROL/USER_DEFINED token texts
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     @property
     def weights_bytes(self) -> int:
         return self.size
+
+    @property
+    def pooling(self) -> str | None:
+        """{arch}.pooling_type by name ("mean", "cls", "last", "rank", "none"); None when absent."""
+        value = self.metadata.get(f"{self.architecture}.pooling_type")
+        return POOLING_NAMES.get(value, "unknown") if isinstance(value, int) else None
+
+    @property
+    def causal(self) -> bool:
+        """{arch}.attention.causal (llama.cpp's default: true)."""
+        value = self.metadata.get(f"{self.architecture}.attention.causal")
+        return value if isinstance(value, bool) else True
 
 
 class _Cursor:
@@ -239,6 +265,7 @@ def read_info(path: str | Path) -> GGUFInfo:
         data_start = -(-cur.pos // alignment) * alignment
         n_params = 0
         type_bytes: dict[int, int] = {}
+        infos = []
         for name, dims, ttype, offset in tensors:
             try:
                 block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
@@ -256,6 +283,8 @@ def read_info(path: str | Path) -> GGUFInfo:
                     f"({data_start + offset + nbytes} > {size} bytes)")
             n_params += count
             type_bytes[ttype] = type_bytes.get(ttype, 0) + nbytes
+            infos.append(TensorInfo(name, tuple(dims), gguf.GGMLQuantizationType(ttype).name,
+                                    data_start + offset, nbytes))
 
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
@@ -278,6 +307,10 @@ def read_info(path: str | Path) -> GGUFInfo:
     if quant is None and type_bytes:
         quant = gguf.GGMLQuantizationType(max(type_bytes, key=type_bytes.get)).name
     template = meta.get("tokenizer.chat_template")
+    # An embedding model: an encoder (BERT family), or a GGUF naming a pooling (embedding models
+    # built on a decoder, e.g. Qwen3-Embedding); generative GGUFs name none.
+    pooling = meta.get(f"{arch}.pooling_type")
+    embedding = arch in ENCODER_ARCHS or (isinstance(pooling, int) and pooling != 0)
     return GGUFInfo(
         path=path, size=size, version=version, architecture=arch,
         name=str(meta.get("general.name") or path.stem),
@@ -287,9 +320,32 @@ def read_info(path: str | Path) -> GGUFInfo:
         head_count=n_head, head_count_kv=arch_int("attention.head_count_kv", n_head) or n_head,
         key_length=arch_int("attention.key_length", head_dim) or head_dim,
         value_length=arch_int("attention.value_length", head_dim) or head_dim,
-        context_length=arch_int("context_length"), vocab_size=vocab,
+        context_length=arch_int("context_length"), vocab_size=vocab, embedding_model=embedding,
         tensor_count=len(tensors),
         chat_template=template if isinstance(template, str) and template.strip() else None,
         license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
-        metadata=meta, special_tokens=specials,
+        metadata=meta, special_tokens=specials, tensors=tuple(infos),
     )
+
+
+def tensor_digest(info: GGUFInfo) -> str:
+    """SHA-256 over every tensor's name, type, shape and bytes, in file order.
+
+    What a model computes with, without the metadata: a conversion's result is checked with
+    it, since its metadata block may differ between gguf versions while the weights may not.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(info.path, "rb") as f:
+        for t in info.tensors:
+            h.update(f"{t.name}\0{t.type}\0{','.join(map(str, t.dims))}\0".encode())
+            f.seek(t.offset)
+            left = t.nbytes
+            while left:
+                chunk = f.read(min(left, 4 << 20))
+                if not chunk:
+                    raise InvalidModelFileError(f"{info.path.name}: tensor {t.name} is cut short")
+                h.update(chunk)
+                left -= len(chunk)
+    return h.hexdigest()

@@ -43,6 +43,7 @@ class StoredModel:
     modified: float
     source: str  # "hub:<repo>", "pypi:<package>", "import:<original path>"
     architecture: str | None = None
+    kind: str = "generative"  # or "embedding" (recorded at install; older sidecars lack it)
 
     @property
     def ref(self) -> str:
@@ -110,6 +111,7 @@ def _stored(name: str, model_path: Path) -> StoredModel:
         modified=st.st_mtime,
         source=str(meta.get("source") or "unknown"),
         architecture=meta.get("architecture"),
+        kind=str(meta.get("kind") or "generative"),
     )
 
 

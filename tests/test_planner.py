@@ -26,7 +26,10 @@ REFERENCE = Path(__file__).resolve().parent / "data" / "reference.md"
 
 MATRIX_DEVICES = ["rpi4-2gb", "rpi4-4gb", "rpi4-8gb", "rpi5-8gb", "laptop-8gb", "laptop-16gb", "container-1gb"]
 ALL_DEVICES = sorted(set(MATRIX_DEVICES) | set(hardware.PROFILES))
-MODELS = sorted(load_registry().models)
+# Generative models: the oracle below is theirs. Embedding models are planned by other rules
+# (planner/embedding.py), tested at the end against their own oracle.
+MODELS = sorted(n for n, e in load_registry().models.items() if not e.embedding_model)
+EMBEDDING_MODELS = sorted(n for n, e in load_registry().models.items() if e.embedding_model)
 CONTEXTS = [None, 512, 2048, 8192]
 
 
@@ -621,3 +624,85 @@ def test_more_slots_cost_their_kv_cache_exactly():
     assert four.total > one.total + 3 * one.kv_cache  # and the mask and the extra logits rows
     with pytest.raises(InvalidArgumentError, match="n_parallel"):
         planner.estimate_memory(spec, weights_bytes=1, n_ctx=2048, n_parallel=0)
+
+
+# ------------------------------------------------------------------------------------
+# Embedding models: memory and fidelity, no speed (planner/embedding.py).
+
+EMBEDDING_TIER = {"F32": 0, "F16": 0, "BF16": 0, "Q8_0": 1}  # the rule: F16 reproduces F32's vectors
+
+
+def embedding_oracle(e, hw):
+    spec, ctx = planner.spec_from_entry(e), planner.default_context(planner.spec_from_entry(e))
+    texts = max(1, 512 // ctx)
+    rows = []
+    for f in e.files:
+        mem = planner.estimate_memory(spec, weights_bytes=f.size, n_ctx=ctx, n_batch=min(512, ctx * texts),
+                                      n_ubatch=min(512, ctx * texts), n_parallel=texts).total
+        rows.append((EMBEDDING_TIER.get(f.quant, 9), f.size, f.quant, mem))
+    fitting = [r for r in rows if r[3] <= oracle_budget(hw)]
+    return min(fitting)[2] if fitting else None
+
+
+@pytest.mark.parametrize("device", ALL_DEVICES)
+@pytest.mark.parametrize("model", EMBEDDING_MODELS)
+def test_embedding_models_are_planned_by_fidelity_then_size(device, model):
+    hw, e = hardware.profile(device), entry(model)
+    p = planner.plan(e, hw)
+    assert p.quant == embedding_oracle(e, hw) == "F16", p.reasons  # every device holds a 45 MB model
+    assert p.embedding_model and p.estimated_tps == 0 and p.n_ctx == e.context_length
+    assert all(o.fast_enough and o.estimated_tps == 0 and o.ppl_loss is None for o in p.options)
+    assert all(o.memory.kv_cache == 0 for o in p.options)
+    text = " ".join(p.reasons)
+    assert "tok/s" not in text and "ppl" not in text and "no KV cache" in text
+    assert "F16 over F32: the same embeddings in a smaller file" in p.reasons
+    assert planner.plan(e, hw, quant="q8_0").quant == "Q8_0"
+
+
+def test_an_embedding_model_that_does_not_fit_is_refused_with_its_need():
+    tiny = replace(hardware.profile("container-1gb"), ram_total=300 * MiB, ram_available=300 * MiB,
+                   cgroup_limit=None)
+    e = entry("minilm-l6")
+    assert embedding_oracle(e, tiny) is None
+    with pytest.raises(InsufficientMemoryError, match="smallest option, Q8_0, needs") as exc:
+        planner.plan(e, tiny)
+    assert "--force" in exc.value.hint
+    forced = planner.plan(e, tiny, force=True)
+    assert forced.quant == "Q8_0" and any("loading anyway" in w for w in forced.warnings)
+    with pytest.raises(InvalidArgumentError, match="not split across RPC servers"):
+        planner.plan(e, hardware.profile("laptop-8gb"), devices=[planner.RemoteDevice("x:1", 8 * GiB, 8 * GiB)])
+
+
+def test_the_default_pull_of_an_embedding_model_is_its_f16(monkeypatch):
+    monkeypatch.setattr(hardware, "detect", lambda **kw: hardware.profile("rpi4-4gb"))
+    assert planner.pick_for_this_machine(entry("minilm-l6")) == "F16"
+
+
+def test_an_encoder_has_no_kv_cache_and_pays_an_output_row_per_batch_token():
+    """BERT in llama.cpp: no KV cache; a batch's tokens are all outputs, each with n_vocab floats."""
+    spec = planner.spec_from_entry(entry("minilm-l6"))
+    assert not spec.has_kv_cache and spec.encoder and spec.embedding_model
+    assert planner.kv_cache_bytes(spec, 256) == 0
+    one = planner.estimate_memory(spec, weights_bytes=10 * MiB, n_ctx=256, n_batch=256, n_ubatch=256)
+    two = planner.estimate_memory(spec, weights_bytes=10 * MiB, n_ctx=256, n_batch=512, n_ubatch=512, n_parallel=2)
+    assert one.kv_cache == two.kv_cache == 0
+    # The second 256 tokens cost at least their logits rows: 256 x 30522 x 4 bytes.
+    assert two.total - one.total >= 256 * 30522 * 4
+    # A batch never holds more than the sequences it can: 1 sequence of 256 tokens with n_batch 512.
+    assert planner.estimate_memory(spec, weights_bytes=10 * MiB, n_ctx=256, n_batch=512, n_ubatch=512) == one
+    choice = planner.choose_parallel(spec, weights_bytes=10 * MiB, n_ctx=256, hw=hardware.profile("rpi4-4gb"))
+    assert "no KV cache" in choice.reason and "KV cache each" not in choice.reason
+
+
+def test_plan_command_for_an_embedding_model_speaks_of_embeddings_not_speed():
+    from typer.testing import CliRunner
+
+    from slmrun.cli import _register, app
+
+    _register()
+    r = CliRunner().invoke(app, ["plan", "minilm-l6", "--profile", "rpi4-2gb"])
+    assert r.exit_code == 0, r.output
+    assert "EMBEDDINGS" in r.output and "Pick: F16" in r.output and "an embedding model" in r.output
+    assert "tok/s" not in r.output and "ppl" not in r.output and "KV cache f16" not in r.output
+    d = json.loads(CliRunner().invoke(app, ["plan", "minilm-l6", "--profile", "rpi4-2gb", "--json"]).output)
+    assert d["embedding_model"] is True and d["quant"] == "F16" and d["estimated_tps"] == 0

@@ -152,7 +152,31 @@ def plan_cmd(
     _print_plan(p, hw)
 
 
+def _print_embedding_plan(p, hw) -> None:
+    """An embedding model's plan: memory and fidelity; no generation speed, no KV cache."""
+    from ..planner.embedding import fidelity
+    from .output import echo_table
+
+    typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores): "
+               f"budget {format_bytes(p.budget_bytes)}, texts of up to {p.n_ctx} tokens (an embedding model)")
+    typer.echo("")
+    echo_table(("", "QUANT", "FILE", "MEMORY", "EMBEDDINGS", "FITS"),
+               [("*" if o.quant == p.quant else "", o.quant, ("~" if o.size_is_estimate else "") + format_bytes(o.size),
+                 format_bytes(o.estimated_bytes), fidelity(o.quant), "yes" if o.fits else "no") for o in p.options])
+    typer.echo("")
+    typer.echo(f"Pick: {p.quant} — ~{format_bytes(p.estimated_bytes)}, {p.n_threads} threads; up to {p.n_parallel} "
+               f"text{'s' if p.n_parallel != 1 else ''} of up to {p.n_ctx} tokens in a batch")
+    for reason in p.reasons:
+        typer.echo(f"  - {reason}")
+    for warning in p.warnings:
+        typer.echo(f"Warning: {warning}", err=True)
+    typer.echo("Memory = weights + a batch's work + runtime (estimates; no KV cache). Embeddings = fidelity to the "
+               "F32 model's vectors. No chat and no token rate: the model reads a text once and returns a vector.")
+
+
 def _print_plan(p, hw) -> None:
+    if p.embedding_model:
+        return _print_embedding_plan(p, hw)
     bandwidth = f"{p.bandwidth_gbs:g} GB/s" if p.bandwidth_gbs else "bandwidth unknown"
     typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores, {bandwidth}): "
                f"budget {format_bytes(p.budget_bytes)}, n_ctx {p.n_ctx}, KV cache {p.type_k}")

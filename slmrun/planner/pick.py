@@ -46,6 +46,7 @@ class Plan:
     split: list[DeviceShare] | None = None  # across RPC devices (local CPU first); None: one machine
     n_gpu_layers: int = 0  # with a split: the layers llama.cpp offloads, and their shares
     tensor_split: list[float] | None = None
+    embedding_model: bool = False  # no generation: estimated_tps is 0, n_parallel is texts per batch
 
     @property
     def option(self) -> QuantOption:
@@ -70,6 +71,7 @@ class Plan:
             "memory": self.memory.to_dict() if self.memory else None,
             "split": [d.to_dict() for d in self.split] if self.split is not None else None,
             "n_gpu_layers": self.n_gpu_layers, "tensor_split": self.tensor_split,
+            "embedding_model": self.embedding_model,
         }
 
 
@@ -105,6 +107,9 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     budget = budget_bytes(hw, reserve_bytes)
     setting = Setting(hw=hw, n_ctx=ctx, budget=budget, min_speed=min_speed, n_threads=threads,
                       n_batch=n_batch, type_k=type_k, type_v=type_v, flash_attn=flash_attn)
+    if spec.embedding_model:
+        return _plan_embedding(name, spec, rows, setting, quant=quant, force=force, n_parallel=n_parallel,
+                               devices=devices)
     options = evaluate(spec, rows, setting)
     splits = None
     if devices:
@@ -182,6 +187,29 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
                 estimated_bytes=pick.estimated_bytes, estimated_tps=pick.estimated_tps, budget_bytes=setting.budget,
                 min_speed=min_speed, reasons=reasons, options=options, warnings=warnings, memory=pick.memory,
                 bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes, **split_fields)
+
+
+def _plan_embedding(name, spec, rows, s: Setting, *, quant, force, n_parallel, devices) -> Plan:
+    from .embedding import plan_embedding
+
+    hw = s.hw
+    reserve = hw.memory_available - s.budget
+    limit = f" (cgroup limit {format_bytes(hw.cgroup_limit)})" if hw.cgroup_limit else ""
+    reasons = [f"budget {format_bytes(s.budget)}: {format_bytes(hw.memory_available)} available{limit} "
+               f"minus a {format_bytes(reserve)} reserve"]
+    warnings: list[str] = []
+    if spec.context_length and s.n_ctx > spec.context_length:
+        warnings.append(f"n_ctx {s.n_ctx} is beyond the {spec.context_length} tokens {name} takes; longer texts "
+                        "are cut to it")
+    pick, options, texts, total = plan_embedding(name, spec, rows, s, quant=quant, force=force, n_parallel=n_parallel,
+                                                 devices=devices, reasons=reasons, warnings=warnings)
+    why = "the cgroup's CPU quota" if s.n_threads < max(1, hw.performance_cores) else "the performance cores"
+    reasons.append(f"{s.n_threads} thread{'s' if s.n_threads != 1 else ''}: {why}")
+    return Plan(model=name, hardware=hw.name, quant=pick.quant, n_threads=s.n_threads, n_ctx=s.n_ctx,
+                type_k=s.type_k, type_v=s.type_v, n_batch=min(s.n_batch, s.n_ctx * texts), flash_attn=s.flash_attn,
+                estimated_bytes=pick.estimated_bytes, estimated_tps=0.0, budget_bytes=s.budget, min_speed=s.min_speed,
+                reasons=reasons, options=options, warnings=warnings, memory=pick.memory, bandwidth_gbs=hw.bandwidth_gbs,
+                n_parallel=texts, parallel_bytes=total, embedding_model=True)
 
 
 def _slots(spec, pick, s, n_parallel, reserve_bytes, reasons, warnings) -> tuple[int, int]:
