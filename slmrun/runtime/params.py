@@ -18,7 +18,9 @@ DRY_SEQUENCE_BREAKERS = ("\n", ":", "\"", "*")
 TASK_DEFAULTS = {
     "text": {"repeat_penalty": 1.0, "dry_multiplier": 0.0},
     "chat": {"repeat_penalty": 1.0, "dry_multiplier": 0.0},
-    "constrained": {"repeat_penalty": 1.0, "dry_multiplier": 0.0},
+    # Greedy on the development sample of JSONSchemaBench with SmolLM2-135M: 52% valid within 512
+    # tokens as llama.cpp samples by default; repeat penalty 1.1 72%, DRY 0.8 57%, both 83%.
+    "constrained": {"repeat_penalty": 1.1, "dry_multiplier": 0.8},
 }
 
 
