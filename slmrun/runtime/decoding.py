@@ -48,7 +48,9 @@ class DecodeSteps:
                                     repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
                                     frequency_penalty=p.frequency_penalty, penalty_last_n=PENALTY_LAST_N,
                                     seed=p.seed, ignore_eos=p.ignore_eos, dry=p.dry, n_ctx=self.n_ctx_seq)
-            if p.penalized:  # penalties count the prompt's recent tokens too, as llama.cpp's tools do
+            # Penalties count the prompt's recent tokens too, as llama.cpp's tools do; not under a
+            # constraint, where the reply copies from the prompt (extract: "Alice is 31" -> 31).
+            if p.penalized and req.constraint is None:
                 h.accept_prompt(chain, tokens[-PENALTY_LAST_N:])
             seq = Seq(req, slot, n_keep, limit, chain,
                        TextAssembler(self._piece_of, req.stops, req.strip_leading))
