@@ -199,3 +199,25 @@ def test_contextual_calibration_divides_out_the_content_free_prior(default_model
         # labels with descriptions reach the generative method through its instruction
         d = m.classify(texts[0], {lab: f"news about {lab}" for lab in labels})
         assert set(d.probabilities) == set(labels)
+
+
+def test_cli_calibrate_a_generative_model(tiny_llama):
+    texts = "".join(f"text number {i}\n" for i in range(8))
+    plain = _run("classify", "-m", str(tiny_llama), "--labels", "a,b", input=texts)
+    cal = _run("classify", "-m", str(tiny_llama), "--labels", "a,b", "--calibrate", input=texts)
+    batch = _run("classify", "-m", str(tiny_llama), "--labels", "a,b", "--calibration", "batch", input=texts)
+    assert plain.returncode == cal.returncode == batch.returncode == 0, cal.stderr + batch.stderr
+    rows = [[json.loads(line) for line in r.stdout.splitlines()] for r in (plain, cal, batch)]
+    assert all(len(r) == 8 for r in rows)
+    with slmrun.load(str(tiny_llama), n_parallel=1) as m:  # as the CLI loads it
+        prior = content_free_prior(m, ["a", "b"])
+        raw = [m.classify(f"text number {i}", ["a", "b"]) for i in range(8)]
+    for r, c in zip(raw, rows[1]):
+        assert c["probabilities"] == pytest.approx(recalibrated(r, prior).probabilities, abs=2e-3)
+    batch_prior = scoring.mean_prior([list(r.probabilities.values()) for r in raw])
+    for r, c in zip(raw, rows[2]):
+        assert c["probabilities"] == pytest.approx(recalibrated(r, batch_prior).probabilities, abs=2e-3)
+    few = _run("classify", "-m", str(tiny_llama), "--labels", "a,b", "--calibration", "batch", input="one\ntwo\n")
+    assert few.returncode == 2 and "at least 8" in few.stderr and few.stdout == ""
+    bad = _run("classify", "x", "-m", str(tiny_llama), "--labels", "a,b", "--calibration", "platt")
+    assert bad.returncode == 2 and "--calibration must be" in bad.stderr

@@ -91,6 +91,9 @@ def classify(
                                          "\"label\"}: centroids (--via) or examples in the prompt (generative)."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Generative: divide out the model's label prior "
                                    "(measured by content-free inputs); embedding probabilities are calibrated anyway."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="How --calibrate estimates the prior: "
+                                              "content-free (default) or batch (the mean over all the texts, "
+                                              "read whole first; needs 8 or more). Implies --calibrate."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="What to ask (default: pick a label)."),
     example: list[str] = typer.Option([], "--example", "-e", help="TEXT=LABEL, a labelled example; repeatable."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens."),
@@ -100,7 +103,10 @@ def classify(
     A generative model scores each label by its own probabilities; an embedding model (--via
     minilm-l6) compares the text with each label's description or examples."""
     from ..api import load
-    from ..classification import classify_texts
+    from ..classification import CALIBRATE_DEFAULT, CALIBRATIONS, classify_texts
+
+    if calibration is not None and calibration not in CALIBRATIONS:
+        fail(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}", code=2)
 
     if via is not None and model is not None:
         fail("give --model or --via, not both", "--via NAME classifies by embeddings; --model NAME by either "
@@ -116,13 +122,16 @@ def classify(
         if method == "embedding" and not m.is_embedding_model:
             typer.echo(f"Note: {m.name} is a generative model; its embeddings classify poorly. An embedding "
                        "model (--via minilm-l6) is the tool for this.", err=True)
-        if calibrate and (method == "embedding" or m.is_embedding_model):
+        if (calibrate or calibration) and (method == "embedding" or m.is_embedding_model):
             typer.echo("Note: --calibrate applies to generative classification; embedding probabilities are "
                        "calibrated by a fitted temperature already.", err=True)
         labels_arg = dict(zip(label_set.names, label_set.descriptions)) if label_set.described else list(label_set.names)
-        for chunk in _chunks(_texts(text), CHUNK):
+        how = calibration or (CALIBRATE_DEFAULT if calibrate else False)
+        # Batch calibration needs every text before the first answer; otherwise they stream in chunks.
+        chunks = [list(_texts(text))] if how == "batch" else _chunks(_texts(text), CHUNK)
+        for chunk in chunks:
             results = classify_texts(m, chunk, labels_arg, instruction=instruction, examples=examples or None,
-                                     method=method, calibrate="content-free" if calibrate else False)
+                                     method=method, calibrate=how)
             for t, c in zip(chunk, results):
                 _emit({"text": t, "label": c.label,
                        "probabilities": {k: round(v, 6) for k, v in c.probabilities.items()}})
