@@ -165,6 +165,8 @@ def report(rows: list[dict]) -> str:
             c = collections.Counter(r["status"] for r in rs)
             n, compiled = len(rs), len(rs) - c["refused"]
             toks = [r["tokens"] for r in rs if r["status"] == "valid"]
+            if n < len(sample_files(sample)):
+                continue  # a run stopped part way: its share would mislead
             lines.append(f"| {setting} | {n} | {c['valid']} ({c['valid'] / n:.0%}) | "
                          f"{c['valid'] / max(1, compiled):.0%} | {c['length']} | {c['violation']} | {c['refused']} | "
                          f"{c['error']} | {sum(toks) / max(1, len(toks)):.0f} |")

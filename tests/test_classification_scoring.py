@@ -137,7 +137,7 @@ def test_an_unknown_method_is_refused():
 
 
 @pytest.mark.parametrize("calibrate, method, n, chosen", [
-    (False, "generative", None, None), (True, "generative", None, "content-free"),
+    (False, "generative", None, None), (True, "generative", None, "content-free"), (True, "generative", 20, "batch"),
     ("batch", "generative", 50, "batch"), ("content-free", "generative", 3, "content-free"),
     (True, "embedding", None, None),  # embedding probabilities are calibrated by their temperature
 ])

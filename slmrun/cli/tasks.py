@@ -90,10 +90,11 @@ def classify(
     train: Optional[Path] = typer.Option(None, "--train", help="Labelled examples, JSON lines of {\"text\", "
                                          "\"label\"}: centroids (--via) or examples in the prompt (generative)."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Generative: divide out the model's label prior "
-                                   "(measured by content-free inputs); embedding probabilities are calibrated anyway."),
+                                   "(the mean over the texts, by chunks of 64; content-free inputs for fewer than 8); embedding "
+                                   "probabilities are calibrated anyway."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="How --calibrate estimates the prior: "
-                                              "content-free (default) or batch (the mean over all the texts, "
-                                              "read whole first; needs 8 or more). Implies --calibrate."),
+                                              "content-free, or batch (the mean over all the texts, read whole "
+                                              "first; needs 8 or more). Implies --calibrate."),
     instruction: Optional[str] = typer.Option(None, "--instruction", help="What to ask (default: pick a label)."),
     example: list[str] = typer.Option([], "--example", "-e", help="TEXT=LABEL, a labelled example; repeatable."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens."),
@@ -103,7 +104,7 @@ def classify(
     A generative model scores each label by its own probabilities; an embedding model (--via
     minilm-l6) compares the text with each label's description or examples."""
     from ..api import load
-    from ..classification import CALIBRATE_DEFAULT, CALIBRATIONS, classify_texts
+    from ..classification import CALIBRATIONS, classify_texts
 
     if calibration is not None and calibration not in CALIBRATIONS:
         fail(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}", code=2)
@@ -126,7 +127,8 @@ def classify(
             typer.echo("Note: --calibrate applies to generative classification; embedding probabilities are "
                        "calibrated by a fitted temperature already.", err=True)
         labels_arg = dict(zip(label_set.names, label_set.descriptions)) if label_set.described else list(label_set.names)
-        how = calibration or (CALIBRATE_DEFAULT if calibrate else False)
+        # --calibrate: the batch prior per chunk of texts (content-free for fewer than 8), as measured best
+        how = calibration or bool(calibrate)
         # Batch calibration needs every text before the first answer; otherwise they stream in chunks.
         chunks = [list(_texts(text))] if how == "batch" else _chunks(_texts(text), CHUNK)
         for chunk in chunks:
