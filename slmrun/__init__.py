@@ -20,6 +20,7 @@ _EXPORTS = {
     "plan": "slmrun.planner",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
     "Embeddings": "slmrun.runtime",
+    "EmbeddingClassifier": "slmrun.classification",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
                      "InvalidModelFileError", "UnsupportedModelError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",

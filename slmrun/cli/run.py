@@ -84,6 +84,11 @@ def run(
     temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 = greedy, deterministic."),
     top_p: float = typer.Option(0.95, "--top-p"),
     top_k: int = typer.Option(40, "--top-k"),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise recent tokens "
+                                                   "(1.0 = off; default 1.1 for --json-schema/--grammar, else off)."),
+    dry_multiplier: Optional[float] = typer.Option(None, "--dry-multiplier", help="DRY: penalise repeating "
+                                                   "what the reply already said (0 = off; default 0.8 constrained, "
+                                                   "else off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fix the sampling seed for repeatable output."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: the model's, capped)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the performance cores)."),
@@ -104,7 +109,8 @@ def run(
         prompt = sys.stdin.read()
     if not prompt.strip():
         fail("the prompt is empty", "Give a prompt, or '-' to read it from stdin.", 2)
-    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                  repeat_penalty=repeat_penalty, dry_multiplier=dry_multiplier)
     check_sampling(**params)
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))

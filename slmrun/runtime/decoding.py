@@ -47,10 +47,11 @@ class DecodeSteps:
             chain = h.sampler_chain(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
                                     repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
                                     frequency_penalty=p.frequency_penalty, penalty_last_n=PENALTY_LAST_N,
-                                    seed=p.seed, ignore_eos=p.ignore_eos)
-            if p.penalized:  # penalties count the prompt's recent tokens too, as llama.cpp's tools do
-                for t in tokens[-PENALTY_LAST_N:]:
-                    h.sampler_accept(chain, t)
+                                    seed=p.seed, ignore_eos=p.ignore_eos, dry=p.dry, n_ctx=self.n_ctx_seq)
+            # Penalties count the prompt's recent tokens too, as llama.cpp's tools do; not under a
+            # constraint, where the reply copies from the prompt (extract: "Alice is 31" -> 31).
+            if p.penalized and req.constraint is None:
+                h.accept_prompt(chain, tokens[-PENALTY_LAST_N:])
             seq = Seq(req, slot, n_keep, limit, chain,
                        TextAssembler(self._piece_of, req.stops, req.strip_leading))
             slot.busy = True

@@ -304,9 +304,10 @@ class LlamaHandle:
 
     def sampler_chain(self, *, temperature: float, top_k: int, top_p: float, min_p: float,
                       repeat_penalty: float, presence_penalty: float, frequency_penalty: float,
-                      penalty_last_n: int, seed: int, ignore_eos: bool = False):
-        """A native sampler chain in llama.cpp's own order (penalties, top-k, top-p, min-p, temperature,
-        then a seeded draw; greedy at temperature 0)."""
+                      penalty_last_n: int, seed: int, ignore_eos: bool = False, dry=None, n_ctx: int = 0):
+        """A native sampler chain in llama.cpp's own order (penalties, DRY, top-k, top-p, min-p,
+        temperature, then a seeded draw; greedy at temperature 0). ``dry``: (multiplier, base,
+        allowed_length, penalty_last_n) or None; a penalty_last_n of -1 looks back ``n_ctx``."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lib.llama_sampler_chain_add
@@ -317,6 +318,13 @@ class LlamaHandle:
         if repeat_penalty != 1.0 or presence_penalty or frequency_penalty:
             add(chain, lib.llama_sampler_init_penalties(self.n_vocab, penalty_last_n, repeat_penalty,
                                                         frequency_penalty, presence_penalty))
+        if dry is not None:
+            from .params import DRY_SEQUENCE_BREAKERS
+
+            multiplier, base, allowed, last_n = dry
+            breakers = (ctypes.c_char_p * len(DRY_SEQUENCE_BREAKERS))(*[b.encode() for b in DRY_SEQUENCE_BREAKERS])
+            add(chain, lib.llama_sampler_init_dry(self.vocab, multiplier, base, allowed,
+                                                  n_ctx if last_n < 0 else last_n, breakers, len(breakers)))
         if temperature <= 0:
             add(chain, lib.llama_sampler_init_greedy())
             return chain
@@ -335,6 +343,16 @@ class LlamaHandle:
 
     def sampler_accept(self, chain, token: int) -> None:
         self._lib.llama_sampler_accept(chain, token)
+
+    def accept_prompt(self, chain, tokens: Sequence[int]) -> None:
+        """Show the prompt's tokens to the chain's repetition penalties only (as llama.cpp's tools
+        count recent prompt tokens), not to DRY: text copied from the prompt (extraction) is no loop."""
+        lib = self._lib
+        for i in range(lib.llama_sampler_chain_n(chain)):
+            sampler = lib.llama_sampler_chain_get(chain, i)
+            if lib.llama_sampler_name(sampler) == b"penalties":
+                for t in tokens:
+                    lib.llama_sampler_accept(sampler, t)
 
     def sampler_free(self, chain) -> None:
         self._lib.llama_sampler_free(chain)

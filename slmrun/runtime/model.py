@@ -287,7 +287,8 @@ class Model:
             spec = constraint_spec(**structured)  # refused here, before anything is queued
             constraint = self._grammar().constraint(spec)
             stops = ()  # the grammar decides where the value ends; a stop string could cut it
-        p = make_params(**params, stop=extra_stop if spec is None else None, default_seed=self.options.seed)
+        task = "constrained" if spec is not None else ("chat" if strip_leading else "text")  # chat() strips
+        p = make_params(**params, stop=extra_stop if spec is None else None, task=task, default_seed=self.options.seed)
         if not tokens:
             raise InvalidArgumentError("the prompt is empty", hint="Give a prompt with some text.")
         if len(tokens) >= self.n_ctx:
@@ -344,11 +345,17 @@ class Model:
                           truncated=cut, pooling=h.pooling, model=self.name, normalized=normalize)
 
     # --- tasks for small models: answers other programs consume ---------------------------------
-    def classify(self, text: str, labels: Sequence[str], *, instruction: str | None = None,
-                 examples=None):
+    def classify(self, text: str, labels, *, instruction: str | None = None, examples=None,
+                 method: str | None = None, calibrate=False):
         """The label that fits ``text``, and a probability for every label, from the model's own
         log-probabilities of each label's tokens (teacher forcing; see slmrun.structured.classify),
-        not from sampled text. ``examples``: (text, label) pairs shown to the model first."""
+        not from sampled text. ``examples``: (text, label) pairs shown to the model first.
+        ``method="embedding"`` (an embedding model's default), ``calibrate``, labels with
+        descriptions ({name: description}): see slmrun.classification."""
+        if method is not None or calibrate or self.is_embedding_model or not isinstance(labels, (list, tuple)):
+            from ..classification import classify
+            return classify(self, text, labels, instruction=instruction, examples=examples, method=method,
+                            calibrate=calibrate)
         from .. import structured as st
 
         labels = st.check_labels(labels)

@@ -80,6 +80,8 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Stop = Annotated[Optional[str | Annotated[list[str], Field(max_length=16)]], rule("a string or a list of at most 16 strings")]
 KeepAlive = Annotated[Optional[float | str], rule('a number of seconds or a duration such as "5m"')]
 TokenIds = list[Annotated[int, Field(ge=0, le=INT32_MAX)]]
+DryMultiplier = Annotated[float, Field(ge=0.0)]
+DryBase = Annotated[float, Field(ge=1.0)]
 
 
 def ranged(lo: int, hi: int):
@@ -106,6 +108,10 @@ class Sampling(Body):
     frequency_penalty: Optional[Penalty] = None
     seed: Optional[Int] = None
     stop: Stop = None
+    dry_multiplier: Optional[DryMultiplier] = None  # llama-server's DRY sampler (0: off)
+    dry_base: Optional[DryBase] = None
+    dry_allowed_length: Optional[Annotated[int, Field(ge=0, le=INT32_MAX)]] = None
+    dry_penalty_last_n: Optional[Annotated[int, Field(ge=-1, le=INT32_MAX)]] = None
 
 
 class StreamOptions(Body):
@@ -248,6 +254,11 @@ class Options(Body):
     frequency_penalty: Optional[Penalty] = None
     seed: Optional[Int] = None
     stop: Stop = None
+    # not Ollama's: llama-server's DRY options, taken here too (Ollama would ignore them)
+    dry_multiplier: Optional[DryMultiplier] = None
+    dry_base: Optional[DryBase] = None
+    dry_allowed_length: Optional[Annotated[int, Field(ge=0, le=INT32_MAX)]] = None
+    dry_penalty_last_n: Optional[Annotated[int, Field(ge=-1, le=INT32_MAX)]] = None
     # accepted, not used
     num_ctx: Any = None
     num_batch: Any = None
