@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelLoadError
+from .binding import lib
 
 # llama.cpp logs through a C callback; keeping a reference stops it being collected.
 _LOG_CALLBACK = None
@@ -35,7 +36,7 @@ def set_llama_log(enabled: bool) -> None:
     global _LOG_CALLBACK, _log_enabled
     if _log_enabled == enabled:
         return
-    import llama_cpp
+    llama_cpp = lib()
 
     if enabled:
         def _cb(level, text, user_data):
@@ -50,14 +51,14 @@ def set_llama_log(enabled: bool) -> None:
 
 def system_info() -> str:
     """The CPU features this llama.cpp build was compiled to use ("AVX2 = 1 | ...")."""
-    import llama_cpp
+    llama_cpp = lib()
     return llama_cpp.llama_print_system_info().decode("utf-8", "replace")
 
 
 def _ensure_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        import llama_cpp
+        llama_cpp = lib()
         llama_cpp.llama_backend_init()
         _backend_ready = True
 
@@ -93,7 +94,7 @@ class LlamaHandle:
                  verbose: bool = False, model_params_hook=None, guard=None):
         """``guard``: a model split over RPC servers (runtime.rpc.Placement): every step that waits
         on them runs under its watchdog, so a server that stops answering cannot hang us."""
-        import llama_cpp
+        llama_cpp = lib()
 
         self._lib = llama_cpp
         set_llama_log(verbose)
