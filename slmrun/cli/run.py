@@ -93,8 +93,11 @@ def run(
     params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
+    # --raw never chats: "none" spares the chat template's sandbox worker (a process start
+    # that would contend with the load for the cores).
+    fmt = "none" if raw else (None if json_object else chat_format)
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
-                      chat_format=None if json_object else chat_format, announce=not raw, rpc=rpc) as m:
+                      chat_format=fmt, announce=not raw, rpc=rpc) as m:
         if raw:
             response = m.complete(prompt, **params)
         else:

@@ -8,7 +8,9 @@ that module under a package object whose ``__init__`` has not run yet. The first
 anything else asks that package for a name it lacks (``llama_cpp.Llama``,
 ``llama_cpp.__version__``, ``from llama_cpp import LlamaGrammar``), the real ``__init__``
 runs on it then, so a program that uses both slmrun and llama_cpp's own classes sees the
-whole package.
+whole package. (llguidance's llama.cpp tokenizer does that for every structured request.)
+That ``__init__`` installs llama_cpp's own log callback over slmrun's; the functions in
+``after_init`` (llama.py's: put slmrun's back) run once it has.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import importlib.util
 import sys
 
 _NAME = "llama_cpp"
+after_init: list = []  # called (no arguments) once the package's real __init__ has run
 
 
 def lib():
@@ -37,6 +40,8 @@ def lib():
                 raise AttributeError(name)  # introspection (__wrapped__, __file__ lookups...): not a reason
             pkg.__dict__.pop("__getattr__", None)
             spec.loader.exec_module(pkg)
+            for fn in after_init:
+                fn()
             try:
                 return pkg.__dict__[name]
             except KeyError:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelLoadError
+from . import binding
 from .binding import lib
 
 # llama.cpp logs through a C callback; keeping a reference stops it being collected.
@@ -47,6 +48,17 @@ def set_llama_log(enabled: bool) -> None:
     _LOG_CALLBACK = llama_cpp.llama_log_callback(_cb)
     llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
     _log_enabled = enabled
+
+
+def _restore_log() -> None:
+    """llama_cpp's package __init__ (run late, see binding.py) set its own log callback: ours again."""
+    global _log_enabled
+    if _log_enabled is not None:
+        enabled, _log_enabled = _log_enabled, None
+        set_llama_log(enabled)
+
+
+binding.after_init.append(_restore_log)
 
 
 def system_info() -> str:
