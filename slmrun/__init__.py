@@ -19,6 +19,7 @@ _EXPORTS = {
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
+    "Embeddings": "slmrun.runtime",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
                      "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
@@ -27,7 +28,7 @@ _EXPORTS = {
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
-                     "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
+                     "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
                      "RpcUnavailableError", "RpcServerError", "RpcBindError"),
                     "slmrun.errors"),
 }

@@ -32,7 +32,7 @@ EXIT_CODES = (
     (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.InvalidArgumentError, 2),
     (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
-    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19),
+    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19), (E.ModelCapabilityError, 20),
 )
 
 
@@ -57,8 +57,8 @@ def _group() -> None:
 # Which module adds each command. A command line that names one imports only that module
 # (and what it imports): `slmrun run` need not import the server's or bench's modules nor
 # have typer build their options (benchmarks/STARTUP.md); anything else imports them all.
-COMMAND_MODULES = {"run": "run", "chat": "chat", "bench": "bench", "pull": "models", "list": "models",
-                   "rm": "models", "import": "models", "show": "models", "rpc-server": "rpc", "serve": "serve",
+COMMAND_MODULES = {"run": "run", "chat": "chat", "bench": "bench", "embed": "embed", "pull": "models",
+                   "list": "models", "rm": "models", "import": "models", "show": "models", "rpc-server": "rpc", "serve": "serve",
                    "ps": "serve", "stop": "serve", "hw": "system", "plan": "system", "classify": "tasks",
                    "extract": "tasks"}
 
