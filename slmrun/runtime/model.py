@@ -45,6 +45,8 @@ class LoadOptions:
     n_parallel: int = 1  # sequences decoded together (slots)
     max_queue: int | None = None  # requests allowed to wait for a slot (None: no limit)
     pooling: str | None = None  # embeddings: "mean", "cls", "last" (None: the model's own, else mean)
+    speculative: str = "auto"  # prompt-lookup drafts: "auto" (where the measured step costs say they pay), "on", "off"
+    spec_slope: float | None = None  # a batch's extra cost per token (fraction of a step) until measured
 
 
 _OPEN: "weakref.WeakSet[Model]" = weakref.WeakSet()
@@ -120,7 +122,8 @@ class Model:
         self._closed = False
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
                               n_batch=options.n_batch, name=self.name, load_s=self.load_s,
-                              max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free)
+                              max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free,
+                              speculative=options.speculative, spec_slope=options.spec_slope)
         if placement is not None:  # a failed server ends this model's requests (rpc_guard's default)
             placement.on_failure = self._engine.fail_broken
         _OPEN.add(self)

@@ -26,6 +26,7 @@ class SamplingParams:
     logprobs: bool = False  # record each generated token's log-probability
     top_logprobs: int = 0  # ... and the most likely alternatives at each step (OpenAI's top_logprobs)
     ignore_eos: bool = False  # never end on the end-of-generation token (llama.cpp's ignore_eos; benchmarks)
+    speculative: str | None = None  # "auto", "on", "off" (prompt-lookup drafts); None: the model's setting
 
     @property
     def penalized(self) -> bool:
@@ -36,7 +37,8 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
                 min_p: float = 0.05, repeat_penalty: float = 1.0, presence_penalty: float = 0.0,
                 frequency_penalty: float = 0.0, seed: int | None = None,
                 stop: Sequence[str] | str | None = None, logprobs: bool = False, top_logprobs: int = 0,
-                ignore_eos: bool = False, default_seed: int | None = None) -> SamplingParams:
+                ignore_eos: bool = False, speculative: bool | str | None = None,
+                default_seed: int | None = None) -> SamplingParams:
     """Check every parameter and fill the seed; raises InvalidArgumentError naming the bad one."""
     def bad(name, value, rule):
         raise InvalidArgumentError(f"{name} must be {rule}, got {value!r}")
@@ -67,10 +69,13 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
     for name, value in (("logprobs", logprobs), ("ignore_eos", ignore_eos)):
         if not isinstance(value, bool):
             bad(name, value, "true or false")
+    if speculative is not None:
+        from .speculative import check_mode
+        speculative = check_mode(speculative)
     if seed is None:
         seed = default_seed if default_seed is not None else random.getrandbits(32)
     return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=top_k,
                           min_p=float(min_p), repeat_penalty=float(repeat_penalty),
                           presence_penalty=float(presence_penalty), frequency_penalty=float(frequency_penalty),
                           seed=seed, stop=tuple(s for s in stops if s), logprobs=bool(logprobs or top_logprobs),
-                          top_logprobs=top_logprobs, ignore_eos=ignore_eos)
+                          top_logprobs=top_logprobs, ignore_eos=ignore_eos, speculative=speculative)
