@@ -228,3 +228,27 @@ def test_a_draft_the_grammar_forbids_is_cut_before_it_is_decoded(default_model_f
         r = m.complete("The number is 4242. Again: the number is 4242. The number is",
                        grammar='root ::= " " [0-9]+ "."', temperature=0, max_tokens=12, speculative="on").wait()
         assert r.text.strip().rstrip(".").isdigit()
+
+
+# --- the command line and the server's request fields --------------------------------------------
+
+def test_run_takes_spec_and_refuses_a_bad_value(repetitive):
+    import subprocess
+
+    from conftest import slmrun_cmd
+
+    base = [*slmrun_cmd(), "run", "--raw", "-m", str(repetitive), "-n", "24", "-t", "0", "a a a"]
+    off = subprocess.run(base + ["--spec", "off"], capture_output=True, text=True, timeout=120)
+    on = subprocess.run(base + ["--spec", "on"], capture_output=True, text=True, timeout=120)
+    assert off.returncode == on.returncode == 0 and on.stdout == off.stdout and on.stdout.strip()
+    bad = subprocess.run(base + ["--spec", "sometimes"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "auto, on, off" in bad.stderr
+
+
+def test_the_servers_requests_carry_speculative():
+    from slmrun.server import translate
+
+    call = translate.openai_completion({"model": "m", "prompt": "x", "speculative": "off"})
+    assert call.params["speculative"] == "off"
+    params, ignored = translate.ollama_options({"speculative": True, "temperature": 0})
+    assert params == {"speculative": True, "temperature": 0} and ignored == []

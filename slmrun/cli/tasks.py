@@ -43,6 +43,8 @@ def classify(
     example: list[str] = typer.Option([], "--example", "-e", help="TEXT=LABEL, shown to the model first; repeatable."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens."),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", help="Texts scored at once (default: as many "
+                                           "slots as fit, up to 4)."),
 ):
     """Pick a label for each text from the model's own probabilities; one JSON object per text:
     {"text", "label", "probabilities"}."""
@@ -53,10 +55,22 @@ def classify(
         if not sep or not ex_text.strip():
             fail(f"--example {item!r} is not TEXT=LABEL", "Example: --example 'Free money!!!=spam'", 2)
         examples.append((ex_text, ex_label.strip()))
-    with load_for_cli(model, ctx=ctx, threads=threads, seed=None) as m:
-        for t in _texts(text):
-            c = m.classify(t, names, instruction=instruction, examples=examples)
+    from ..runtime.tasks import classify_stream
+
+    one = text is not None and text != "-"
+    # Texts from stdin are scored side by side, one per slot (the planner's slots); one text, one slot.
+    with load_for_cli(model, ctx=ctx, threads=threads, seed=None, n_parallel=1 if one else parallel) as m:
+        texts = []  # classify_stream reads the lines as slots free; each result names its text
+        for c in classify_stream(m, _remember(_texts(text), texts), names, instruction=instruction,
+                                 examples=examples):
+            t = texts.pop(0)
             _emit({"text": t, "label": c.label, "probabilities": {k: round(v, 6) for k, v in c.probabilities.items()}})
+
+
+def _remember(items, seen: list):
+    for item in items:
+        seen.append(item)
+        yield item
 
 
 @app.command()

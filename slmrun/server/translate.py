@@ -19,11 +19,12 @@ FOREVER = math.inf
 
 # The engine's sampling parameters under OpenAI's names (and llama-server's extensions).
 OPENAI_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                   "frequency_penalty", "seed")
+                   "frequency_penalty", "seed", "speculative")
 # Ollama's options that the engine samples with, by Ollama's name.
 OLLAMA_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                    "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
-                   "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop"}
+                   "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop",
+                   "speculative": "speculative"}  # slmrun's own: prompt-lookup drafts, "auto"/"on"/"off"
 # Ollama's options that choose how a model is loaded: here the server's command line does.
 OLLAMA_LOAD_TIME = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock",
                               "numa", "low_vram", "vocab_only", "f16_kv", "num_keep", "logits_all"})
