@@ -4,7 +4,7 @@ labels in one slot so its prompt is evaluated once) against ``Model.classify`` o
 time, on the same model load (n_parallel slots), same texts and labels. Reports texts/s and
 the prompt tokens the engine evaluated; rounds interleave the two.
 
-    .venv/bin/python benchmarks/classify_bulk.py [--rounds 3] [--parallel 4]   (writes benchmarks/CLASSIFY.md)
+    .venv/bin/python benchmarks/classify_bulk.py [--rounds 3] [--parallel 4]   (writes benchmarks/CLASSIFY_BULK.md)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llama_tools import HERE, analysis_block, cpu_snapshot, log, others_cores, wait_quiet  # noqa: E402
 
-OUT = HERE / "CLASSIFY.md"
+OUT = HERE / "CLASSIFY_BULK.md"
 LABELS = ["positive", "negative", "neutral"]
 # Short reviews written for this benchmark.
 TEXTS = [
