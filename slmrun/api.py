@@ -198,7 +198,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
          max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True,
-         rpc: str | Sequence[str] | None = None, pooling: str | None = None):
+         rpc: str | Sequence[str] | None = None, pooling: str | None = None,
+         speculative: bool | str | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
@@ -215,8 +216,14 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     is how ``embed()`` pools token states: the model's own by default (an embedding
     model's GGUF names it), mean for a generative model. An embedding model (BERT
     family) decodes up to ``n_parallel`` inputs (default 64) per batch of ``n_batch`` tokens.
+    ``speculative`` ("auto" by default, "on", "off"; True/False) is prompt-lookup decoding:
+    drafts from each request's own text, decoded where the step costs this engine measures
+    say they pay (runtime/speculative.py); a request's ``speculative=`` overrides it.
     """
     from .runtime import LoadOptions, Model
+    from .runtime.speculative import check_mode
+
+    spec_mode = check_mode(speculative)
 
     resolved = resolve(ref if ref is not None else config.default_model(), allow_path=allow_path)
     info = inspect_file(resolved)
@@ -242,7 +249,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     if pooling is not None and pooling not in EMBED_POOLING:
         raise InvalidArgumentError(f"pooling={pooling!r} is not one of {', '.join(EMBED_POOLING)}")
     from .hardware import detect
-    from .planner import check_memory, choose_parallel, effective_flash_attn, spec_from_gguf
+    from .planner import batch_slope, check_memory, choose_parallel, effective_flash_attn, spec_from_gguf
 
     fa = effective_flash_attn(flash_attn, type_v)
     hw = detect()
@@ -272,7 +279,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         n_batch=batch, n_ubatch=batch if encoder else min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
-        max_queue=max_queue, pooling=pooling)
+        max_queue=max_queue, pooling=pooling, speculative=spec_mode,
+        spec_slope=batch_slope(hw, spec_from_gguf(info), weights_bytes=info.size, threads=threads))
     placement = None
     if eps is not None:
         ngl, ts, _ = remote.split_for_load(info, options, hw, devices, name=resolved.name, force=force)

@@ -8,19 +8,25 @@ and raise ``InvalidModelFileError`` naming what is wrong.
 The format's constants (value types, quant block sizes, file types) come from the
 ``gguf`` package. We do not use ``gguf.GGUFReader`` itself: it materialises every
 element of the tokenizer arrays and takes ~1.6 s on the 98 MB default model, on
-every load; this reader skips array bodies and takes tens of milliseconds.
+every load; this reader skips array bodies and takes tens of milliseconds. What it finds
+in a file that passed is kept between runs (runcache, keyed by the file's inode, size and
+times and by READER_VERSION), so the next start of the same file skips the walk and the
+import of gguf and numpy (~80 ms; benchmarks/STARTUP.md).
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from . import runcache
 from .errors import InvalidModelFileError, ModelFileNotFoundError
 from .shape import ENCODER_ARCHS, ModelShape
 
+# Bump when read_info derives anything differently: records cached by an older reader are stale.
+READER_VERSION = 2
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
@@ -213,11 +219,56 @@ def _shorten(text: str) -> str:
     return shorten(text)
 
 
-def read_info(path: str | Path) -> GGUFInfo:
-    """Parse and validate a GGUF file's header, metadata and tensor table."""
+def read_info(path: str | Path, *, cache: bool = True) -> GGUFInfo:
+    """Parse and validate a GGUF file's header, metadata and tensor table; a file that passed
+    before, unchanged since, is answered from the run cache (``cache=False``: always read)."""
+    path = Path(path)
+    key = None
+    if cache:
+        try:
+            key = {**runcache.file_key(path), "reader": READER_VERSION}
+        except (OSError, ValueError):
+            key = None  # missing or unreadable: the full read says what is wrong
+        else:
+            hit = runcache.get("gguf", key["path"], key)
+            info = _from_record(path, hit) if hit is not None else None
+            if info is not None:
+                return info
+    info = _read_info(path)
+    if key is not None:
+        runcache.put("gguf", key["path"], key, _to_record(info))
+    return info
+
+
+def _to_record(info: GGUFInfo) -> dict:
+    record = {f.name: getattr(info, f.name) for f in fields(info) if f.name not in ("path", "metadata")}
+    record["special_tokens"] = list(info.special_tokens)
+    record["tensors"] = [[x.name, list(x.dims), x.type, x.offset, x.nbytes] for x in info.tensors]
+    record["metadata"] = {k: ({"array": [int(v), v.offset, v.etype]} if isinstance(v, _ArrayLen) else v)
+                          for k, v in info.metadata.items()}
+    return record
+
+
+def _from_record(path: Path, record) -> GGUFInfo | None:
+    """The GGUFInfo a record holds; None for one this reader cannot use (it is then re-read)."""
+    try:
+        meta = {}
+        for k, v in record["metadata"].items():
+            if isinstance(v, dict):
+                count, offset, etype = v["array"]
+                v = _ArrayLen(count, offset=offset, etype=etype)
+            meta[k] = v
+        values = {f.name: record[f.name] for f in fields(GGUFInfo) if f.name not in ("path", "metadata")}
+        values["special_tokens"] = tuple(values["special_tokens"])
+        values["tensors"] = tuple(TensorInfo(n, tuple(d), ty, off, nb) for n, d, ty, off, nb in values["tensors"])
+        return GGUFInfo(path=path, metadata=meta, **values)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _read_info(path: Path) -> GGUFInfo:
     import gguf
 
-    path = Path(path)
     try:
         if not path.exists():
             raise ModelFileNotFoundError(f"no such file: {_shorten(str(path))}")

@@ -183,7 +183,8 @@ NEWS = {"business": ["Shares fell after the bank warned on profits.", "Inflation
 def test_contextual_calibration_divides_out_the_content_free_prior(default_model_file):
     labels = list(NEWS)
     texts = [t for ts in NEWS.values() for t in ts]
-    with slmrun.load(str(default_model_file), n_parallel=2) as m:
+    # One slot: texts scored side by side would not give bit-identical logits to lone ones.
+    with slmrun.load(str(default_model_file), n_parallel=1) as m:
         prior = content_free_prior(m, labels)
         assert prior.shape == (3,) and prior.sum() == pytest.approx(1)
         raw = [m.classify(t, labels) for t in texts]
@@ -213,8 +214,10 @@ def test_cli_calibrate_a_generative_model(tiny_llama):
         prior = content_free_prior(m, ["a", "b"])
         raw = [m.classify(f"text number {i}", ["a", "b"]) for i in range(8)]
     batch_prior = scoring.mean_prior([list(r.probabilities.values()) for r in raw])
-    for r, c, b in zip(raw, rows[1], rows[2]):  # --calibrate on 8 texts: the batch prior, as measured best
-        assert c["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+    # --calibrate on 8 texts: the batch prior, as measured best. (Texts are scored side by side, and
+    # which ones share a batch varies from run to run: the logits are not bit-identical.)
+    for r, c, b in zip(raw, rows[1], rows[2]):
+        assert c["probabilities"] == pytest.approx(b["probabilities"], abs=2e-3)
     assert prior.shape == (2,)
     for r, c in zip(raw, rows[2]):
         assert c["probabilities"] == pytest.approx(recalibrated(r, batch_prior).probabilities, abs=2e-3)

@@ -53,8 +53,11 @@ def vocab(extra_specials: tuple[str, ...] = (), special_type: int = 3,
 def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512, chat_template: str | None = CHATML,
                     seed: int = 0, name: str = "tiny", vocab_style: str | None = None,
-                    extra_tokens: tuple[tuple[str, int], ...] = ()) -> Path:
-    """``vocab_style`` None: ChatML's tokens when there is a template, none without."""
+                    extra_tokens: tuple[tuple[str, int], ...] = (), mixing: float = 0.2) -> Path:
+    """``vocab_style`` None: ChatML's tokens when there is a template, none without. ``mixing``:
+    the scale of the attention and feed-forward outputs added to the residual stream; near 0
+    the next token depends mostly on the current one (a bigram model), so greedy output soon
+    cycles and repeats itself: what prompt-lookup drafts need (tests/test_speculative.py)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -110,11 +113,11 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
             t(f"blk.{i}.attn_q.weight", n_embd, n_embd)
             t(f"blk.{i}.attn_k.weight", n_embd, head_dim * n_head_kv)
             t(f"blk.{i}.attn_v.weight", n_embd, head_dim * n_head_kv)
-            t(f"blk.{i}.attn_output.weight", n_embd, n_embd)
+            t(f"blk.{i}.attn_output.weight", n_embd, n_embd, scale=mixing)
             ones(f"blk.{i}.ffn_norm.weight", n_embd)
             t(f"blk.{i}.ffn_gate.weight", n_embd, n_ff)
             t(f"blk.{i}.ffn_up.weight", n_embd, n_ff)
-            t(f"blk.{i}.ffn_down.weight", n_ff, n_embd)
+            t(f"blk.{i}.ffn_down.weight", n_ff, n_embd, scale=mixing)
     elif arch == "phi2":
         w.add_head_count_kv(n_head)
         w.add_layer_norm_eps(1e-5)

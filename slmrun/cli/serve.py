@@ -60,6 +60,9 @@ def serve(
                                          "e.g. 2G (default: what is available at start, less a reserve)."),
     grace: float = typer.Option(10.0, "--grace", help="On SIGTERM, seconds in-flight requests get to finish."),
     rpc: Optional[str] = rpc_option(),
+    spec: str = typer.Option("auto", "--spec", help="Prompt-lookup speculative decoding for every model: auto "
+                             "(where the measured step costs say it pays), on, off; a request's "
+                             "\"speculative\" field overrides it."),
 ):
     """Serve models over HTTP: OpenAI's API under /v1, Ollama's under /api, a chat page at /."""
     from ..errors import InvalidArgumentError
@@ -87,6 +90,8 @@ def serve(
     if not (math.isfinite(grace) and grace >= 0):
         raise InvalidArgumentError(f"--grace must be a number of seconds >= 0, got {grace}")
     models = tuple(model or ())
+    from ..runtime.speculative import check_mode
+    spec = check_mode(spec)  # a bad value fails now, not at the first load
     _check_models(models)
     if rpc:
         from .. import remote
@@ -97,7 +102,7 @@ def serve(
                         max_queue=config.max_queue_default() if max_queue is None else max_queue,
                         n_ctx=ctx, n_parallel=parallel, n_threads=threads,
                         memory=parse_size(memory) if memory else None, grace_s=grace,
-                        load_kwargs={"rpc": rpc} if rpc else {})
+                        load_kwargs={**({"rpc": rpc} if rpc else {}), **({"speculative": spec} if spec != "auto" else {})})
     run(settings)
 
 

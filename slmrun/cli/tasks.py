@@ -99,6 +99,8 @@ def classify(
     example: list[str] = typer.Option([], "--example", "-e", help="TEXT=LABEL, a labelled example; repeatable."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens."),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", help="Generative: texts scored at once (default: "
+                                           "as many slots as fit, up to 4)."),
 ):
     """Pick a label for each text; one JSON object per text: {"text", "label", "probabilities"}.
     A generative model scores each label by its own probabilities; an embedding model (--via
@@ -117,7 +119,8 @@ def classify(
         m = load(via, n_threads=threads, n_ctx=ctx)
         method = "embedding"
     else:
-        m = load_for_cli(model, ctx=ctx, threads=threads, seed=None)
+        one = text is not None and text != "-"  # one text, one slot; many are scored side by side
+        m = load_for_cli(model, ctx=ctx, threads=threads, seed=None, n_parallel=1 if one else parallel)
         method = None
     with m:
         if method == "embedding" and not m.is_embedding_model:

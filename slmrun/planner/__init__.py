@@ -24,13 +24,14 @@ from .pick import Plan, offline_default, pick_for_this_machine, plan
 from .quants import (FAST_KERNELS, KV_CACHE_TYPE_IDS, KV_CACHE_TYPES, QUALITY_ORDER, QUALITY_TIER,
                      QUALITY_TOLERANCE, QUANT_FACTS, KVCacheType, QuantFact, has_fast_kernel, kv_cache_type,
                      quality_rank, quality_tier)
+from .speculative import batch_slope, describe_speculative
 from .split import DeviceShare, RemoteDevice, assign_layers, split_layers
 from .spec import UNGATED_FFN_ARCHS, LocalModel, ModelSpec, spec_from_entry, spec_from_gguf
 from .speed import (GEN_EFFICIENCY, PER_TOKEN_SECONDS, THREADS_TO_SATURATE, bytes_per_token, estimate_speed,
                     fallback_bandwidth, generation_rate, with_bandwidth)
 
 __all__ = [
-    "DeviceShare", "RemoteDevice", "assign_layers", "split_layers", "LocalModel", "MAX_AUTO_PARALLEL", "ParallelChoice", "choose_parallel", "COMPUTE_FLOATS_EMBD", "COMPUTE_FLOATS_FFN", "FAST_KERNELS", "FIXED_OVERHEAD", "GEN_EFFICIENCY",
+    "batch_slope", "describe_speculative", "DeviceShare", "RemoteDevice", "assign_layers", "split_layers", "LocalModel", "MAX_AUTO_PARALLEL", "ParallelChoice", "choose_parallel", "COMPUTE_FLOATS_EMBD", "COMPUTE_FLOATS_FFN", "FAST_KERNELS", "FIXED_OVERHEAD", "GEN_EFFICIENCY",
     "KV_CACHE_TYPES", "KV_CACHE_TYPE_IDS", "KV_CELL_BYTES", "KV_CELL_PAD", "KVCacheType", "MemoryEstimate",
     "ModelSpec", "PER_TOKEN_SECONDS", "Plan", "QUALITY_ORDER", "QUALITY_TIER", "QUALITY_TOLERANCE",
     "QUANT_FACTS", "QuantFact", "QuantOption", "THREADS_TO_SATURATE", "UNGATED_FFN_ARCHS",

@@ -47,6 +47,7 @@ class Plan:
     n_gpu_layers: int = 0  # with a split: the layers llama.cpp offloads, and their shares
     tensor_split: list[float] | None = None
     embedding_model: bool = False  # no generation: estimated_tps is 0, n_parallel is texts per batch
+    spec_slope: float | None = None  # speculative.py: a draft token's cost, as a fraction of a step
 
     @property
     def option(self) -> QuantOption:
@@ -72,6 +73,7 @@ class Plan:
             "split": [d.to_dict() for d in self.split] if self.split is not None else None,
             "n_gpu_layers": self.n_gpu_layers, "tensor_split": self.tensor_split,
             "embedding_model": self.embedding_model,
+            "speculative": {"mode": "auto", "draft_token_cost": self.spec_slope},
         }
 
 
@@ -182,11 +184,16 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
                        "is assumed as fast as this machine")
         warnings.extend(f"{s.device}'s share needs {format_bytes(s.need_bytes)}, over its "
                         f"{format_bytes(s.budget_bytes)} budget" for s in shares if not s.fits)
+    from .speculative import batch_slope, describe_speculative
+
+    slope = batch_slope(hw, spec, weights_bytes=pick.size, threads=threads)
+    reasons.append(describe_speculative(slope))
     return Plan(model=name, hardware=hw.name, quant=pick.quant, n_threads=threads, n_ctx=ctx, type_k=type_k,
                 type_v=type_v, n_batch=min(n_batch, ctx), flash_attn=flash_attn,
                 estimated_bytes=pick.estimated_bytes, estimated_tps=pick.estimated_tps, budget_bytes=setting.budget,
                 min_speed=min_speed, reasons=reasons, options=options, warnings=warnings, memory=pick.memory,
-                bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes, **split_fields)
+                bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes, spec_slope=slope,
+                **split_fields)
 
 
 def _plan_embedding(name, spec, rows, s: Setting, *, quant, force, n_parallel, devices) -> Plan:

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelLoadError
+from . import binding
+from .binding import lib
 
 # llama.cpp logs through a C callback; keeping a reference stops it being collected.
 _LOG_CALLBACK = None
@@ -35,7 +37,7 @@ def set_llama_log(enabled: bool) -> None:
     global _LOG_CALLBACK, _log_enabled
     if _log_enabled == enabled:
         return
-    import llama_cpp
+    llama_cpp = lib()
 
     if enabled:
         def _cb(level, text, user_data):
@@ -54,19 +56,30 @@ def preload() -> None:
     generation still streaming when SIGTERM arrived slowed from ~30 tokens/s to one token
     every ~2 s (tests/test_server_real.py's SIGTERM test; seen when the server stopped
     importing the runtime at start-up). Why the loading thread matters is not understood."""
-    import llama_cpp  # noqa: F401
+    binding.lib()
+
+
+def _restore_log() -> None:
+    """llama_cpp's package __init__ (run late, see binding.py) set its own log callback: ours again."""
+    global _log_enabled
+    if _log_enabled is not None:
+        enabled, _log_enabled = _log_enabled, None
+        set_llama_log(enabled)
+
+
+binding.after_init.append(_restore_log)
 
 
 def system_info() -> str:
     """The CPU features this llama.cpp build was compiled to use ("AVX2 = 1 | ...")."""
-    import llama_cpp
+    llama_cpp = lib()
     return llama_cpp.llama_print_system_info().decode("utf-8", "replace")
 
 
 def _ensure_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        import llama_cpp
+        llama_cpp = lib()
         llama_cpp.llama_backend_init()
         _backend_ready = True
 
@@ -108,7 +121,7 @@ class LlamaHandle:
                  verbose: bool = False, model_params_hook=None, guard=None):
         """``guard``: a model split over RPC servers (runtime.rpc.Placement): every step that waits
         on them runs under its watchdog, so a server that stops answering cannot hang us."""
-        import llama_cpp
+        llama_cpp = lib()
 
         self._lib = llama_cpp
         set_llama_log(verbose)

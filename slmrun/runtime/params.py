@@ -49,6 +49,7 @@ class SamplingParams:
     dry_base: float = 1.75
     dry_allowed_length: int = 2
     dry_penalty_last_n: int = -1  # how far back to look; -1: the whole context, 0: off
+    speculative: str | None = None  # "auto", "on", "off" (prompt-lookup drafts); None: the model's setting
 
     @property
     def penalized(self) -> bool:
@@ -68,7 +69,7 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
                 stop: Sequence[str] | str | None = None, logprobs: bool = False, top_logprobs: int = 0,
                 ignore_eos: bool = False, dry_multiplier: float | None = None, dry_base: float = 1.75,
                 dry_allowed_length: int = 2, dry_penalty_last_n: int = -1, task: str = "text",
-                default_seed: int | None = None) -> SamplingParams:
+                speculative: bool | str | None = None, default_seed: int | None = None) -> SamplingParams:
     """Check every parameter and fill the seed and the ``task``'s defaults (TASK_DEFAULTS) for
     what was not given; raises InvalidArgumentError naming the bad one."""
     def bad(name, value, rule):
@@ -110,6 +111,9 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
     for name, value in (("logprobs", logprobs), ("ignore_eos", ignore_eos)):
         if not isinstance(value, bool):
             bad(name, value, "true or false")
+    if speculative is not None:
+        from .speculative import check_mode
+        speculative = check_mode(speculative)
     if seed is None:
         seed = default_seed if default_seed is not None else random.getrandbits(32)
     return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=top_k,
@@ -118,4 +122,4 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
                           seed=seed, stop=tuple(s for s in stops if s), logprobs=bool(logprobs or top_logprobs),
                           top_logprobs=top_logprobs, ignore_eos=ignore_eos, dry_multiplier=float(dry_multiplier),
                           dry_base=float(dry_base), dry_allowed_length=dry_allowed_length,
-                          dry_penalty_last_n=dry_penalty_last_n)
+                          dry_penalty_last_n=dry_penalty_last_n, speculative=speculative)

@@ -33,6 +33,8 @@ class Stats:
     queue_s: float = 0.0  # time waiting for a free slot
     slot: int = -1  # the sequence (slot) that served the request
     forced_tokens: int = 0  # of generated_tokens, those a grammar forced (appended without sampling)
+    draft_tokens: int = 0  # speculative decoding: tokens drafted from the sequence's own n-grams
+    accepted_tokens: int = 0  # ... of which the model agreed with (the rest cost a batch row each)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -80,6 +80,7 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Stop = Annotated[Optional[str | Annotated[list[str], Field(max_length=16)]], rule("a string or a list of at most 16 strings")]
 KeepAlive = Annotated[Optional[float | str], rule('a number of seconds or a duration such as "5m"')]
 TokenIds = list[Annotated[int, Field(ge=0, le=INT32_MAX)]]
+Speculative = Annotated[Optional[bool | Literal["auto", "on", "off"]], rule('"auto", "on", "off", true or false')]
 DryMultiplier = Annotated[float, Field(ge=0.0)]
 DryBase = Annotated[float, Field(ge=1.0)]
 
@@ -112,6 +113,7 @@ class Sampling(Body):
     dry_base: Optional[DryBase] = None
     dry_allowed_length: Optional[Annotated[int, Field(ge=0, le=INT32_MAX)]] = None
     dry_penalty_last_n: Optional[Annotated[int, Field(ge=-1, le=INT32_MAX)]] = None
+    speculative: Speculative = None  # slmrun's own: prompt-lookup drafts
 
 
 class StreamOptions(Body):
@@ -259,6 +261,7 @@ class Options(Body):
     dry_base: Optional[DryBase] = None
     dry_allowed_length: Optional[Annotated[int, Field(ge=0, le=INT32_MAX)]] = None
     dry_penalty_last_n: Optional[Annotated[int, Field(ge=-1, le=INT32_MAX)]] = None
+    speculative: Speculative = None  # slmrun's own: prompt-lookup drafts
     # accepted, not used
     num_ctx: Any = None
     num_batch: Any = None

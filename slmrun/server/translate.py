@@ -21,14 +21,15 @@ FOREVER = math.inf
 # The engine's sampling parameters under OpenAI's names (and llama-server's extensions).
 OPENAI_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
                    "frequency_penalty", "seed", "dry_multiplier", "dry_base", "dry_allowed_length",
-                   "dry_penalty_last_n")
+                   "dry_penalty_last_n", "speculative")
 # Ollama's options that the engine samples with, by Ollama's name.
 OLLAMA_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                    "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
                    "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop",
                    # not Ollama's: llama-server's DRY options, taken here too (Ollama would ignore them)
                    "dry_multiplier": "dry_multiplier", "dry_base": "dry_base",
-                   "dry_allowed_length": "dry_allowed_length", "dry_penalty_last_n": "dry_penalty_last_n"}
+                   "dry_allowed_length": "dry_allowed_length", "dry_penalty_last_n": "dry_penalty_last_n",
+                   "speculative": "speculative"}  # slmrun's own: prompt-lookup drafts, "auto"/"on"/"off"
 
 
 @dataclass
