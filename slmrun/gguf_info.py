@@ -293,3 +293,24 @@ def read_info(path: str | Path) -> GGUFInfo:
         license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
         metadata=meta, special_tokens=specials,
     )
+
+
+def vocabulary_digest(path: str | Path) -> str:
+    """A SHA-256 of the vocabulary: the tokenizer model's name and every token's text, as
+    stored in ``tokenizer.ggml.tokens``. Two files with the same digest number the same
+    texts the same way (what comparing their logits needs). Validates the file first."""
+    import hashlib
+
+    info = read_info(path)
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    h = hashlib.sha256(str(info.metadata.get("tokenizer.ggml.model", "")).encode())
+    if not isinstance(tokens, _ArrayLen) or tokens.etype != _STRING:
+        h.update(f"no token list; {info.vocab_size} tokens".encode())
+        return h.hexdigest()
+    with open(info.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        cur = _Cursor(buf, info.size, info.path)
+        cur.pos = tokens.offset
+        cur.skip_strings(int(tokens), "tokenizer.ggml.tokens")
+        h.update(int(tokens).to_bytes(8, "little"))
+        h.update(buf[tokens.offset:cur.pos])
+    return h.hexdigest()

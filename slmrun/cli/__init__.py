@@ -32,7 +32,7 @@ EXIT_CODES = (
     (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.InvalidArgumentError, 2),
     (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
-    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19),
+    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19), (E.QuantizeError, 20),
 )
 
 
