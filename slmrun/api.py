@@ -14,7 +14,7 @@ from typing import Sequence
 
 from . import config, store
 from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFoundError,
-                     ModelNotFoundError, ModelNotPulledError)
+                     ModelNotFoundError, ModelNotPulledError, UnknownQuantError)
 from .registry import ModelEntry, load_registry, split_ref
 
 
@@ -82,6 +82,12 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
         entry, quant = load_registry().resolve(ref)
         name = entry.name
         local = store.find(name, quant)
+    except UnknownQuantError:  # a quant the registry does not list, made here (slmrun quantize) or imported
+        entry = load_registry().get(name)
+        local = store.find(entry.name, quant)
+        if not local:
+            raise
+        return Resolved(path=local[0].path, name=entry.name, quant=local[0].quant, entry=entry, stored=local[0])
     except ModelNotFoundError:
         if local:  # an imported model the registry does not know
             pick = _best_local(None, local)
@@ -134,7 +140,6 @@ def plan_target(ref: str):
         if not local:
             raise
     if quant is not None and quant not in {m.quant for m in local}:
-        from .errors import UnknownQuantError
         raise UnknownQuantError(f"{name} has no local quant {quant}",
                                 hint=f"Local quants: {', '.join(m.quant for m in local)}.")
     return local_target(local), quant

@@ -48,7 +48,7 @@ def fail(message: str, hint: str = "", code: int = 1):
 
 
 def _register() -> None:
-    from . import bench, chat, models, rpc, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
+    from . import bench, chat, evaluate, models, quantize, rpc, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:
