@@ -1,0 +1,129 @@
+"""Record llama-perplexity's own figures on the tiny test models, for
+tests/test_evaluate_recorded.py to compare `slmrun eval` with.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/record_perplexity.py
+
+Writes the tiny models (tests/tinymodels.py, fixed seeds; the quantized one made by
+llama.cpp's quantizer through slmrun.runtime.quantize), runs llama-perplexity (built from
+the llama.cpp vendored in the installed llama-cpp-python, benchmarks/llama_tools.py) on
+them, and writes tests/data/quality/llama_perplexity.json: for each run its command line,
+the SHA-256 of every file it read, and the figures it printed (as printed, as text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
+
+from llama_tools import build_tools, log  # noqa: E402
+from tinymodels import write_tiny_gguf  # noqa: E402
+
+OUT = ROOT / "tests" / "data" / "quality" / "llama_perplexity.json"
+TEXT_CHARS = 3000  # of tests/data/quality/text.txt: ~3000 tokens in the tiny byte-level vocabulary
+
+# The tiny models: 256-wide so that the K-quants apply (their blocks are 256 wide).
+TINY = dict(arch="llama", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2, n_ctx=512)
+# (name, model, base, n_ctx, n_batch): base None is a perplexity run.
+RUNS = [
+    ("ppl_f32_c128_b512", "f32", None, 128, 512),
+    ("ppl_q4km_c128_b128", "q4km", None, 128, 128),
+    ("kld_q4km_c128_b512", "q4km", "f32", 128, 512),
+    ("kld_other_c128_b64", "other", "f32", 128, 64),
+]
+
+
+def tiny_files(folder: Path) -> dict[str, Path]:
+    """The three tiny models, written the same way every time (the test writes them again)."""
+    from slmrun.runtime.quantize import quantize_file
+
+    files = {"f32": write_tiny_gguf(folder / "tiny-f32.gguf", seed=0, **TINY),
+             "other": write_tiny_gguf(folder / "tiny-other-f32.gguf", seed=1, **TINY)}
+    quantize_file(files["f32"], folder / "tiny-q4_k_m.gguf", "Q4_K_M", n_threads=1)
+    files["q4km"] = folder / "tiny-q4_k_m.gguf"
+    return files
+
+
+def text_file(folder: Path) -> Path:
+    text = (ROOT / "tests" / "data" / "quality" / "text.txt").read_text()[:TEXT_CHARS]
+    path = folder / "text.txt"
+    path.write_text(text)
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+FIGURES = {  # name -> regex on llama-perplexity's stdout/stderr
+    "chunks": r"(?:calculating perplexity|computing) over (\d+) chunks",
+    "final_ppl": r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)",
+    "ppl_q": r"Mean PPL\(Q\)\s*:\s*([-0-9.]+)",
+    "ppl_base": r"Mean PPL\(base\)\s*:\s*([-0-9.]+)",
+    "ln_ratio": r"Mean ln\(PPL\(Q\)/PPL\(base\)\)\s*:\s*([-0-9.]+)",
+    "kld_mean": r"Mean    KLD:\s*([-0-9.]+)",
+    "kld_max": r"Maximum KLD:\s*([-0-9.]+)",
+    "kld_p99": r"99\.0%   KLD:\s*([-0-9.]+)",
+    "kld_median": r"Median  KLD:\s*([-0-9.]+)",
+    "same_top_pct": r"Same top p:\s*([-0-9.]+)",
+}
+
+
+def parse(output: str) -> dict:
+    out = {}
+    for name, pattern in FIGURES.items():
+        m = re.search(pattern, output)
+        if m:
+            out[name] = m.group(1)
+    return out
+
+
+def shown(cmd, tmp: str) -> str:
+    """A command line as recorded: the tool by its name, the temporary folder as $TMP."""
+    return " ".join(Path(str(c)).name if i == 0 else str(c).replace(tmp, "$TMP") for i, c in enumerate(cmd))
+
+
+def main() -> None:
+    exe = build_tools("llama-perplexity")["llama-perplexity"]
+    record = {"note": __doc__.strip().splitlines()[0], "command": "PYTHONPATH=$PWD .venv/bin/python "
+              "benchmarks/record_perplexity.py", "tiny": TINY, "text_chars": TEXT_CHARS, "files": {}, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = tiny_files(folder)
+        text = text_file(folder)
+        record["files"] = {k: sha(p) for k, p in files.items()} | {"text": sha(text)}
+        for name, model, base, n_ctx, n_batch in RUNS:
+            common = [exe, "-f", text, "-c", n_ctx, "-b", n_batch, "-t", 2]
+            cmds = []
+            if base is None:
+                cmds.append(common + ["-m", files[model]])
+            else:
+                kl = folder / f"{base}-{n_ctx}.kld"
+                cmds.append(common + ["-m", files[base], "--kl-divergence-base", kl])
+                cmds.append(common + ["-m", files[model], "--kl-divergence-base", kl, "--kl-divergence"])
+            output = ""
+            for cmd in cmds:
+                log(shown(cmd, tmp))
+                for _ in range(5):  # its log thread sometimes loses the last lines at exit: run again
+                    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True)
+                    output = p.stdout + p.stderr
+                    if "--kl-divergence-base" in cmd and "--kl-divergence" not in cmd or \
+                            parse(output).get("kld_mean" if base else "final_ppl"):
+                        break
+            record["runs"][name] = {"model": model, "base": base, "n_ctx": n_ctx, "n_batch": n_batch,
+                                    "commands": [shown(cmd, tmp) for cmd in cmds],
+                                    "printed": parse(output)}
+    OUT.write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
