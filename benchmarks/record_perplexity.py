@@ -22,16 +22,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
+sys.path[:0] = [str(ROOT), str(HERE)]
 
 from llama_tools import build_tools, log  # noqa: E402
-from tinymodels import write_tiny_gguf  # noqa: E402
+
+
+def _tests_tinymodels():
+    """tests/tinymodels.py, the tests' own writer of the tiny models, loaded from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tinymodels", ROOT / "tests" / "tinymodels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_tiny = _tests_tinymodels()
+TINY, tiny_files = _tiny.RECORDED_TINY, _tiny.recorded_tiny_files
 
 OUT = ROOT / "tests" / "data" / "quality" / "llama_perplexity.json"
 TEXT_CHARS = 3000  # of tests/data/quality/text.txt: ~3000 tokens in the tiny byte-level vocabulary
 
-# The tiny models: 256-wide so that the K-quants apply (their blocks are 256 wide).
-TINY = dict(arch="llama", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2, n_ctx=512)
 # (name, model, base, n_ctx, n_batch): base None is a perplexity run.
 RUNS = [
     ("ppl_f32_c128_b512", "f32", None, 128, 512),
@@ -39,17 +50,6 @@ RUNS = [
     ("kld_q4km_c128_b512", "q4km", "f32", 128, 512),
     ("kld_other_c128_b64", "other", "f32", 128, 64),
 ]
-
-
-def tiny_files(folder: Path) -> dict[str, Path]:
-    """The three tiny models, written the same way every time (the test writes them again)."""
-    from slmrun.runtime.quantize import quantize_file
-
-    files = {"f32": write_tiny_gguf(folder / "tiny-f32.gguf", seed=0, **TINY),
-             "other": write_tiny_gguf(folder / "tiny-other-f32.gguf", seed=1, **TINY)}
-    quantize_file(files["f32"], folder / "tiny-q4_k_m.gguf", "Q4_K_M", n_threads=1)
-    files["q4km"] = folder / "tiny-q4_k_m.gguf"
-    return files
 
 
 def text_file(folder: Path) -> Path:
@@ -116,7 +116,7 @@ def main() -> None:
                     p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True)
                     output = p.stdout + p.stderr
                     if "--kl-divergence-base" in cmd and "--kl-divergence" not in cmd or \
-                            parse(output).get("kld_mean" if base else "final_ppl"):
+                            parse(output).get("same_top_pct" if base else "final_ppl"):  # its last line
                         break
             record["runs"][name] = {"model": model, "base": base, "n_ctx": n_ctx, "n_batch": n_batch,
                                     "commands": [shown(cmd, tmp) for cmd in cmds],

@@ -12,6 +12,7 @@ size and the disk must have room for it.
 
 from __future__ import annotations
 
+import errno
 import re
 import threading
 import warnings
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import store
-from .errors import InvalidArgumentError, QuantizeError, UnknownQuantError
+from .errors import InsufficientDiskSpaceError, InvalidArgumentError, QuantizeError, UnknownQuantError
 
 UNQUANTIZED = frozenset({"F32", "F16", "BF16"})
 
@@ -143,6 +144,9 @@ def quantize(src: str, to: str, *, allow_requantize: bool = False, name: str | N
             tmp.unlink(missing_ok=True)
             if isinstance(exc, QuantizeError):
                 _explain_disk(exc, staging)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and not isinstance(exc, InsufficientDiskSpaceError):
+                raise InsufficientDiskSpaceError(f"the disk filled while storing {source.name}:{target.lower()}: "
+                                                 f"nothing was stored ({exc.strerror})") from exc
             raise
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,14 +32,15 @@ RECORD = json.loads((DATA / "llama_perplexity.json").read_text())
 EQUAL = 1e-4  # relative: floating-point order
 CLOSE = 5e-3  # the bound where the method's rounding differs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from record_perplexity import TEXT_CHARS, TINY, tiny_files  # noqa: E402
+from tinymodels import RECORDED_TINY, recorded_tiny_files
+
+TEXT_CHARS = RECORD["text_chars"]
 
 
 @pytest.fixture(scope="module")
 def recorded_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recorded")
-    files = tiny_files(folder)
+    files = recorded_tiny_files(folder)
     text = folder / "text.txt"
     text.write_text((DATA / "text.txt").read_text()[:TEXT_CHARS])
     files["text"] = text
@@ -48,7 +48,7 @@ def recorded_files(tmp_path_factory):
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert digest == RECORD["files"][key], (
             f"{path.name} is not the file llama-perplexity was run on; run benchmarks/record_perplexity.py again")
-    assert RECORD["tiny"] == TINY
+    assert RECORD["tiny"] == RECORDED_TINY
     return files
 
 

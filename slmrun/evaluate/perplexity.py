@@ -194,7 +194,8 @@ def evaluate_perplexity(models: Sequence[str], text: str, *, reference: str | No
     if save:
         from . import results
         for item, row in zip(model_ls, rows):
-            results.save(row.sha256 or _sha(item.path), row)
+            row.sha256 = row.sha256 or _sha(item.path)  # a file outside the store: hashed here
+            results.save(row.sha256, row)
     return rows
 
 

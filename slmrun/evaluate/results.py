@@ -62,8 +62,9 @@ def _path(sha256: str) -> Path:
 
 def load(sha256: str) -> dict:
     """Everything kept for one model file ({} when nothing is)."""
+    path = _path(sha256)
     try:
-        data = json.loads(_path(sha256).read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
