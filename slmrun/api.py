@@ -41,24 +41,8 @@ def choose_quant(entry: ModelEntry) -> str:
         from .planner import pick_for_this_machine
     except ImportError:  # planner not available: Ollama's habit
         return entry.default_quant
-    return pick_for_this_machine(entry, measured=measured_quality(entry))
-
-
-def measured_quality(target) -> dict[str, float]:
-    """{quant: mean KL divergence} for the quants of ``target`` (a registry entry, a LocalModel or
-    a name) that `slmrun eval` measured against a full-precision reference, found by their
-    files' SHA-256 (the registry's, and the store's for local files). Never raises."""
-    try:
-        from .evaluate.results import measured_quality as measured
-
-        name = target if isinstance(target, str) else getattr(target, "name", None)
-        files = {f.quant: f.sha256 for f in getattr(target, "files", ()) if hasattr(f, "quant") and f.sha256}
-        for m in store.find(name) if name else ():
-            if m.sha256:
-                files[m.quant] = m.sha256
-        return {q: m.kld for q, m in measured(files).items()}
-    except Exception:  # a damaged results file must never stop a plan or a load
-        return {}
+    from .evaluate.results import measured_kld
+    return pick_for_this_machine(entry, measured=measured_kld(entry))
 
 
 def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> store.StoredModel:
@@ -69,7 +53,8 @@ def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> sto
         from .hardware import detect
         from .planner import plan, spec_from_entry
         target = (spec_from_entry(entry), {m.quant: m.size for m in local}) if entry else local_target(local)
-        quant = plan(target, detect(), force=True, measured=measured_quality(entry or local[0].name)).quant
+        from .evaluate.results import measured_kld
+        quant = plan(target, detect(), force=True, measured=measured_kld(entry or local[0].name)).quant
         return next(m for m in local if m.quant == quant)
     except Exception:  # planning must never stop a load: then the best quality here
         from .planner import quality_rank

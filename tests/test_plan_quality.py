@@ -119,6 +119,7 @@ def test_measured_quality_changes_the_pick():
 def test_eval_results_reach_plan(tmp_path):
     """`slmrun eval` against a full-precision reference keeps its figures; `slmrun plan` uses them."""
     from tinymodels import write_tiny_gguf
+    from slmrun.evaluate import results
     from slmrun.evaluate.perplexity import evaluate_perplexity
 
     f32 = write_tiny_gguf(tmp_path / "wide.F32.gguf", seed=4, n_embd=256, n_ff=512)
@@ -128,7 +129,7 @@ def test_eval_results_reach_plan(tmp_path):
     text = "The bakers have been awake since three and want to go home. " * 40
     rows = evaluate_perplexity(["wide:q8_0", "wide:q4_k_m"], text, reference="wide:f32", n_ctx=64, n_batch=128,
                                n_threads=1)
-    measured = api.measured_quality("wide")
+    measured = results.measured_kld("wide")
     assert measured == {"Q8_0": rows[0].figures["kl_divergence"]["mean"],
                         "Q4_K_M": rows[1].figures["kl_divergence"]["mean"], "F32": 0.0}
     p = subprocess.run([*slmrun_cmd(), "plan", "wide", "--ram", "8G", "--cores", "4", "--arch", "x86_64"],

@@ -140,13 +140,14 @@ def plan_cmd(
     MODEL is a registry name, an imported model (its local files) or a .gguf path. With --rpc, plans
     the model split across this machine and the servers, each share fitted to its memory."""
     from .. import planner
-    from ..api import measured_quality, plan_target
+    from ..api import plan_target
+    from ..evaluate.results import measured_kld
 
     target, ref_quant = plan_target(model)
     hw = _target(profile, ram, cores, arch)
     p = planner.plan(target, hw, n_ctx=ctx, min_speed=min_speed, quant=quant or ref_quant, force=force,
                      type_k=kv_type, type_v=kv_type, n_parallel=parallel, devices=_rpc_devices(rpc),
-                     measured=measured_quality(target))
+                     measured=measured_kld(target))
     if as_json:
         typer.echo(json.dumps(p.to_dict(), indent=2))
         return

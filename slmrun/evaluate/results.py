@@ -139,3 +139,21 @@ def measured_quality(files: Mapping[str, str | None]) -> dict[str, Measured]:
             out[quant] = Measured(kld=0.0, reference=str(any_row["meta"].get("reference")), n_tokens=0,
                                   ln_ppl_ratio=0.0)
     return out
+
+
+def measured_kld(target) -> dict[str, float]:
+    """{quant: mean KL divergence} for the quants of ``target`` (a registry entry, a LocalModel
+    or a model name) measured against a full-precision reference, found by their files'
+    SHA-256 (the registry's, and the store's for local files): what ``planner.plan`` takes
+    as ``measured``. Never raises: a damaged results file must not stop a plan or a load."""
+    from .. import store
+
+    try:
+        name = target if isinstance(target, str) else getattr(target, "name", None)
+        files = {f.quant: f.sha256 for f in getattr(target, "files", ()) if hasattr(f, "quant") and f.sha256}
+        for m in store.find(name) if name else ():
+            if m.sha256:
+                files[m.quant] = m.sha256
+        return {q: m.kld for q, m in measured_quality(files).items()}
+    except Exception:
+        return {}
