@@ -90,39 +90,59 @@ class Figures:
     same_top: "object | None" = None
 
 
-def _normaliser(rows):
-    """Each row's max, its log-sum-exp after the max (float64) and its exponentials (float32)."""
+def _scratch(work: dict | None, key: str, shape):
+    """A float32 buffer of ``shape`` kept in ``work`` between blocks: a fresh 6 MiB array a
+    block would be mapped, faulted in and unmapped every time."""
     import numpy as np
 
-    top = rows.max(axis=1)
-    e = np.exp(rows - top[:, None])
-    return top, np.log(e.sum(axis=1, dtype=np.float64)), e
+    if work is None:
+        return np.empty(shape, np.float32)
+    buf = work.get(key)
+    if buf is None or buf.shape[1] != shape[1] or buf.shape[0] < shape[0]:
+        buf = work[key] = np.empty(shape, np.float32)
+    return buf[:shape[0]]
 
 
-def row_figures(rows, targets, ref_rows=None) -> Figures:
+def _normaliser(rows, out):
+    """Each row's argmax, max, sum of exp(x - max) (float32, pairwise) into ``out`` = the exponentials."""
+    import numpy as np
+
+    idx = np.arange(rows.shape[0])
+    top_i = rows.argmax(axis=1)
+    top = rows[idx, top_i]
+    np.subtract(rows, top[:, None], out=out)
+    np.exp(out, out=out)
+    return top_i, top, out.sum(axis=1, dtype=np.float32)
+
+
+def row_figures(rows, targets, ref_rows=None, work: dict | None = None) -> Figures:
     """Figures for logits ``rows`` (n x vocab, float32) that predict ``targets`` (n token ids),
     against the reference's ``ref_rows`` when given. As llama-perplexity: nll = max + log
-    sum(exp(x - max)) - x[target], sums in double; KL = sum_i p_i (log p_i - log q_i) with p
-    the reference's distribution and q the model's; "same top" compares the two argmaxes."""
+    sum(exp(x - max)) - x[target]; KL = sum_i p_i (log p_i - log q_i) with p the reference's
+    distribution and q the model's; "same top" compares the two argmaxes. ``work`` keeps
+    scratch buffers between calls. Passes over the rows are few and float32: this runs for
+    every scored token of every model."""
     import numpy as np
 
     targets = np.asarray(targets, dtype=np.intp)
     idx = np.arange(len(targets))
-    top, lse, _ = _normaliser(rows)
-    at = rows[idx, targets].astype(np.float64)
-    out = Figures(nll=top + lse - at)
+    buf = _scratch(work, "model", rows.shape)
+    top_i, top, total = _normaliser(rows, buf)
+    lse = np.log(total.astype(np.float64))
+    out = Figures(nll=top + lse - rows[idx, targets])
     if ref_rows is None:
         return out
-    rtop, rlse, re = _normaliser(ref_rows)
-    out.ref_nll = rtop + rlse - ref_rows[idx, targets].astype(np.float64)
-    # log p - log q = (r - m) - (c_r - c_m), c = max + lse: the row constant leaves each term
-    # small when the two agree, so the float32 products lose nothing that matters.
+    p = _scratch(work, "reference", ref_rows.shape)
+    rtop_i, rtop, rtotal = _normaliser(ref_rows, p)  # p = exp(r - max): the reference's odds, unnormalised
+    rlse = np.log(rtotal.astype(np.float64))
+    out.ref_nll = rtop + rlse - ref_rows[idx, targets]
+    # log p - log q = (r - m) - (c_r - c_m), c = max + lse: the row constant first, so each
+    # term stays small when the two agree and float32 loses nothing that matters.
     shift = (rtop + rlse - top - lse).astype(np.float32)
-    diff = ref_rows - rows
-    diff -= shift[:, None]
-    re *= (1.0 / np.exp(rlse)).astype(np.float32)[:, None]  # p = exp(r - max) / sum
-    out.kld = (re * diff).sum(axis=1, dtype=np.float64)
-    out.same_top = rows.argmax(axis=1) == ref_rows.argmax(axis=1)
+    np.subtract(ref_rows, rows, out=buf)
+    buf -= shift[:, None]
+    out.kld = np.einsum("ij,ij->i", p, buf) / rtotal.astype(np.float64)
+    out.same_top = top_i == rtop_i
     return out
 
 
@@ -221,6 +241,7 @@ def score_group(models: Sequence, tokens: Sequence[int], plan: ChunkPlan, first_
         model_hs = handles[1:] if reference is not None else handles
         bos = handles[0].bos if handles[0].add_bos else None  # one vocabulary (checked by the caller)
         parts: list[list[Figures]] = [[] for _ in models]
+        work: dict = {}
         n_ctx, n_batch, first = plan.n_ctx, plan.n_batch, plan.first
         start = first_chunk * n_ctx
         # Several chunks in a decode (n_batch >= n_ctx) or several decodes a chunk, never
@@ -257,7 +278,7 @@ def score_group(models: Sequence, tokens: Sequence[int], plan: ChunkPlan, first_
                     for mi, rows in enumerate(rows_of):
                         block = rows[row + b: row + e]
                         parts[mi].append(row_figures_16bit(block, targets, ref_block) if base16 and ref_block
-                                         is not None else row_figures(block, targets, ref_block))
+                                         is not None else row_figures(block, targets, ref_block, work))
                 row += n
         return [_concat(p) for p in parts]
 
