@@ -97,9 +97,11 @@ def eval_command(
     force: bool = typer.Option(False, "--force", help="Load even when the memory estimate says it will not fit."),
     no_save: bool = typer.Option(False, "--no-save", help="Do not keep the results (the planner uses kept ones)."),
 ):
-    """Measure models: perplexity over a text and, with --reference, KL divergence per token
-    (mean, median, p99, max), top-1 agreement and ln(PPL ratio), by llama-perplexity's method.
-    Results are kept per model file; `slmrun plan` ranks quants by them."""
+    """Measure models: perplexity, and KL divergence from a reference (llama-perplexity's method).
+
+    Over a text: perplexity of each model and, with --reference, the KL divergence of each
+    from it per token (mean, median, p99, max), top-1 agreement and ln(PPL ratio). Results
+    are kept per model file; `slmrun plan` ranks quants by them."""
     key = task.strip().lower()
     runner = RUNNERS.get(key)
     if runner is None:

@@ -27,8 +27,10 @@ def quantize(
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Threads (default: the physical cores)."),
     force: bool = typer.Option(False, "--force", help="Replace the quant if the store already has it."),
 ):
-    """Make a new quant of a model with llama.cpp's own quantizer and add it to the store
-    (`slmrun quantize smollm2-135m:f16 --to Q4_K_M` -> smollm2-135m:q4_k_m)."""
+    """Make a new quant of a model with llama.cpp's quantizer, into the store.
+
+    `slmrun quantize mymodel:f16 --to Q4_K_M` adds mymodel:q4_k_m (validated, atomically;
+    nothing is left behind if it fails)."""
     from ..quantizer import quantize as do_quantize
     from .output import Progress
 
