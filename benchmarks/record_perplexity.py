@@ -1,5 +1,5 @@
-"""Record llama-perplexity's own figures on the tiny test models, for
-tests/test_evaluate_recorded.py to compare `slmrun eval` with.
+"""Record llama-perplexity's own figures on the tiny test models (and on the default model),
+for tests/test_evaluate_recorded.py to compare `slmrun eval` with.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/record_perplexity.py
 
@@ -91,9 +91,54 @@ def shown(cmd, tmp: str) -> str:
     return " ".join(Path(str(c)).name if i == 0 else str(c).replace(tmp, "$TMP") for i, c in enumerate(cmd))
 
 
+REAL_RUNS = [  # on the default model (SmolLM2-135M Q4_1) and a Q2_K made from it
+    ("ppl_q4_1_c256_b1024", "q4_1", None, 256, 1024),
+    ("kld_q2_k_c256_b1024", "q2_k", "q4_1", 256, 1024),
+]
+
+
+def run_llama(exe: Path, cmds: list, tmp: str, kl: bool) -> str:
+    output = ""
+    for cmd in cmds:
+        log(shown(cmd, tmp))
+        for _ in range(20):  # its log thread loses the last lines at exit now and then (more under load): again
+            p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True)
+            output = p.stdout + p.stderr
+            if "--kl-divergence-base" in cmd and "--kl-divergence" not in cmd or \
+                    parse(output).get("same_top_pct" if kl else "final_ppl"):  # its last line
+                break
+    return output
+
+
+def record_real(exe: Path, folder: Path) -> dict:
+    """The same comparison on the real default model, for the real_model test."""
+    from slmrun.api import resolve
+    from slmrun.runtime.quantize import quantize_file
+
+    files = {"q4_1": resolve("smollm2-135m:q4_1").path}
+    quantize_file(files["q4_1"], folder / "smol-q2_k.gguf", "Q2_K", allow_requantize=True, n_threads=1)
+    files["q2_k"] = folder / "smol-q2_k.gguf"
+    text = ROOT / "tests" / "data" / "quality" / "text.txt"
+    out = {"files": {k: sha(p) for k, p in files.items()} | {"text": sha(text)}, "runs": {}}
+    for name, model, base, n_ctx, n_batch in REAL_RUNS:
+        common = [exe, "-f", text, "-c", n_ctx, "-b", n_batch, "-t", 2]
+        if base is None:
+            cmds = [common + ["-m", files[model]]]
+        else:
+            kl = folder / f"real-{base}.kld"
+            cmds = [common + ["-m", files[base], "--kl-divergence-base", kl],
+                    common + ["-m", files[model], "--kl-divergence-base", kl, "--kl-divergence"]]
+        output = run_llama(exe, cmds, str(folder), base is not None)
+        out["runs"][name] = {"model": model, "base": base, "n_ctx": n_ctx, "n_batch": n_batch,
+                             "commands": [shown(cmd, str(folder)).replace(str(ROOT) + "/", "")
+                                          .replace(str(files["q4_1"].parent), "$STORE") for cmd in cmds],
+                             "printed": parse(output)}
+    return out
+
+
 def main() -> None:
     exe = build_tools("llama-perplexity")["llama-perplexity"]
-    record = {"note": __doc__.strip().splitlines()[0], "command": "PYTHONPATH=$PWD .venv/bin/python "
+    record = {"note": " ".join(__doc__.split("\n\n")[0].split()), "command": "PYTHONPATH=$PWD .venv/bin/python "
               "benchmarks/record_perplexity.py", "tiny": TINY, "text_chars": TEXT_CHARS, "files": {}, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -109,18 +154,11 @@ def main() -> None:
                 kl = folder / f"{base}-{n_ctx}.kld"
                 cmds.append(common + ["-m", files[base], "--kl-divergence-base", kl])
                 cmds.append(common + ["-m", files[model], "--kl-divergence-base", kl, "--kl-divergence"])
-            output = ""
-            for cmd in cmds:
-                log(shown(cmd, tmp))
-                for _ in range(5):  # its log thread sometimes loses the last lines at exit: run again
-                    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True)
-                    output = p.stdout + p.stderr
-                    if "--kl-divergence-base" in cmd and "--kl-divergence" not in cmd or \
-                            parse(output).get("same_top_pct" if base else "final_ppl"):  # its last line
-                        break
+            output = run_llama(exe, cmds, tmp, base is not None)
             record["runs"][name] = {"model": model, "base": base, "n_ctx": n_ctx, "n_batch": n_batch,
                                     "commands": [shown(cmd, tmp) for cmd in cmds],
                                     "printed": parse(output)}
+        record["real"] = record_real(exe, folder)
     OUT.write_text(json.dumps(record, indent=2) + "\n")
     log(f"wrote {OUT}")
 

@@ -121,3 +121,27 @@ def test_batching_does_not_change_the_figures(recorded_files):
         assert row.figures["perplexity"] == pytest.approx(first["perplexity"], rel=EQUAL)
         assert row.figures["kl_divergence"]["mean"] == pytest.approx(first["kl_divergence"]["mean"], rel=EQUAL)
         assert row.figures["top1_agreement"] == pytest.approx(first["top1_agreement"], abs=2 / first["n_tokens"])
+
+
+@pytest.mark.real_model
+def test_the_default_model_and_a_q2_k_of_it(default_model_file, tmp_path):
+    """The same on the real default model (SmolLM2-135M Q4_1) and a Q2_K made from it."""
+    from slmrun.runtime.quantize import quantize_file
+
+    real = RECORD["real"]
+    q2k = tmp_path / "smol-q2_k.gguf"
+    quantize_file(default_model_file, q2k, "Q2_K", allow_requantize=True, n_threads=1)
+    for key, path in (("q4_1", default_model_file), ("q2_k", q2k)):
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == real["files"][key], key
+    text = read_text(DATA / "text.txt")
+    ppl_run, kl_run = real["runs"]["ppl_q4_1_c256_b1024"], real["runs"]["kld_q2_k_c256_b1024"]
+    rows = {compat: evaluate_perplexity([str(q2k)], text, reference=str(default_model_file), n_ctx=256,
+                                        n_batch=1024, save=False, llama_compat=compat)[0] for compat in (True, False)}
+    exact, compat = _mine(rows[False]), _mine(rows[True])
+    assert _equal(exact["ppl_base"], ppl_run["printed"]["final_ppl"], EQUAL)  # perplexity is exact in float
+    printed = dict(kl_run["printed"])
+    assert rows[True].meta["n_chunks"] == int(printed.pop("chunks"))
+    for key, value in printed.items():
+        assert _equal(compat[key], value, EQUAL), (key, compat[key], value)
+        if key.startswith("kld") or key == "ppl_q":
+            assert _equal(exact[key], value, CLOSE), (key, exact[key], value)
