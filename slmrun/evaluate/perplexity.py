@@ -177,6 +177,7 @@ def evaluate_perplexity(models: Sequence[str], text: str, *, reference: str | No
     import numpy as np
 
     text_sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    ref_sha = (ref.sha256 or _sha(ref.path)) if ref else None  # a file outside the store: hashed once
     rows = []
     for item, figs in zip(model_ls, parts):
         def cat(name):
@@ -184,7 +185,7 @@ def evaluate_perplexity(models: Sequence[str], text: str, *, reference: str | No
             return None if values[0] is None else np.concatenate(values)
         figures = summarize(cat("nll"), cat("ref_nll"), cat("kld"), cat("same_top"))
         meta = {"reference": ref.name if ref else None, "reference_quant": ref.info.quant if ref else None,
-                "reference_sha256": (ref.sha256 or _sha(ref.path)) if ref else None,
+                "reference_sha256": ref_sha,
                 "text": text_name, "text_sha256": text_sha, "n_ctx": n_ctx, "n_batch": batch,
                 "n_chunks": plan.n_chunk, "seconds": round(seconds, 3), "quant": item.info.quant,
                 **({"llama_compat": True} if llama_compat and ref else {})}
