@@ -18,6 +18,7 @@ _EXPORTS = {
     "load": "slmrun.api", "pull": "slmrun.api", "list_models": "slmrun.api", "resolve": "slmrun.api",
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
+    "quantize": "slmrun.quantizer", "evaluate_perplexity": "slmrun.evaluate",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
     "Embeddings": "slmrun.runtime",
     "EmbeddingClassifier": "slmrun.classification",
@@ -30,7 +31,8 @@ _EXPORTS = {
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
                      "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
-                     "RpcUnavailableError", "RpcServerError", "RpcBindError"),
+                     "RpcUnavailableError", "RpcServerError", "RpcBindError", "VocabularyMismatchError",
+                     "QuantizeError"),
                     "slmrun.errors"),
 }
 

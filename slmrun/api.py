@@ -14,7 +14,7 @@ from typing import Sequence
 
 from . import config, store
 from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFoundError,
-                     ModelNotFoundError, ModelNotPulledError)
+                     ModelNotFoundError, ModelNotPulledError, UnknownQuantError)
 from .registry import ModelEntry, load_registry, split_ref
 
 
@@ -69,7 +69,8 @@ def choose_quant(entry: ModelEntry) -> str:
         from .planner import pick_for_this_machine
     except ImportError:  # planner not available: Ollama's habit
         return entry.default_quant
-    return pick_for_this_machine(entry)
+    from .evaluate.results import measured_kld
+    return pick_for_this_machine(entry, measured=measured_kld(entry))
 
 
 def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> store.StoredModel:
@@ -80,7 +81,8 @@ def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> sto
         from .hardware import detect
         from .planner import plan, spec_from_entry
         target = (spec_from_entry(entry), {m.quant: m.size for m in local}) if entry else local_target(local)
-        quant = plan(target, detect(), force=True).quant
+        from .evaluate.results import measured_kld
+        quant = plan(target, detect(), force=True, measured=measured_kld(entry or local[0].name)).quant
         return next(m for m in local if m.quant == quant)
     except Exception:  # planning must never stop a load: then the best quality here
         from .planner import quality_rank
@@ -108,6 +110,12 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
         entry, quant = load_registry().resolve(ref)
         name = entry.name
         local = store.find(name, quant)
+    except UnknownQuantError:  # a quant the registry does not list, made here (slmrun quantize) or imported
+        entry = load_registry().get(name)
+        local = store.find(entry.name, quant)
+        if not local:
+            raise
+        return Resolved(path=local[0].path, name=entry.name, quant=local[0].quant, entry=entry, stored=local[0])
     except ModelNotFoundError:
         if local:  # an imported model the registry does not know
             pick = _best_local(None, local)
@@ -158,7 +166,6 @@ def plan_target(ref: str):
         if not local:
             raise
     if quant is not None and quant not in {m.quant for m in local}:
-        from .errors import UnknownQuantError
         raise UnknownQuantError(f"{name} has no local quant {quant}",
                                 hint=f"Local quants: {', '.join(m.quant for m in local)}.")
     return local_target(local), quant

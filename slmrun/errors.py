@@ -226,3 +226,15 @@ class RpcBindError(SlmrunError, OSError):
     """`slmrun rpc-server` cannot listen where it was asked to."""
 
     default_hint = "Choose another port with --port, or stop the program that holds this one."
+
+
+class VocabularyMismatchError(InvalidArgumentError):
+    """Two models compared token by token (KL divergence) whose vocabularies differ."""
+
+    default_hint = "Compare quants of one model: the same GGUF conversion, another quant."
+
+
+class QuantizeError(SlmrunError, RuntimeError):
+    """llama.cpp's quantizer failed on a file (nothing was stored)."""
+
+    default_hint = "Set SLMRUN_DEBUG=1 to see llama.cpp's log; check that the source file is complete."

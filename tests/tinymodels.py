@@ -371,3 +371,20 @@ def write_tiny_hf_bert(directory: Path, *, n_embd: int = 32, n_layer: int = 2, n
                 [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                  {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     return directory
+
+
+# The models llama-perplexity's figures were recorded on (benchmarks/record_perplexity.py,
+# tests/test_evaluate_recorded.py): 256 wide, so that the K-quants apply.
+RECORDED_TINY = dict(arch="llama", n_embd=256, n_ff=512, n_head=4, n_head_kv=2, n_layer=2, n_ctx=512)
+
+
+def recorded_tiny_files(folder: Path) -> dict[str, Path]:
+    """The F32 reference (seed 0), another F32 model of the same vocabulary (seed 1), and the
+    reference quantized to Q4_K_M by llama.cpp's quantizer: the same bytes every time."""
+    from slmrun.runtime.quantize import quantize_file
+
+    files = {"f32": write_tiny_gguf(folder / "tiny-f32.gguf", seed=0, **RECORDED_TINY),
+             "other": write_tiny_gguf(folder / "tiny-other-f32.gguf", seed=1, **RECORDED_TINY)}
+    quantize_file(files["f32"], folder / "tiny-q4_k_m.gguf", "Q4_K_M", n_threads=1)
+    files["q4km"] = folder / "tiny-q4_k_m.gguf"
+    return files

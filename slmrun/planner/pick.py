@@ -8,7 +8,7 @@ a pull or a load uses when none is named.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import InsufficientMemoryError, InvalidArgumentError
 from ..units import format_bytes
@@ -80,14 +80,18 @@ class Plan:
 def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: str | None = None,
          force: bool = False, reserve_bytes: int | None = None, type_k: str = "f16", type_v: str | None = None,
          flash_attn: bool | None = None, n_batch: int = 512, n_parallel: int | None = None,
-         devices: Sequence[RemoteDevice] | None = None, use_local: bool = True) -> Plan:
+         devices: Sequence[RemoteDevice] | None = None, use_local: bool = True,
+         measured: Mapping[str, float] | None = None) -> Plan:
     """Choose how to run `model` (a registry entry, a GGUFInfo, or (ModelSpec, {quant: size})) on `hw`.
 
     Rules: the budget is available memory (cgroup-aware) minus a reserve; among the
-    quants that fit and reach `min_speed` tokens/s, the best quality (perplexity loss);
-    if none is fast enough, the fastest that fits; within a quality tier a fast kernel,
-    then the smaller file. `quant` overrides the choice; `force` returns a plan even when
-    it does not fit (with a warning) instead of raising InsufficientMemoryError.
+    quants that fit and reach `min_speed` tokens/s, the best quality (KL divergence from
+    full precision); if none is fast enough, the best quality that fits unless a faster
+    one is nearly as good; within a quality tier a fast kernel, then the smaller file.
+    `quant` overrides the choice; `force` returns a plan even when it does not fit (with a
+    warning) instead of raising InsufficientMemoryError. ``measured``: {quant: mean KL
+    divergence} this model's quants measured against a full-precision reference (`slmrun
+    eval`, evaluate.results.measured_quality), used in place of the borrowed figures.
 
     ``devices`` (RPC servers' devices, planner.split.RemoteDevice) plans the model split
     across them and this machine (its CPU too unless ``use_local=False``): the budget is
@@ -108,7 +112,8 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     threads = hw.usable_cores
     budget = budget_bytes(hw, reserve_bytes)
     setting = Setting(hw=hw, n_ctx=ctx, budget=budget, min_speed=min_speed, n_threads=threads,
-                      n_batch=n_batch, type_k=type_k, type_v=type_v, flash_attn=flash_attn)
+                      n_batch=n_batch, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
+                      measured=dict(measured or {}))
     if spec.embedding_model:
         return _plan_embedding(name, spec, rows, setting, quant=quant, force=force, n_parallel=n_parallel,
                                devices=devices)
@@ -249,7 +254,7 @@ def offline_default(entry) -> str | None:
     return f.quant if getattr(f, "source", "hub") != "hub" else None
 
 
-def pick_for_this_machine(entry) -> str:
+def pick_for_this_machine(entry, measured: Mapping[str, float] | None = None) -> str:
     """The quant `slmrun pull NAME` / `slmrun.load(NAME)` use when none is named. Never raises.
 
     The plan's pick on hardware.detect() with the cached bandwidth only (it never
@@ -263,9 +268,9 @@ def pick_for_this_machine(entry) -> str:
         from .. import hardware
         hw = hardware.detect()
         try:
-            p = plan(entry, hw)
+            p = plan(entry, hw, measured=measured)
         except InsufficientMemoryError:
-            return plan(entry, hw, force=True).quant
+            return plan(entry, hw, force=True, measured=measured).quant
         keep = offline_default(entry)
         if keep is not None and keep != p.quant:
             choice = next((o for o in p.options if o.quant == keep), None)
