@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from . import app, fail
+from .lines import chunks
 from .run import check_sampling, load_for_cli
 
 MODEL_HELP = "NAME[:QUANT] or a path to a .gguf (default: $SLMRUN_MODEL or smollm2-135m)."
@@ -35,17 +36,6 @@ def _emit(value) -> None:
 
 
 CHUNK = 64  # texts per call when classifying many (embedded together; bounded memory)
-
-
-def _chunks(texts, n: int):
-    chunk = []
-    for t in texts:
-        chunk.append(t)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _labels_and_examples(labels: Optional[str], labels_file: Optional[Path], train: Optional[Path], example: list[str]):
@@ -133,8 +123,8 @@ def classify(
         # --calibrate: the batch prior per chunk of texts (content-free for fewer than 8), as measured best
         how = calibration or bool(calibrate)
         # Batch calibration needs every text before the first answer; otherwise they stream in chunks.
-        chunks = [list(_texts(text))] if how == "batch" else _chunks(_texts(text), CHUNK)
-        for chunk in chunks:
+        parts = [list(_texts(text))] if how == "batch" else chunks(_texts(text), CHUNK)
+        for chunk in parts:
             results = classify_texts(m, chunk, labels_arg, instruction=instruction, examples=examples or None,
                                      method=method, calibrate=how)
             for t, c in zip(chunk, results):

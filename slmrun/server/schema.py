@@ -242,26 +242,12 @@ class RerankRequest(Body):
 
 # --- Ollama -----------------------------------------------------------------------------------------
 
-class Options(Body):
-    """Ollama's options: the sampling ones are used; the others are accepted and ignored
-    (those that choose how a model loads are the server's command line here)."""
+class Options(Sampling):
+    """Ollama's options: the sampling ones (the same as OpenAI's fields, above) are used; the
+    others are accepted and ignored (those that choose how a model loads are the server's
+    command line here). llama-server's DRY options and slmrun's speculative are taken too."""
 
     num_predict: Optional[Int] = None  # < 0: to the end of the context
-    temperature: Optional[Annotated[float, Field(ge=0.0)]] = None
-    top_p: Optional[Prob] = None
-    top_k: Optional[Annotated[int, Field(ge=0, le=INT32_MAX)]] = None
-    min_p: Optional[Prob] = None
-    repeat_penalty: Optional[Annotated[float, Field(gt=0.0)]] = None
-    presence_penalty: Optional[Penalty] = None
-    frequency_penalty: Optional[Penalty] = None
-    seed: Optional[Int] = None
-    stop: Stop = None
-    # not Ollama's: llama-server's DRY options, taken here too (Ollama would ignore them)
-    dry_multiplier: Optional[DryMultiplier] = None
-    dry_base: Optional[DryBase] = None
-    dry_allowed_length: Optional[Annotated[int, Field(ge=0, le=INT32_MAX)]] = None
-    dry_penalty_last_n: Optional[Annotated[int, Field(ge=-1, le=INT32_MAX)]] = None
-    speculative: Speculative = None  # slmrun's own: prompt-lookup drafts
     # accepted, not used
     num_ctx: Any = None
     num_batch: Any = None
