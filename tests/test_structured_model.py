@@ -193,7 +193,7 @@ def test_classify_many_stops_at_a_bad_text_and_leaves_nothing_running(smol):
     with pytest.raises(InvalidArgumentError, match="one string"):
         smol.classify_many("just one text", ["positive", "negative"])
     deadline = time.monotonic() + 30
-    while smol.status()["slots_busy"] and time.monotonic() < deadline:
+    while (smol.status()["slots_busy"] or smol.status()["queue_depth"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert smol.status()["slots_busy"] == 0 and smol.status()["queue_depth"] == 0
     assert smol.classify(REVIEWS[0], ["positive", "negative"]).label == "positive"

@@ -153,6 +153,10 @@ def classify_stream(model, texts: Iterable[str], labels: Sequence[str], *, instr
     finally:
         for job in jobs:  # the caller stopped early (or a text failed): free the slots
             job.cancel()
+        # and wait until each cancelled job has ended (a label submitted as the cancel ran ends
+        # at the engine's next turn), so nothing of this call is queued once it returns or raises
+        with cond:
+            cond.wait_for(lambda: all(job.done for job in jobs), timeout=60)
 
 
 def plain_classify_prompt(messages: list[dict]) -> str:
