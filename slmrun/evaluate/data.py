@@ -101,18 +101,21 @@ def _item(where: str, value, task: str, fields: tuple[str, str]) -> Item:
                                    hint=f"Each line must be one JSON object, like {_EXAMPLE[task]}")
     text = value[key_in]
     if not isinstance(text, str) or not text.strip():
-        raise InvalidArgumentError(f'{where}: "{key_in}" must be a non-empty string, got {text!r}')
+        raise InvalidArgumentError(f'{where}: "{key_in}" must be a non-empty string, got {text!r}',
+                                   hint=f"Give every line some text, like {_EXAMPLE[task]}")
     target = value[key_target]
     if task == "classify":
         if isinstance(target, int) and not isinstance(target, bool):
             target = str(target)
         if not isinstance(target, str) or not target.strip():
-            raise InvalidArgumentError(f'{where}: "label" must be a non-empty string, got {target!r}')
+            raise InvalidArgumentError(f'{where}: "label" must be a non-empty string, got {target!r}',
+                                       hint='Write each label as a string: "label": "spam".')
     elif task == "generate":
         refs = [target] if isinstance(target, str) else target
         if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
             raise InvalidArgumentError(f'{where}: "reference" must be a non-empty string or a list of them, '
-                                       f"got {json.dumps(target, ensure_ascii=False)[:60]}")
+                                       f"got {json.dumps(target, ensure_ascii=False)[:60]}",
+                                       hint='Write "reference": "the expected reply", or a list of acceptable ones.')
         target = tuple(refs)
     return Item(where, text, target)
 
