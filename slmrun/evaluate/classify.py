@@ -36,11 +36,13 @@ def _label_set(labels, data, train):
             raise InvalidArgumentError(f"the data has only one label ({names[0]!r}): there is nothing to choose between",
                                        hint="Name the others with --labels a,b,c, or add items of other labels.")
         return label_set(names)
-    ls = parse_labels(labels) if isinstance(labels, str) else label_set(labels)
-    check_labels(ls.names, data)
+    # Labels the data uses and --labels leaves out first: the more useful message for "--labels yes".
+    given = [part.partition("=")[0].strip() for part in labels.split(",")] if isinstance(labels, str) \
+        else list(getattr(labels, "names", labels))
+    check_labels(given, data)
     if train is not None:
-        check_labels(ls.names, train, "--train")
-    return ls
+        check_labels(given, train, "--train")
+    return parse_labels(labels) if isinstance(labels, str) else label_set(labels)
 
 
 def evaluate_classify(models: Sequence[str], data, *, labels=None, shots=(0,), train=None, via: Sequence[str] = (),
