@@ -4,8 +4,6 @@ JSON lines with line numbers, labels, few-shot groups, --shots, the schema file)
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from slmrun.errors import InvalidArgumentError
@@ -234,4 +232,10 @@ def test_read_schema(tmp_path):
     assert "--schema bad.json is not JSON (line 2" in info.value.message and "JSON Schema" in info.value.hint
     with pytest.raises(InvalidArgumentError, match="no such file"):
         read_schema(tmp_path / "none.json")
-    json.loads(json.dumps(read_schema('{"type": "integer"}')))  # JSON text is taken as the schema
+    assert read_schema('{"type": "integer"}') == {"type": "integer"}  # JSON text is taken as the schema
+    from pydantic import BaseModel
+
+    class Person(BaseModel):
+        name: str
+        age: int
+    assert set(read_schema(Person)["properties"]) == {"name", "age"}  # as Model.extract takes one

@@ -121,10 +121,12 @@ def _item(where: str, value, task: str, fields: tuple[str, str]) -> Item:
 
 
 def read_schema(source) -> object:
-    """``--schema``: a path to a JSON Schema file (or the schema as a dict or JSON text),
-    parsed; not compiled here (structured.constraint_spec does that)."""
+    """``--schema``: a path to a JSON Schema file (or the schema as a dict, JSON text or a
+    pydantic model class), parsed; not compiled here (structured.constraint_spec does that)."""
     if isinstance(source, dict):
         return source
+    if isinstance(source, type) and hasattr(source, "model_json_schema"):
+        return source.model_json_schema()
     if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
         path = Path(source).expanduser()
         text, name = _read_bytes(path, "--schema").decode("utf-8", "replace"), path.name
