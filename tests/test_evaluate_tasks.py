@@ -97,6 +97,10 @@ def test_classify_shots_from_the_data_and_labels_from_it(tiny, tiny_bert_gguf):
     assert [r.method for r in rows] == ["embedding", "embedding"] and rows[0].meta["labels"] == LABELS
     assert all(r.figures["n_items"] == len(TEXTS) for r in rows)  # every item, at every count of shots
     assert rows[1].meta["train"] is None and rows[1].meta["shots"] == 2
+    # --calibrate on fewer items than a batch prior needs: the content-free prior
+    few = evaluate_classify([str(tiny)], data[:4], calibrate=True, n_parallel=1, n_threads=1, save=False)
+    assert [r.method for r in few] == ["generative", "generative-calibrated"]
+    assert few[1].meta["calibration"] == "content-free"
 
 
 # --- extract ----------------------------------------------------------------------------------------

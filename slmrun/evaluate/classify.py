@@ -56,7 +56,7 @@ def evaluate_classify(models: Sequence[str], data, *, labels=None, shots=(0,), t
     order of appearance). ``calibrate``: True, "batch" or "content-free" adds the calibrated
     generative row. Everything is checked before a model loads. One EvalRow per model,
     method and shot count; each kept per model file and task unless ``save=False``."""
-    from ..classification import CALIBRATE_DEFAULT, choose_calibration
+    from ..classification import choose_calibration
 
     d = read_data(data, "classify")
     tr = read_data(train, "classify", "--train") if train is not None else None
@@ -66,8 +66,8 @@ def evaluate_classify(models: Sequence[str], data, *, labels=None, shots=(0,), t
     source = f"--train {tr.name}" if tr else f"--data {d.name}"
     groups = {n: shot_groups(n, [it.target for it in pool], names, n_items=len(d.items) if tr else None,
                              source=source) for n in parse_shots(shots)}
-    how = choose_calibration(CALIBRATE_DEFAULT if calibrate is True else calibrate, "generative", len(d.items)) \
-        if calibrate else None
+    # True: the batch prior, or the content-free one for fewer items than a batch prior needs
+    how = choose_calibration(calibrate, "generative", len(d.items)) if calibrate else None
     chosen = resolve_targets(list(models)) if models or not via else []
     embedders = resolve_targets(list(via)) if via else []
     plan: dict[str, list[str]] = {}  # name -> methods
