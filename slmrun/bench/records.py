@@ -124,28 +124,11 @@ def bench_name(kind: str, n: int, n_depth: int = 0) -> str:
 
 
 def _reset_peak_rss() -> bool:
-    # Linux resets VmHWM when "5" is written to clear_refs: a per-configuration peak.
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    from ..hardware.linux import reset_peak_rss
+    return reset_peak_rss()
 
 
 def peak_rss() -> int | None:
     """The process's peak resident memory in bytes (since the last reset, on Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-        import sys
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024  # macOS says bytes, Linux KiB
-    except (ImportError, OSError):
-        return None
+    from ..hardware.linux import peak_rss as peak
+    return peak()

@@ -23,6 +23,9 @@ from .. import config
 # one with the same values. A new task adds its own line.
 KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "perplexity": ("reference_sha256", "text_sha256", "n_ctx"),
+    "classify": ("data_sha256", "train_sha256", "shots", "labels", "instruction", "calibration"),
+    "extract": ("data_sha256", "train_sha256", "shots", "schema_sha256", "instruction", "max_tokens"),
+    "generate": ("data_sha256", "train_sha256", "shots", "max_tokens"),
 }
 # References whose own quality loss is nil: KL divergence measured against them is the
 # quant's loss, and the planner may rank by it (docs/CALIBRATION.md).

@@ -21,10 +21,11 @@ The names below are the package's public surface; import them from here.
 from ..units import parse_size
 from .bandwidth import cached_bandwidth, measure_bandwidth
 from .cpus import parse_llama_system_info
-from .linux import parse_cpuinfo, process_rss
+from .linux import parse_cpuinfo, peak_rss, process_rss, reset_peak_rss
 from .machine import HardwareProfile
 from .probe import detect
 from .profiles import PROFILES, custom, profile
 
 __all__ = ["PROFILES", "HardwareProfile", "cached_bandwidth", "custom", "detect", "measure_bandwidth",
-           "parse_cpuinfo", "parse_llama_system_info", "parse_size", "process_rss", "profile"]
+           "parse_cpuinfo", "parse_llama_system_info", "parse_size", "peak_rss", "process_rss", "profile",
+           "reset_peak_rss"]

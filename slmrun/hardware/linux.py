@@ -232,3 +232,33 @@ def process_rss() -> int | None:
         return psutil.Process().memory_info().rss
     except Exception:
         return None
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak for peak_rss() (Linux resets VmHWM when "5" is written to clear_refs);
+    False where that is not possible (the peak then stays the process's whole life's)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory in bytes since the last reset_peak_rss() (Linux's
+    VmHWM; elsewhere getrusage's lifetime peak), None if unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+        import sys
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # macOS says bytes, Linux KiB
+    except (ImportError, OSError):
+        return None

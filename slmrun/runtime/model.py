@@ -373,19 +373,15 @@ class Model:
                                        hint="Use classify(text, labels) for one text, or pass [text].")
         return list(classify_stream(self, texts, labels, instruction=instruction, examples=examples))
 
-    def extract(self, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512):
+    def extract(self, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512,
+                examples=None):
         """The fields of ``schema`` (a JSON Schema dict or string, or a pydantic model class)
-        found in ``text``, as a validated value; decoding is constrained to the schema."""
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidArgumentError("the text to extract from is empty")
-        system = instruction or "Extract the information from the user's text as JSON. Use only what the text says."
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
-        if self.has_chat_format:
-            r = self.chat(messages, json_schema=schema, temperature=0, max_tokens=max_tokens)
-        else:
-            r = self.complete(f"{system}\nText: {text}\nJSON:", json_schema=schema, temperature=0,
-                              max_tokens=max_tokens)
-        return r.json()
+        found in ``text``, as a validated value; decoding is constrained to the schema.
+        ``examples``: (text, value) pairs shown to the model first (runtime/tasks.py)."""
+        from .tasks import extract_request
+
+        return extract_request(self, text, schema, instruction=instruction, max_tokens=max_tokens,
+                               examples=examples).json()
 
     def _terminator_tokens(self) -> dict[int, str]:
         if self._terminators is None:

@@ -1,4 +1,6 @@
-"""Classification of one text or many, driven on the engine (``Model.classify``, ``classify_many``).
+"""Classification of one text or many, driven on the engine (``Model.classify``, ``classify_many``),
+and the request behind ``Model.extract`` (``extract_request``: returns the Response at once, so
+`slmrun eval --task extract` keeps several in flight).
 
 A text is scored by one request per label (teacher forcing: structured/classify.py). The
 labels of one text run one after another in the same slot, so each reuses the prompt's
@@ -165,3 +167,32 @@ def plain_classify_prompt(messages: list[dict]) -> str:
     for m in messages[1:]:
         lines.append(("Text: " if m["role"] == "user" else "Label: ") + m["content"])
     return "\n".join(lines) + "\nLabel:"
+
+
+EXTRACT_INSTRUCTION = "Extract the information from the user's text as JSON. Use only what the text says."
+
+
+def extract_request(model, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512,
+                    examples=None):
+    """The Response (returned at once) of ``model.extract(text, schema)``: a chat (a completion
+    for a model with no chat format) constrained to ``schema``, greedy. ``examples``: (text,
+    value) pairs, shown as earlier turns whose answers are the values as JSON."""
+    import json
+
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidArgumentError("the text to extract from is empty")
+    system = instruction or EXTRACT_INSTRUCTION
+    pairs = []
+    for pair in examples or ():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise InvalidArgumentError(f"an extraction example must be a (text, value) pair, got {pair!r}")
+        pairs.append((pair[0], json.dumps(pair[1], ensure_ascii=False)))
+    if model.has_chat_format:
+        messages = [{"role": "system", "content": system}]
+        for example_text, value in pairs:
+            messages += [{"role": "user", "content": example_text}, {"role": "assistant", "content": value}]
+        messages.append({"role": "user", "content": text})
+        return model.chat(messages, json_schema=schema, temperature=0, max_tokens=max_tokens)
+    shown = "".join(f"Text: {t}\nJSON: {v}\n" for t, v in pairs)
+    return model.complete(f"{system}\n{shown}Text: {text}\nJSON:", json_schema=schema, temperature=0,
+                          max_tokens=max_tokens)
