@@ -49,6 +49,7 @@ class GGUFInfo(ModelShape):
     license: str | None
     metadata: dict = field(default_factory=dict, repr=False)  # scalars; arrays as their length
     special_tokens: tuple[str, ...] = field(default=(), repr=False)  # CONTROL/USER_DEFINED token texts
+    tensors: dict = field(default_factory=dict, repr=False)  # name -> (dims in ggml order, ggml type)
 
     @property
     def weights_bytes(self) -> int:
@@ -182,8 +183,20 @@ def _file_type_name(code) -> str | None:
     return {"ALL_F32": "F32"}.get(name, name.removeprefix("MOSTLY_"))
 
 
-def read_info(path: str | Path) -> GGUFInfo:
-    """Parse and validate a GGUF file's header, metadata and tensor table."""
+@dataclass(frozen=True)
+class RawGGUF:
+    """What a validated GGUF holds: its metadata and its tensors' shapes (ggml order) and types."""
+
+    path: Path
+    size: int
+    version: int
+    metadata: dict
+    tensors: dict  # name -> (dims tuple, ggml type id)
+    special_tokens: tuple[str, ...] = ()
+
+
+def read_raw(path: str | Path) -> RawGGUF:
+    """Parse and validate a GGUF file's header, metadata and tensor table (any kind of GGUF)."""
     import gguf
 
     path = Path(path)
@@ -237,8 +250,6 @@ def read_info(path: str | Path) -> GGUFInfo:
             tensors.append((name, dims, ttype, offset))
 
         data_start = -(-cur.pos // alignment) * alignment
-        n_params = 0
-        type_bytes: dict[int, int] = {}
         for name, dims, ttype, offset in tensors:
             try:
                 block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
@@ -254,9 +265,32 @@ def read_info(path: str | Path) -> GGUFInfo:
                 raise InvalidModelFileError(
                     f"{path.name}: file is truncated or corrupt: tensor {name} lies past the end "
                     f"({data_start + offset + nbytes} > {size} bytes)")
-            n_params += count
-            type_bytes[ttype] = type_bytes.get(ttype, 0) + nbytes
 
+    return RawGGUF(path=path, size=size, version=version, metadata=meta,
+                   tensors={name: (tuple(dims), ttype) for name, dims, ttype, _ in tensors},
+                   special_tokens=specials)
+
+
+def read_info(path: str | Path) -> GGUFInfo:
+    """Parse and validate a model GGUF (read_raw), and read what slmrun needs of its metadata."""
+    import gguf
+
+    raw = read_raw(path)
+    path, size, version, meta = raw.path, raw.size, raw.version, raw.metadata
+    specials, tensors = raw.special_tokens, raw.tensors
+    type_bytes: dict[int, int] = {}
+    n_params = 0
+    for name, (dims, ttype) in tensors.items():
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
+        count = 1
+        for d in dims:
+            count *= d
+        n_params += count
+        type_bytes[ttype] = type_bytes.get(ttype, 0) + count // block * type_size
+    if meta.get("general.type") == "adapter":
+        raise InvalidModelFileError(f"{path.name} is a LoRA adapter, not a model",
+                                    hint="Load a model and apply the adapter to it: --lora FILE "
+                                         "(or ADAPTER FILE in a Modelfile, lora= in load()).")
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise InvalidModelFileError(f"{path.name}: metadata has no general.architecture")
@@ -291,5 +325,5 @@ def read_info(path: str | Path) -> GGUFInfo:
         tensor_count=len(tensors),
         chat_template=template if isinstance(template, str) and template.strip() else None,
         license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
-        metadata=meta, special_tokens=specials,
+        metadata=meta, special_tokens=specials, tensors=tensors,
     )
