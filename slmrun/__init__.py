@@ -18,6 +18,7 @@ _EXPORTS = {
     "load": "slmrun.api", "pull": "slmrun.api", "list_models": "slmrun.api", "resolve": "slmrun.api",
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
+    "create": "slmrun.custom.catalog", "copy": "slmrun.custom.catalog",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
@@ -28,7 +29,8 @@ _EXPORTS = {
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
                      "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
-                     "RpcUnavailableError", "RpcServerError", "RpcBindError"),
+                     "RpcUnavailableError", "RpcServerError", "RpcBindError", "ModelfileError",
+                     "InvalidAdapterError", "ModelInUseError"),
                     "slmrun.errors"),
 }
 

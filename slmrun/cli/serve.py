@@ -59,6 +59,8 @@ def serve(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory all loaded models may use together, "
                                          "e.g. 2G (default: what is available at start, less a reserve)."),
     grace: float = typer.Option(10.0, "--grace", help="On SIGTERM, seconds in-flight requests get to finish."),
+    allow_paths: bool = typer.Option(False, "--allow-paths", help="Let /api/create name files anywhere on this "
+                                     "machine (FROM or adapters); by default only files in the model store."),
     rpc: Optional[str] = rpc_option(),
 ):
     """Serve models over HTTP: OpenAI's API under /v1, Ollama's under /api, a chat page at /."""
@@ -88,7 +90,7 @@ def serve(
                         max_queue=config.max_queue_default() if max_queue is None else max_queue,
                         n_ctx=ctx, n_parallel=parallel, n_threads=threads,
                         memory=parse_size(memory) if memory else None, grace_s=grace,
-                        load_kwargs={"rpc": rpc} if rpc else {})
+                        load_kwargs={"rpc": rpc} if rpc else {}, allow_paths=allow_paths)
     run(settings)
 
 

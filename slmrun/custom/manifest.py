@@ -44,6 +44,18 @@ class CreatedModel:
         return self.modelfile.from_
 
     @property
+    def ref(self) -> str:
+        return self.name
+
+    @property
+    def size(self) -> int:
+        """The manifest's own bytes (the base file is not the created model's)."""
+        try:
+            return self.path.stat().st_size if self.path else 0
+        except OSError:
+            return 0
+
+    @property
     def modified(self) -> float:
         try:
             return self.path.stat().st_mtime if self.path else self.created_at

@@ -138,7 +138,7 @@ class ModelManager:
             guess = exc.hint.split("Known models")[0] if exc.hint.startswith("Did you mean") else ""
             raise ModelNotFoundError(exc.message, hint=guess + "GET /v1/models or /api/tags lists the local "
                                                        "models; POST /api/pull fetches one from the registry.") from None
-        key = f"{r.name}:{r.quant.lower()}" if r.quant else r.name
+        key = r.key
         self._resolved[ref] = (now, key)
         return key
 
@@ -210,7 +210,8 @@ class ModelManager:
         spec = spec_from_gguf(info)
         kw = dict(self.load_kwargs)
         fa = effective_flash_attn(kw.get("flash_attn"), None)
-        n_ctx = kw.get("n_ctx") or default_context(spec)
+        # A created model's PARAMETER num_ctx wins over --ctx (Ollama's: the model's over the server's default).
+        n_ctx = (r.custom.num_ctx if r.custom is not None else None) or kw.get("n_ctx") or default_context(spec)
         batch = min(512, n_ctx)
         if kw.get("rpc"):
             kw["n_parallel"] = kw.get("n_parallel") or 1  # a split is for fitting, not throughput

@@ -47,6 +47,7 @@ class Call:
     tools: list[dict] | None = None  # OpenAI-style function tools
     tool_choice: object = None
     context: list[int] | None = None  # Ollama generate's deprecated conversation tokens
+    defaulted: set = field(default_factory=set)  # params set by the API's defaults: a created model's win
 
 
 # --- durations (Ollama's keep_alive) --------------------------------------------------
@@ -130,6 +131,7 @@ def _openai_common(body: dict, call: Call) -> None:
         call.params["max_tokens"] = limit
     else:
         call.params["max_tokens"] = None  # to the end of the context, as OpenAI's default
+        call.defaulted.add("max_tokens")
     for name in OPENAI_SAMPLING:
         if body.get(name) is not None:
             call.params[name] = body[name]
@@ -294,6 +296,7 @@ def _ollama_common(body: dict, call: Call) -> list[str]:
     call.params["max_tokens"] = None  # Ollama's num_predict default: -1, to the context
     params, ignored = ollama_options(body.get("options"))
     call.params.update(params)
+    call.defaulted = {"max_tokens"} - set(params)
     call.response_format = ollama_format(body.get("format"))
     think = body.get("think")
     if think not in (None, False):
