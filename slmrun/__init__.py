@@ -20,6 +20,7 @@ _EXPORTS = {
     "plan": "slmrun.planner",
     "create": "slmrun.custom.catalog", "copy": "slmrun.custom.catalog",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
+    "Embeddings": "slmrun.runtime",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
                      "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
@@ -28,8 +29,8 @@ _EXPORTS = {
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
-                     "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
-                     "RpcUnavailableError", "RpcServerError", "RpcBindError", "ModelfileError",
+                     "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError",
+                     "TemplateOutputError", "RpcUnavailableError", "RpcServerError", "RpcBindError", "ModelfileError",
                      "InvalidAdapterError", "ModelInUseError"),
                     "slmrun.errors"),
 }

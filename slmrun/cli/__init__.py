@@ -32,7 +32,7 @@ EXIT_CODES = (
     (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.InvalidArgumentError, 2),
     (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
-    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19),
+    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19), (E.ModelCapabilityError, 20),
 )
 
 
@@ -48,7 +48,7 @@ def fail(message: str, hint: str = "", code: int = 1):
 
 
 def _register() -> None:
-    from . import bench, chat, models, rpc, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
+    from . import bench, chat, embed, models, rpc, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:

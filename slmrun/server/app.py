@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import SlmrunError
-from . import create, ollama_api, openai_api
+from . import create, embeddings_api, ollama_api, openai_api
 from .http import AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, HTTPError, error_response
 from .manager import ModelManager
 from .metrics import Metrics
@@ -131,7 +131,7 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
     middleware.append(Middleware(BodyLimitMiddleware, limit=settings.max_body))
     routes = [Route("/", chat_page, methods=["GET", "HEAD"]), Route("/favicon.ico", favicon),
               Route("/health", health), Route("/metrics", metrics),
-              *openai_api.routes, *ollama_api.routes, *create.routes]
+              *openai_api.routes, *ollama_api.routes, *embeddings_api.routes, *create.routes]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={SlmrunError: _on_error, HTTPError: _on_error, HTTPException: _on_http_exception,
                                         Exception: _on_error})

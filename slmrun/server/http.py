@@ -32,7 +32,7 @@ STATUS = (
     (E.InvalidSchemaError, 400, "invalid_schema"), (E.UnsupportedSchemaError, 400, "unsupported_schema"),
     (E.InvalidGrammarError, 400, "invalid_grammar"),
     (E.InvalidArgumentError, 400, "invalid_value"),
-    (E.ChatFormatError, 400, "unsupported_model"),
+    (E.ChatFormatError, 400, "unsupported_model"), (E.ModelCapabilityError, 400, "unsupported_model"),
     (E.ModelNotFoundError, 404, "model_not_found"), (E.ModelNotPulledError, 404, "model_not_found"),
     (E.UnknownQuantError, 404, "model_not_found"),
     (E.QueueFullError, 503, "server_busy"), (E.ModelClosedError, 503, "model_unloaded"),
