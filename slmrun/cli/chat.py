@@ -109,7 +109,7 @@ class ChatUI:
                      f"context:  {used} / {m.n_ctx} tokens used   KV cached: {max(m.status()['cached_tokens'])}\n"
                      f"threads:  {o.n_threads}   batch: {o.n_batch}   flash attention: {o.flash_attn}   "
                      f"mmap: {o.use_mmap}\n"
-                     f"sampling: {json.dumps(s.params)}")
+                     f"sampling: {json.dumps({**getattr(m, 'defaults', {}), **s.params})}")
         elif cmd == "/save":
             if not arg:
                 self.say("Usage: /save FILE")
@@ -254,9 +254,10 @@ def chat(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="NAME[:QUANT] or a path to a .gguf."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="Default: the model's, else 0.8."),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per reply."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="Most tokens per reply "
+                                             "(default: the model's num_predict, else 512)."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),

@@ -64,10 +64,12 @@ def run(
     prompt: str = typer.Argument(..., help="The prompt; '-' reads it from stdin."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="NAME[:QUANT] or a path to a .gguf "
                                         "(default: $SLMRUN_MODEL or smollm2-135m)."),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens to generate."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 = greedy, deterministic."),
-    top_p: float = typer.Option(0.95, "--top-p"),
-    top_k: int = typer.Option(40, "--top-k"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="Most tokens to generate "
+                                             "(default: the model's num_predict, else 512)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 = greedy, deterministic "
+                                                "(default: the model's, else 0.8)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default: the model's, else 0.95."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default: the model's, else 40."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fix the sampling seed for repeatable output."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: the model's, capped)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the performance cores)."),
@@ -88,13 +90,16 @@ def run(
         prompt = sys.stdin.read()
     if not prompt.strip():
         fail("the prompt is empty", "Give a prompt, or '-' to read it from stdin.", 2)
-    if max_tokens < 0:
+    if max_tokens is not None and max_tokens < 0:
         fail(f"--max-tokens must be >= 0, got {max_tokens}", code=2)
-    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    given = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    params = {k: v for k, v in given.items() if v is not None}  # the rest: the model's own, else the defaults
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
                       chat_format=None if json_object else chat_format, announce=not raw, rpc=rpc) as m:
+        if "max_tokens" not in params and "max_tokens" not in m.defaults:
+            params["max_tokens"] = 512
         if raw:
             response = m.complete(prompt, **params)
         else:

@@ -11,6 +11,6 @@ def place(messages: list[dict], system: str | None, few_shot) -> list[dict]:
     if not system and not few_shot:
         return messages
     rest = list(messages)
-    head = [rest.pop(0)] if rest and rest[0].get("role") == "system" else (
+    head = [rest.pop(0)] if rest and isinstance(rest[0], dict) and rest[0].get("role") == "system" else (
         [{"role": "system", "content": system}] if system else [])
     return head + [dict(m) for m in few_shot] + rest

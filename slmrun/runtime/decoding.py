@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 from ..errors import GenerationError
-from .params import PENALTY_LAST_N
 from .response import Stats, TextAssembler
 from .rows import logprob_entry, logsoftmax_row, row_copy
 from .slots import Seq, common_prefix
@@ -44,12 +43,13 @@ class DecodeSteps:
             p = req.params
             room = self.n_ctx_seq - len(tokens)
             limit = room if p.max_tokens is None else min(p.max_tokens, room)
+            last_n = self.n_ctx_seq if p.repeat_last_n < 0 else p.repeat_last_n
             chain = h.sampler_chain(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
                                     repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
-                                    frequency_penalty=p.frequency_penalty, penalty_last_n=PENALTY_LAST_N,
+                                    frequency_penalty=p.frequency_penalty, penalty_last_n=last_n,
                                     seed=p.seed, ignore_eos=p.ignore_eos)
-            if p.penalized:  # penalties count the prompt's recent tokens too, as llama.cpp's tools do
-                for t in tokens[-PENALTY_LAST_N:]:
+            if p.penalized and last_n:  # penalties count the prompt's recent tokens too, as llama.cpp's tools do
+                for t in tokens[-last_n:]:
                     h.sampler_accept(chain, t)
             seq = Seq(req, slot, n_keep, limit, chain,
                        TextAssembler(self._piece_of, req.stops, req.strip_leading))

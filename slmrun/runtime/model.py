@@ -24,6 +24,7 @@ from .slots import Request
 from .llama import ContextSpec, LlamaHandle
 from .params import make_params
 from .response import Response, ResponseState
+from .tasks import Tasks
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class _Shared:
         heap.return_freed_heap()
 
 
-class Model:
+class Model(Tasks):
     """A loaded model. Use as a context manager, or call ``close()``."""
 
     def __init__(self, path: Path, options: LoadOptions, *, prompt_format=None,
@@ -102,6 +103,9 @@ class Model:
         self.plan = plan
         self.prompt_format = prompt_format
         self.chat_template = chat_template
+        self.defaults: dict = {}  # generation keywords a request may override (a created model's PARAMETERs)
+        self.system_prompt: str | None = None  # a created model's SYSTEM, for chats that bring none
+        self.few_shot: tuple[dict, ...] = ()  # a created model's MESSAGE turns, before every chat
         if options.n_parallel < 1:
             raise InvalidArgumentError(f"n_parallel must be >= 1, got {options.n_parallel}")
         spec = ContextSpec(n_ctx=options.n_ctx * options.n_parallel, n_seq=options.n_parallel,
@@ -155,6 +159,16 @@ class Model:
             self.close()
         except Exception:
             pass
+
+    def customize(self, *, defaults: dict | None = None, system: str | None = None, few_shot=()) -> None:
+        """What a created model (`slmrun create`) adds: default generation parameters (a request's
+        own win), a system prompt for chats whose first message is not one, and few-shot turns
+        placed after the system message, before every conversation."""
+        if defaults:
+            make_params(**{k: v for k, v in defaults.items()})  # refused now, not on every request
+        self.defaults = dict(defaults or {})
+        self.system_prompt = system
+        self.few_shot = tuple(dict(m) for m in few_shot)
 
     def _check_open(self) -> None:
         # llama.cpp's pointers are freed by close(); touching them would crash the process.
@@ -258,6 +272,9 @@ class Model:
         self._check_can_generate()
         h = self._h
         bos = h.token_text(h.bos)
+        if isinstance(messages, (list, tuple)) and (self.system_prompt or self.few_shot):
+            from ..custom.messages import place
+            messages = place(list(messages), self.system_prompt, self.few_shot)
         prompt, stops = render_prompt(messages, template=self.chat_template, fmt=self.prompt_format,
                                       bos=bos, eos=h.token_text(h.eos))
         # A template that writes the BOS text itself must not get a second one.
@@ -278,6 +295,8 @@ class Model:
     def _submit(self, tokens: list[int], params: dict, *, stops: Sequence[str], strip_leading: bool,
                 score_from: int | None = None) -> Response:
         self._check_can_generate()
+        if self.defaults:
+            params = {**self.defaults, **params}
         extra_stop = params.pop("stop", None)
         spec = constraint = None
         structured = {k: params.pop(k) for k in ("json_schema", "grammar", "json_object") if k in params}
@@ -342,57 +361,3 @@ class Model:
             rows = job.future.result()
         return Embeddings(stack_rows(rows, h.n_embd, normalize=normalize), n_tokens=[len(t) for t in tokens],
                           truncated=cut, pooling=h.pooling, model=self.name, normalized=normalize)
-
-    # --- tasks for small models: answers other programs consume ---------------------------------
-    def classify(self, text: str, labels: Sequence[str], *, instruction: str | None = None,
-                 examples=None):
-        """The label that fits ``text``, and a probability for every label, from the model's own
-        log-probabilities of each label's tokens (teacher forcing; see slmrun.structured.classify),
-        not from sampled text. ``examples``: (text, label) pairs shown to the model first."""
-        from .. import structured as st
-
-        labels = st.check_labels(labels)
-        messages = st.classify_messages(text, labels, instruction=instruction, examples=examples)
-        if self.has_chat_format:
-            prompt = self.chat_tokens(messages)
-            label_text = str
-        else:  # plain text: "Text: ... / Label: ..." lines, the labels after a space
-            prompt = self.tokenize(_plain_classify_prompt(messages), special=False)
-            label_text = " {}".format
-        sequences = st.label_tokens(labels, lambda s: self.tokenize(label_text(s), special=False, add_bos=False))
-        st.check_fits(len(prompt), labels, sequences, self.n_ctx)
-        ends = st.end_tokens(labels, self._h.eog_tokens, self._terminator_tokens())
-        # One after another: each reuses the prompt's cells the one before left in its slot.
-        logprobs = []
-        for seq, end in zip(sequences, ends):
-            r = self._submit(list(prompt) + list(seq), {"max_tokens": 0}, stops=(), strip_leading=False,
-                             score_from=len(prompt)).wait()
-            logprobs.append(st.sequence_logprob(r._s.score_rows, seq, end))
-        return st.label_probabilities(labels, logprobs)
-
-    def extract(self, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512):
-        """The fields of ``schema`` (a JSON Schema dict or string, or a pydantic model class)
-        found in ``text``, as a validated value; decoding is constrained to the schema."""
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidArgumentError("the text to extract from is empty")
-        system = instruction or "Extract the information from the user's text as JSON. Use only what the text says."
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
-        if self.has_chat_format:
-            r = self.chat(messages, json_schema=schema, temperature=0, max_tokens=max_tokens)
-        else:
-            r = self.complete(f"{system}\nText: {text}\nJSON:", json_schema=schema, temperature=0,
-                              max_tokens=max_tokens)
-        return r.json()
-
-    def _terminator_tokens(self) -> dict[int, str]:
-        if self._terminators is None:
-            from ..structured import terminator_tokens
-            self._terminators = terminator_tokens(self._piece(t) for t in range(self.n_vocab))
-        return self._terminators
-
-
-def _plain_classify_prompt(messages: list[dict]) -> str:
-    lines = [messages[0]["content"]]
-    for m in messages[1:]:
-        lines.append(("Text: " if m["role"] == "user" else "Label: ") + m["content"])
-    return "\n".join(lines) + "\nLabel:"

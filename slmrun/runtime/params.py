@@ -21,6 +21,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repeat_last_n: int = PENALTY_LAST_N  # tokens the penalties look back over (0: none, -1: the context)
     seed: int | None = None  # None: the model's default seed, else a random one
     stop: tuple[str, ...] = field(default_factory=tuple)
     logprobs: bool = False  # record each generated token's log-probability
@@ -34,7 +35,7 @@ class SamplingParams:
 
 def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
                 min_p: float = 0.05, repeat_penalty: float = 1.0, presence_penalty: float = 0.0,
-                frequency_penalty: float = 0.0, seed: int | None = None,
+                frequency_penalty: float = 0.0, repeat_last_n: int = PENALTY_LAST_N, seed: int | None = None,
                 stop: Sequence[str] | str | None = None, logprobs: bool = False, top_logprobs: int = 0,
                 ignore_eos: bool = False, default_seed: int | None = None) -> SamplingParams:
     """Check every parameter and fill the seed; raises InvalidArgumentError naming the bad one."""
@@ -55,6 +56,8 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
             bad(name, value, "between -2 and 2")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         bad("top_k", top_k, "an integer >= 0 (0 = off)")
+    if isinstance(repeat_last_n, bool) or not isinstance(repeat_last_n, int) or repeat_last_n < -1:
+        bad("repeat_last_n", repeat_last_n, "an integer >= -1 (0 = off, -1 = the whole context)")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         bad("seed", seed, "an integer")
     if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
@@ -72,5 +75,5 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
     return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=top_k,
                           min_p=float(min_p), repeat_penalty=float(repeat_penalty),
                           presence_penalty=float(presence_penalty), frequency_penalty=float(frequency_penalty),
-                          seed=seed, stop=tuple(s for s in stops if s), logprobs=bool(logprobs or top_logprobs),
+                          repeat_last_n=repeat_last_n, seed=seed, stop=tuple(s for s in stops if s), logprobs=bool(logprobs or top_logprobs),
                           top_logprobs=top_logprobs, ignore_eos=ignore_eos)

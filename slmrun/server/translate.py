@@ -23,7 +23,8 @@ OPENAI_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "
 # Ollama's options that the engine samples with, by Ollama's name.
 OLLAMA_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                    "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
-                   "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop"}
+                   "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop",
+                   "repeat_last_n": "repeat_last_n"}
 # Ollama's options that choose how a model is loaded: here the server's command line does.
 OLLAMA_LOAD_TIME = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock",
                               "numa", "low_vram", "vocab_only", "f16_kv", "num_keep", "logits_all"})
