@@ -33,6 +33,7 @@ EXIT_CODES = (
     (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
     (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19), (E.ModelCapabilityError, 20),
+    (E.ModelInUseError, 21),
 )
 
 

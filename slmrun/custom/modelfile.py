@@ -240,15 +240,16 @@ def _format_name(value: str, line: int) -> str:
 
 
 def split_scale(value: str) -> tuple[str, float | None]:
-    """``FILE`` or ``FILE:SCALE`` (llama.cpp's --lora-scaled): (path, scale), scale None if bad.
-    A ':' followed by something that is not a number belongs to the path (C:\\...)."""
+    """``FILE`` or ``FILE:SCALE`` (llama.cpp's --lora-scaled): (path, scale), scale None when the
+    text after ':' starts like a number but is none. Anything else after ':' is the path's (C:\\...)."""
+    import math
+    import re
+
     path, sep, tail = value.rpartition(":")
-    if not sep or not path or "/" in tail or "\\" in tail:
+    if not sep or not path or not re.match(r"\s*[+-]?[0-9.]", tail):
         return value, 1.0
     try:
         scale = float(tail)
     except ValueError:
-        return (value, 1.0) if not tail.strip().lstrip("+-").replace(".", "").isdigit() else (value, None)
-    if scale != scale or scale in (float("inf"), float("-inf")):
         return value, None
-    return path, scale
+    return (path, scale) if math.isfinite(scale) else (value, None)
