@@ -123,8 +123,10 @@ def check_new_name(name: str) -> str:
 
 
 def inside(path: Path, root: Path) -> bool:
+    """``path`` names a file under ``root`` once '..' is resolved. Symbolic links in the store
+    are the store's own (`slmrun import --link`), so they are not followed."""
     try:
-        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
         return True
     except ValueError:
         return False
