@@ -106,3 +106,25 @@ def check_fits(adapter: AdapterInfo, model) -> None:
                                       f"but the adapter's A {list(a)} and B {list(b)} make "
                                       f"{[b[1], a[1]] if flipped else [a[0], b[1]]}",
                                       hint="Use an adapter trained on this base model (same size and architecture).")
+
+
+def prepare(lora, model, created=()) -> list[tuple[str, float]]:
+    """The (path, scale) adapters a load applies: a created model's (``created``: its stored
+    adapters, each checked to be the file it was created with) then ``lora`` (paths, or
+    (path, scale) pairs), every one read and checked against ``model`` (a GGUFInfo) here."""
+    out = []
+    for a in created:
+        path = Path(a.path)
+        if not path.is_file() or (a.size is not None and path.stat().st_size != a.size):
+            raise InvalidAdapterError(f"the adapter {path} {'is gone' if not path.is_file() else 'changed'} "
+                                      "since the model was created",
+                                      hint="Put it back, or create the model again (`slmrun create`).")
+        out.append((str(path), float(a.scale)))
+    for item in lora or ():
+        path, scale = (item, 1.0) if isinstance(item, (str, Path)) else item
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale != scale:
+            raise InvalidAdapterError(f"the scale of the adapter {path} must be a number, got {scale!r}")
+        out.append((str(Path(path).expanduser()), float(scale)))
+    for path, _ in out:
+        check_fits(read_adapter(path), model)
+    return out

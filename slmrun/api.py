@@ -220,7 +220,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
          max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True,
-         rpc: str | Sequence[str] | None = None, pooling: str | None = None):
+         rpc: str | Sequence[str] | None = None, lora: Sequence | None = None, pooling: str | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
@@ -237,6 +237,10 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     is how ``embed()`` pools token states: the model's own by default (an embedding
     model's GGUF names it), mean for a generative model. An embedding model (BERT
     family) decodes up to ``n_parallel`` inputs (default 64) per batch of ``n_batch`` tokens.
+    ``lora``: LoRA adapters, paths or (path, scale) pairs (after a created model's own),
+    checked against the model before llama.cpp loads them; requests choose among them
+    with ``adapters=`` (runtime/lora.py). A created model (`slmrun create`) brings its
+    PARAMETERs (num_ctx unless ``n_ctx`` is given), SYSTEM, MESSAGEs and prompt format.
     """
     from .runtime import LoadOptions, Model
 
@@ -245,6 +249,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     if custom is not None and not n_ctx:
         n_ctx = custom.num_ctx  # PARAMETER num_ctx, unless the caller chose a context
     info = inspect_file(resolved)
+    from .adapter_info import prepare
+    adapters = prepare(lora, info, custom.adapters if custom is not None else ())  # checked before llama.cpp
     choice = chat_format_for(resolved, info, chat_format)
     cores = os.cpu_count() or 1
     for key, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
@@ -308,7 +314,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         template = ChatTemplate(choice.template, origin=resolved.path.name, n_ctx=ctx)
         sandbox().start()  # the renderer starts while llama.cpp loads the weights
     model = Model(resolved.path, options, prompt_format=choice.fmt, chat_template=template,
-                  name=resolved.key, info=info, placement=placement)
+                  name=resolved.key, info=info, placement=placement, lora=adapters)
     model.chat_format = choice
     if custom is not None:
         from .custom.parameters import sampling_defaults

@@ -280,7 +280,8 @@ def write_tiny_lora(path: Path, base: Path, *, rank: int = 4, alpha: float = 8.0
     pairs = {}
     for name, shape in shapes.items():
         parts = name.split(".")
-        if len(parts) != 4 or parts[2] not in targets or (layers is not None and int(parts[1]) not in layers):
+        if (len(parts) != 4 or parts[3] != "weight" or parts[2] not in targets
+                or (layers is not None and int(parts[1]) not in layers)):
             continue
         n_out, n_in = shape
         a = (rng.standard_normal((rank, n_in + (bad_shape and not pairs))) * magnitude).astype(np.float32)

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,7 +15,7 @@ from .. import config
 from . import app
 from .output import WordWrap
 from .rpc import rpc_option
-from .run import FORMAT_HELP, format_verbose, load_for_cli
+from .run import FORMAT_HELP, format_verbose, load_for_cli, lora_option
 
 HELP = """Commands:
   /help                 this help
@@ -154,13 +154,15 @@ class ChatUI:
             self.say("A model split over RPC servers keeps its context: restart `slmrun chat` with --ctx.")
             return
         try:
-            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1)
+            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1,
+                       lora=[(a["path"], a["scale"]) for a in old.adapters])
         except SlmrunError as exc:
             self.say(f"Could not set ctx: {exc.message}")
             return
         # Keep the chat format the model was loaded with (a reload by path knows no
         # registry entry or import record); the template's output bound follows the new context.
         new.name, new.prompt_format, new.chat_format = old.name, old.prompt_format, getattr(old, "chat_format", None)
+        new.customize(defaults=old.defaults, system=old.system_prompt, few_shot=old.few_shot)  # a created model's
         if old.chat_template:
             from ..template_sandbox import ChatTemplate
             new.chat_template = ChatTemplate(old.chat_template, origin=old.path.name, n_ctx=new.n_ctx)
@@ -263,11 +265,13 @@ def chat(
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
     chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     rpc: Optional[str] = rpc_option(),
+    lora: Optional[List[str]] = lora_option(),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc)
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc,
+                     lora=lora)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -38,9 +38,29 @@ FORMAT_HELP = ("Chat with this prompt format instead of the model's own: chatml,
                "mistral, phi3, phi2, ... ('none' for plain completion).")
 
 
+LORA_HELP = "A LoRA adapter (GGUF) to apply, FILE or FILE:SCALE (llama.cpp's --lora / --lora-scaled); repeatable."
+
+
+def lora_option():
+    return typer.Option(None, "--lora", help=LORA_HELP)
+
+
+def parse_lora(values) -> list[tuple[str, float]]:
+    """--lora FILE[:SCALE] values as (path, scale)."""
+    from ..custom.modelfile import split_scale
+
+    out = []
+    for value in values or ():
+        path, scale = split_scale(value)
+        if scale is None:
+            fail(f"--lora {value}: the scale after ':' must be a number", "Example: --lora style.gguf:0.5", 2)
+        out.append((path, scale))
+    return out
+
+
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
                  force: bool = False, chat_format: Optional[str] = None, announce: bool = True,
-                 rpc: Optional[str] = None):
+                 rpc: Optional[str] = None, lora=None):
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
@@ -49,7 +69,7 @@ def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[
         exit_on_rpc_failure()  # a server lost mid-reply: one line and the exit code, not a stuck terminal
     # One person at a terminal sends one request at a time: one slot, no KV cache for others.
     m = load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
-             chat_format=chat_format, n_parallel=1, rpc=rpc)
+             chat_format=chat_format, n_parallel=1, rpc=rpc, lora=parse_lora(lora))
     if m.placement is not None:
         typer.echo(f"Split: {describe_placement(m.placement)}", err=True)
     choice = getattr(m, "chat_format", None)
@@ -83,6 +103,7 @@ def run(
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A grammar file (llguidance's Lark syntax, "
                                            "or GBNF) the reply is constrained to."),
     rpc: Optional[str] = rpc_option(),
+    lora: Optional[List[str]] = lora_option(),
 ):
     """Answer one prompt, streaming the reply to stdout."""
     t0 = time.perf_counter()
@@ -97,7 +118,8 @@ def run(
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
-                      chat_format=None if json_object else chat_format, announce=not raw, rpc=rpc) as m:
+                      chat_format=None if json_object else chat_format, announce=not raw, rpc=rpc,
+                      lora=lora) as m:
         if "max_tokens" not in params and "max_tokens" not in m.defaults:
             params["max_tokens"] = 512
         if raw:

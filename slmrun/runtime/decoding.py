@@ -13,7 +13,7 @@ import time
 from ..errors import GenerationError
 from .response import Stats, TextAssembler
 from .rows import logprob_entry, logsoftmax_row, row_copy
-from .slots import Seq, common_prefix
+from .slots import Seq, reusable_prefix
 
 
 class _Broken(Exception):
@@ -21,6 +21,15 @@ class _Broken(Exception):
 
 
 class DecodeSteps:
+    def _step_group(self) -> list[Seq]:
+        """The sequences this step decodes: all of them, or with LoRA adapters loaded, those of
+        the set whose turn it is, with that set applied to the context."""
+        if self._lora is None:
+            return self._active
+        key = self._turns.pick([s.req.adapters for s in self._active])
+        self._lora.apply(key)
+        return [s for s in self._active if s.req.adapters == key]
+
     def _admit(self) -> None:
         h = self._h
         while self._queue:
@@ -31,15 +40,16 @@ class DecodeSteps:
                 return  # an older embed() call takes the free slots first (embedding.py)
             req = self._queue.popleft()
             tokens = req.tokens
-            # The free slot sharing the longest prefix; else the one unused the longest.
-            slot = max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
+            # The free slot sharing the longest prefix (under the same LoRA set); else the one unused the longest.
+            slot = max(free, key=lambda s: (reusable_prefix(s, req), -s.last_used))
             # The last prompt token is always decoded: its logits are the first sample's (or score's).
             last = len(tokens) - 1 if req.score_from is None else req.score_from - 1
-            n_keep = min(common_prefix(slot.tokens, tokens), last)
+            n_keep = min(reusable_prefix(slot, req), last)
             if n_keep < len(slot.tokens) and not h.seq_rm(slot.seq_id, n_keep, -1):
                 h.seq_rm(slot.seq_id, 0, -1)  # a model that cannot cut a sequence (recurrent): start over
                 n_keep = 0
             slot.tokens = slot.tokens[:n_keep]
+            slot.adapters = req.adapters
             p = req.params
             room = self.n_ctx_seq - len(tokens)
             limit = room if p.max_tokens is None else min(p.max_tokens, room)
@@ -74,8 +84,9 @@ class DecodeSteps:
         outputs: list[tuple[Seq, int]] = []
         taken: list[tuple[Seq, int]] = []
         budget = self.n_batch
-        # Generating sequences first (one token each), then prompt chunks in arrival order.
-        for seq in sorted(self._active, key=lambda s: len(s.pending) > 1):
+        # Generating sequences first (one token each), then prompt chunks in arrival order; with
+        # LoRA adapters, only the sequences of the adapter set whose turn it is (runtime/lora.py).
+        for seq in sorted(self._step_group(), key=lambda s: len(s.pending) > 1):
             if budget <= 0:
                 break
             n = min(len(seq.pending), budget)

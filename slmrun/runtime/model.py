@@ -94,8 +94,10 @@ class Model(Tasks):
 
     def __init__(self, path: Path, options: LoadOptions, *, prompt_format=None,
                  chat_template: str | None = None, name: str | None = None, info=None, plan=None,
-                 model_params_hook=None, placement=None):
-        """``placement``: the model's layers split over RPC servers (runtime.rpc.place())."""
+                 model_params_hook=None, placement=None, lora=()):
+        """``placement``: the model's layers split over RPC servers (runtime.rpc.place()).
+        ``lora``: (path, scale) LoRA adapters (checked by the caller: adapter_info), applied
+        to every request at those scales unless it chooses others (``adapters=``)."""
         self.path = Path(path)
         self.name = name or self.path.stem
         self.options = options
@@ -117,6 +119,14 @@ class Model(Tasks):
                               verbose=options.verbose, model_params_hook=model_params_hook or placement,
                               guard=placement)
         self.placement = placement
+        self._lora = None
+        if lora:
+            from .lora import LoadedAdapters
+            try:
+                self._lora = LoadedAdapters(self._h, lora)
+            except BaseException:
+                self._h.close()
+                raise
         self.load_s = time.perf_counter() - t0
         self._shared = shared = _Shared(self._h)
         self._lock = shared.lock
@@ -124,7 +134,8 @@ class Model(Tasks):
         self._closed = False
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
                               n_batch=options.n_batch, name=self.name, load_s=self.load_s,
-                              max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free)
+                              max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free,
+                              lora=self._lora)
         if placement is not None:  # a failed server ends this model's requests (rpc_guard's default)
             placement.on_failure = self._engine.fail_broken
         _OPEN.add(self)
@@ -196,6 +207,11 @@ class Model(Tasks):
     def has_chat_format(self) -> bool:
         """A chat template in the GGUF or a prompt format from the registry: chat() works."""
         return self.chat_template is not None or self.prompt_format is not None
+
+    @property
+    def adapters(self) -> list[dict]:
+        """The LoRA adapters loaded: [{"id", "path", "scale"}] (llama-server's /lora-adapters)."""
+        return self._lora.describe() if self._lora is not None else []
 
     @property
     def n_vocab(self) -> int:
@@ -298,6 +314,7 @@ class Model(Tasks):
         if self.defaults:
             params = {**self.defaults, **params}
         extra_stop = params.pop("stop", None)
+        adapters = self._adapter_key(params.pop("adapters", None))
         spec = constraint = None
         structured = {k: params.pop(k) for k in ("json_schema", "grammar", "json_object") if k in params}
         if any(v is not None and v is not False for v in structured.values()):
@@ -317,11 +334,20 @@ class Model(Tasks):
                      + (f" (up to the model's {trained} tokens)." if trained else "."))
         state = ResponseState(len(tokens))
         req = Request(tokens=list(tokens), params=p, state=state, stops=tuple(p.stop) + tuple(stops),
-                      strip_leading=strip_leading, constraint=constraint, score_from=score_from)
+                      strip_leading=strip_leading, constraint=constraint, score_from=score_from,
+                      adapters=adapters)
         engine = self._engine
         response = Response(state, model_name=self.name, on_cancel=lambda: engine.cancel(req), spec=spec)
         engine.submit(req)
         return response
+
+    def _adapter_key(self, wanted) -> tuple:
+        if self._lora is not None:
+            return self._lora.key_for(wanted)
+        if wanted:
+            raise InvalidArgumentError(f"adapters: {self.name} was loaded without LoRA adapters",
+                                       hint="Load it with lora=[(path, scale)] (--lora FILE, ADAPTER in a Modelfile).")
+        return ()
 
     # --- embeddings --------------------------------------------------------------------------
     def embed(self, inputs, *, normalize: bool = True, truncate: bool = True):

@@ -43,6 +43,7 @@ class Settings:
     grace_s: float = 10.0  # SIGTERM: how long in-flight requests may take to finish
     load_kwargs: dict = field(default_factory=dict)  # anything else for slmrun.load()
     allow_paths: bool = False  # /api/create may name files outside the store
+    lora: tuple = ()  # (path, scale) LoRA adapters loaded with the -m models
 
     def model_load_kwargs(self) -> dict:
         kw = {"n_ctx": self.n_ctx, "n_parallel": self.n_parallel, "n_threads": self.n_threads,

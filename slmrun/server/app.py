@@ -110,6 +110,7 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
             except SlmrunError:
                 pass  # _preload reports it
         manager.pinned = pinned
+        manager.lora, manager.lora_keys = tuple(settings.lora), set(pinned) if settings.lora else set()
         preload = asyncio.create_task(_preload(state))
         if url:
             log.info("slmrun serve on %s (OpenAI: %s/v1, Ollama: %s/api, chat page: %s/)%s", url, url, url, url,

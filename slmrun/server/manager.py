@@ -97,6 +97,8 @@ class ModelManager:
         self.load_kwargs = dict(load_kwargs or {})
         self.memory_budget = memory_budget  # None: measured (what was available at start, minus the reserve)
         self.pinned = set(pinned)  # keys loaded at start: kept until asked otherwise
+        self.lora: tuple = ()  # serve --lora: (path, scale) adapters loaded with ...
+        self.lora_keys: set[str] = set()  # ... these models (the -m ones)
         self._models: dict[str, Loaded] = {}
         self._load_lock = asyncio.Lock()
         self._loading: set[str] = set()
@@ -250,6 +252,8 @@ class ModelManager:
                 log.info("unloading %s to make room for %s", victim, key)
                 await self._unload(victim)
             t0 = time.perf_counter()
+            if key in self.lora_keys:
+                kw["lora"] = list(self.lora)
             model = await asyncio.to_thread(lambda: api.load(key, allow_path=False, **kw))
             log.info("loaded %s in %.2fs (%d slots of %d tokens)", key, time.perf_counter() - t0,
                      model.n_parallel, model.n_ctx)

@@ -145,6 +145,21 @@ def _openai_common(body: dict, call: Call) -> None:
         raise InvalidArgumentError("logit_bias is not supported", hint="Leave it out.")
     if body.get("suffix"):
         raise InvalidArgumentError("suffix (fill-in-the-middle) is not supported", hint="Leave it out.")
+    lora_field(body, call)
+
+
+def lora_field(body: dict, call: Call) -> None:
+    """llama-server's per-request ``lora``: [{"id": N, "scale": X}] among the model's loaded adapters
+    (any not named: scale 0). The model checks the ids."""
+    value = body.get("lora")
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("id"), int) and not isinstance(x.get("id"), bool)
+            and isinstance(x.get("scale"), (int, float)) and not isinstance(x.get("scale"), bool)
+            for x in value):
+        raise _bad("lora", 'a list of {"id": N, "scale": X} (both given)', value)
+    call.params["adapters"] = [{"id": x["id"], "scale": float(x["scale"])} for x in value]
 
 
 def response_format(value) -> dict | None:
@@ -299,6 +314,7 @@ def _ollama_common(body: dict, call: Call) -> list[str]:
     call.params.update(params)
     call.defaulted = {"max_tokens"} - set(params)
     call.response_format = ollama_format(body.get("format"))
+    lora_field(body, call)
     think = body.get("think")
     if think not in (None, False):
         raise InvalidArgumentError(f"think={think!r}: the models served here do not think before answering",
