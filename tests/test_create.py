@@ -208,7 +208,14 @@ def test_cli_create_run_show_list_rm(tiny, tmp_path):
     (tmp_path / "bad").write_text("FROM tiny\nPARAMETER top_p 7\n")
     p = run("create", "x", "-f", str(tmp_path / "bad"), check=False)
     assert p.returncode == 2 and "Error: (line 2): PARAMETER top_p must be from 0 to 1, got 7" in p.stderr
-    assert "plan" and run("plan", "bot").returncode == 0
+    plan = run("plan", "bot", "--json").stdout
+    assert json.loads(plan)["n_ctx"] > 0
+    c = json.loads(run("classify", "-m", "bot", "--ctx", "400", "--threads", "1", "--labels", "yes,no", "hi").stdout)
+    assert set(c["probabilities"]) == {"yes", "no"}
+    b = json.loads(run("bench", "-m", "bot", "-p", "8", "-n", "4", "-r", "1", "--ctx", "400", "-t", "1", "--json",
+                       "-q").stdout)
+    assert b["results"] and all(r["model"].startswith("bot") for r in b["results"])
+    assert "bot" in run("show", "bot").stdout
     run("rm", "bot")
     run("rm", "bot2")
     run("rm", "tiny")
