@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from llama_tools import (BUILD, HERE, analysis_block, build_tools, cpu_snapshot, free_port, log,  # noqa: E402
                          others_cores, wait_http_ready, wait_quiet)
 
@@ -44,8 +43,13 @@ CONTAMINATION_PROMPT = ("You are a careful assistant. Answer every question in o
 
 
 def adapters(model: Path) -> list[Path]:
-    from tinymodels import write_tiny_lora
+    import importlib.util
 
+    # The tests' LoRA writer, a file of this repository (tests/tinymodels.py), not a package.
+    spec = importlib.util.spec_from_file_location("tinymodels", HERE.parent / "tests" / "tinymodels.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    write_tiny_lora = tiny.write_tiny_lora
     out = []
     for i, seed in enumerate((1, 2)):
         path = BUILD / f"adapter-{model.stem}-{'ab'[i]}.gguf"
