@@ -13,7 +13,7 @@ ffn_gate/up/down, written with tests/tinymodels.write_tiny_lora) and, interleave
   with the prompt cache on; is the second answer what B gives on a fresh server, and how
   many prompt tokens did it evaluate?
 
-    .venv/bin/python benchmarks/adapters.py [-m MODEL.gguf] [-t 2] [-n 128] [--rounds 3]
+    .venv/bin/python benchmarks/adapters.py [-m MODEL.gguf] [-t 2] [-n 128] [--rounds 3] [--spec off]
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ import slmrun
 a = json.loads(sys.argv[1])
 def load(lora, n_parallel):
     return slmrun.load(a["model"], n_ctx=a["ctx"], n_parallel=n_parallel, n_threads=a["threads"],
-                       n_threads_batch=a["threads"], flash_attn=True, lora=[(p, 1.0) for p in lora])
+                       n_threads_batch=a["threads"], flash_attn=True, lora=[(p, 1.0) for p in lora],
+                       speculative=a["spec"])
 def concurrently(fn, k):
     counts = [0] * k
     start = threading.Barrier(k + 1)
@@ -184,9 +185,10 @@ print(json.dumps(out))
 """
 
 
-def slmrun(what: str, model, threads, loras, n, ctx, sets=None):
+def slmrun(what: str, model, threads, loras, n, ctx, sets=None, spec: str = "off"):
     args = json.dumps({"what": what, "model": str(model), "threads": threads, "loras": [str(p) for p in loras],
-                       "n": n, "ctx": ctx, "sets": sets, "prompts": PROMPTS, "cprompt": CONTAMINATION_PROMPT})
+                       "n": n, "ctx": ctx, "sets": sets, "prompts": PROMPTS, "cprompt": CONTAMINATION_PROMPT,
+                       "spec": spec})
     out = subprocess.run([sys.executable, "-c", SLMRUN, args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -218,6 +220,8 @@ def main() -> None:
     ap.add_argument("-n", "--tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=1024, help="context per stream")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--spec", default="off", help="slmrun's prompt-lookup drafts (off: like llama-server, "
+                                                  "which drafts nothing unless told)")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     if a.model is None:
@@ -239,13 +243,13 @@ def main() -> None:
                     fn = (lambda: server_single(exe, a.model, a.threads, files, a.tokens, a.ctx)) if what == "single" \
                         else (lambda: server_streams(exe, a.model, a.threads, files, a.tokens, a.ctx, sets))
                 else:
-                    fn = lambda: slmrun(what, a.model, a.threads, files, a.tokens, a.ctx, sets)  # noqa: E731
+                    fn = lambda: slmrun(what, a.model, a.threads, files, a.tokens, a.ctx, sets, a.spec)  # noqa: E731
                 value, n = measure(fn)
                 noise = max(noise, n)
                 log(f"round {rnd + 1}/{a.rounds}: {name}, {tool}: {value:.1f} tok/s")
                 results.setdefault((name, tool), []).append(value)
     contamination = {"llama-server": server_contamination(exe, a.model, a.threads, loras, 32, a.ctx),
-                     "slmrun": slmrun("contamination", a.model, a.threads, loras, 32, a.ctx)}
+                     "slmrun": slmrun("contamination", a.model, a.threads, loras, 32, a.ctx, spec=a.spec)}
     write_report(a, cases, results, contamination, noise)
 
 
@@ -254,12 +258,12 @@ def write_report(a, cases, results, contamination, noise) -> None:
         "# LoRA adapters: slmrun vs llama.cpp's llama-server",
         "",
         f"Command: `.venv/bin/python benchmarks/adapters.py -m {a.model.name} -t {a.threads} -n {a.tokens} "
-        f"--ctx {a.ctx} --rounds {a.rounds}`  ",
+        f"--ctx {a.ctx} --rounds {a.rounds} --spec {a.spec}`  ",
         f"{a.threads} threads, flash attention on, greedy, {a.tokens} tokens per stream (ignore_eos). Two random "
         "LoRA adapters (rank 16, alpha 32, on attn_q/k/v/output and ffn_gate/up/down; "
         "tests/tinymodels.write_tiny_lora), the same files for both. llama-server `--lora A [--lora B]`, "
-        "`-np 1` or `-np 4`, per-request `\"lora\"`; slmrun `load(lora=...)`, `adapters=` per request, each in its "
-        f"own process. {a.rounds} interleaved rounds, each run after a quiet moment; mean ± sample std dev.",
+        f"`-np 1` or `-np 4`, per-request `\"lora\"`; slmrun `load(lora=..., speculative=\"{a.spec}\")`, `adapters=` "
+        f"per request, each in its own process. {a.rounds} interleaved rounds, each run after a quiet moment; mean ± sample std dev.",
         "",
         "| case | llama-server tok/s | slmrun tok/s | slmrun / llama-server |",
         "|---|---:|---:|---:|",

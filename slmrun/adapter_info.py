@@ -58,7 +58,8 @@ def read_adapter(path: str | Path) -> AdapterInfo:
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha != alpha or alpha < 0:
         raise InvalidAdapterError(f"{path.name}: adapter.lora.alpha is {alpha!r}, not a number >= 0")
     parts: dict[str, dict] = {}
-    for name, (dims, _ttype) in raw.tensors.items():
+    for t in raw.tensors:
+        name, dims = t.name, t.dims
         for suffix in (".lora_a", ".lora_b"):
             if name.endswith(suffix):
                 parts.setdefault(name[:-len(suffix)], {})[suffix[-1]] = dims
@@ -90,15 +91,15 @@ def read_adapter(path: str | Path) -> AdapterInfo:
 def check_fits(adapter: AdapterInfo, model) -> None:
     """The adapter applies to ``model`` (a gguf_info.GGUFInfo) as llama.cpp would apply it."""
     where = f"the adapter {adapter.path.name}"
+    shapes = {t.name: t.dims for t in model.tensors}
     if adapter.architecture != model.architecture:
         raise InvalidAdapterError(f"{where} is for {adapter.architecture} models; {model.path.name} is "
                                   f"{model.architecture}", hint="Use an adapter trained on this base model.")
     for target, (a, b) in adapter.pairs.items():
-        dims = model.tensors.get(target)
-        if dims is None:
+        w = shapes.get(target)
+        if w is None:
             raise InvalidAdapterError(f"{where} adapts {target}, which {model.path.name} does not have",
                                       hint="Use an adapter trained on this base model.")
-        w = dims[0]
         flipped = target.endswith("token_embd.weight")
         fits = (w[0] == b[1] and w[1] == a[1]) if flipped else (len(w) >= 2 and w[0] == a[0] and w[1] == b[1])
         if not fits:

@@ -35,7 +35,9 @@ def describe_model(ref: str, *, verify: bool = True) -> dict:
                  context_length=entry.context_length)
         here = {m.quant for m in store.find(entry.name)}
         d["quants"] = {q: q in here for q in entry.quants}
-        if resolved is None:  # not downloaded: what the registry says
+        if entry.embedding_model:
+            d.update(_embedding_facts(entry.embedding_length, entry.pooling, entry.context_length))
+        elif resolved is None:  # not downloaded: what the registry says
             from .prompt_formats import choose_chat_format
             d["prompt_format"] = ("the GGUF's chat template" if entry.has_chat_template
                                   else choose_chat_format(None, entry, {}, None).describe())
@@ -45,9 +47,12 @@ def describe_model(ref: str, *, verify: bool = True) -> dict:
                  context_length=info.context_length, quant=info.quant,
                  license=d.get("license") or info.license or "unknown",
                  embedding_length=info.embedding_length, block_count=info.block_count,
-                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size,
-                 prompt_format=chat_format_for(resolved, info).describe(),
-                 chat_template=info.chat_template or "none", file=str(resolved.path), file_size=info.size)
+                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size)
+        if info.is_embedding_model:
+            d.update(_embedding_facts(info.embedding_length, info.pooling, info.context_length))
+        else:
+            d.update(prompt_format=chat_format_for(resolved, info).describe(), chat_template=info.chat_template or "none")
+        d.update(file=str(resolved.path), file_size=info.size)
         if resolved.stored is not None:
             d["source"] = resolved.stored.source
             d["sha256"] = resolved.stored.sha256
@@ -62,6 +67,11 @@ def describe_model(ref: str, *, verify: bool = True) -> dict:
         elif verify:
             d["sha256"] = store.sha256_file(resolved.path)
     return d
+
+
+def _embedding_facts(dimensions: int, pooling: str | None, max_tokens: int) -> dict:
+    return {"kind": "embedding", "dimensions": dimensions, "pooling": pooling or "none (the file names none)",
+            "max_tokens": max_tokens, "chat": "none: an embedding model (it embeds text, and neither chats nor completes)"}
 
 
 def _params(n: int) -> str:

@@ -192,17 +192,22 @@ def test_cli_create_run_show_list_rm(tiny, tmp_path):
     assert "eval count:           3 token(s)" in r.stderr
     r = run("run", "-m", "bot", "--ctx", "128", "--threads", "1", "-n", "5", "hello", "--verbose")
     assert "eval count:           5 token(s)" in r.stderr  # the command line's -n wins
+    r = subprocess.run([*slmrun_cmd(), "chat", "-m", "bot", "--ctx", "128", "--threads", "1", "--verbose"],
+                       input="hello\nagain\n", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr.count("eval count:           3 token(s)") == 2, r.stderr
     shown = run("show", "bot", "--modelfile").stdout
     assert 'SYSTEM """Be\nbrief."""' in shown and "FROM tiny" in shown
     (tmp_path / "again").write_text(shown)
     run("create", "bot2", "-f", str(tmp_path / "again"), "-q")
     assert run("show", "bot2", "--modelfile").stdout.split("\n", 1)[1] == shown.split("\n", 1)[1]
     listing = run("list").stdout
-    assert "created FROM tiny" in listing and "bot2" in listing
+    table = {line.split()[0]: line.split() for line in listing.splitlines()[1:]}
+    assert table["bot"][4] == "created" and table["bot"][-2:] == ["FROM", "tiny"] and "bot2" in table
+    assert table["tiny"][4] == "generative"
     rows = json.loads(run("list", "--json").stdout)
     assert {r["name"] for r in rows if r.get("created")} == {"bot", "bot2"}
     p = run("rm", "tiny", check=False)
-    assert p.returncode == 21 and "tiny is the base of bot, bot2" in p.stderr
+    assert p.returncode == 22 and "tiny is the base of bot, bot2" in p.stderr
     p = run("create", "bad", "-f", str(tmp_path / "nope"), check=False)
     assert p.returncode == 4 and "cannot read the Modelfile" in p.stderr
     (tmp_path / "bad").write_text("FROM tiny\nPARAMETER top_p 7\n")
@@ -220,3 +225,24 @@ def test_cli_create_run_show_list_rm(tiny, tmp_path):
     run("rm", "bot2")
     run("rm", "tiny")
     assert store.list_models() == []
+
+
+@pytest.mark.real_model
+def test_a_created_model_of_the_default_model_extracts_and_classifies(default_model_in_store, tmp_path):
+    """The tasks on a created model of a real one: its SYSTEM and few-shot turns go before the
+    task's own messages, and a request's own parameters (extract's temperature 0) win."""
+    (tmp_path / "Modelfile").write_text("FROM smollm2-135m\nPARAMETER temperature 1.5\nPARAMETER num_ctx 512\n"
+                                        "SYSTEM You read support emails.\n")
+    run("create", "mail", "-q", cwd=tmp_path)
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    (tmp_path / "person.json").write_text(json.dumps(schema))
+    out = run("extract", "-m", "mail", "--schema", str(tmp_path / "person.json"), "--threads", "1",
+              "Alice is 31 years old.").stdout
+    value = json.loads(out)
+    assert set(value) == {"name", "age"} and isinstance(value["age"], int)
+    with slmrun.load("mail", n_threads=1) as m:
+        assert m.n_ctx == 512 and m.defaults == {"temperature": 1.5}
+        assert m.extract("Alice is 31 years old.", schema) == value  # greedy: the request's temperature 0 wins
+        c = m.classify("My parcel never arrived", ["delivery", "billing"])
+        assert set(c.probabilities) == {"delivery", "billing"} and c.label in c.probabilities

@@ -94,7 +94,12 @@ def test_recreating_a_loaded_model_unloads_it(server):
 @pytest.mark.parametrize("body,status,words", [
     ({"from": "tiny"}, 400, "model is required"),
     ({"model": "x"}, 400, "from (a model name) or files"),
-    ({"model": "../x", "from": "tiny"}, 400, "invalid model name"),
+    ({"model": "../x", "from": "tiny"}, 400, "looks like a file path"),
+    ({"model": "a b", "from": "tiny"}, 400, "invalid model name"),
+    ({"model": "x", "from": "tiny", "modelfile": "FROM tiny"}, 400, "modelfile (Ollama's older form"),
+    ({"model": "x", "from": "tiny", "files": {"a.gguf": "sha256:00"}}, 400, "give from or files, not both"),
+    ({"model": "x", "files": {"a.gguf": "md5:00"}}, 400, "is not a digest"),
+    ({"model": "x", "from": "tiny", "parameters": {"stop": 5}}, 400, "parameters.stop"),
     ({"model": "x", "from": "../../etc/passwd.gguf"}, 400, "outside the model store"),
     ({"model": "x", "from": "/tmp/elsewhere.gguf"}, 400, "outside the model store"),
     ({"model": "x", "from": "models/../../x.gguf"}, 400, "outside the model store"),

@@ -15,7 +15,7 @@ from .. import config
 from . import app
 from .output import WordWrap
 from .rpc import rpc_option
-from .run import FORMAT_HELP, format_verbose, load_for_cli, lora_option
+from .run import FORMAT_HELP, check_sampling, format_verbose, load_for_cli, lora_option, spec_option
 
 HELP = """Commands:
   /help                 this help
@@ -265,13 +265,16 @@ def chat(
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
     chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     rpc: Optional[str] = rpc_option(),
+    spec: str = spec_option(),
     lora: Optional[List[str]] = lora_option(),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
+    check_sampling(**{k: v for k, v in dict(temperature=temperature, seed=seed, max_tokens=max_tokens).items()
+                      if v is not None})
     m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc,
-                     lora=lora)
+                     speculative=spec, lora=lora)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:

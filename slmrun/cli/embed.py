@@ -11,6 +11,7 @@ import typer
 
 from .. import config
 from . import app, fail
+from .lines import chunks
 
 BATCH_LINES = 256  # texts read from stdin per embed() call: streams out, bounded memory
 
@@ -28,17 +29,6 @@ def _texts(texts: list[str]):
     for line in sys.stdin:
         if line.strip():
             yield line.rstrip("\n")
-
-
-def _batches(texts, n: int):
-    batch = []
-    for t in texts:
-        batch.append(t)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @app.command()
@@ -62,7 +52,7 @@ def embed(
         fail(f"--npy {npy}: the file name must end in .npy", "Example: --npy vectors.npy", 2)
     with load(model or config.embed_model(), n_threads=threads, pooling=pooling) as m:
         rows = []
-        for batch in _batches(_texts(texts or []), BATCH_LINES):
+        for batch in chunks(_texts(texts or []), BATCH_LINES):
             e = m.embed(batch, normalize=normalize, truncate=truncate)
             if npy is not None:
                 rows.append(e.vectors)

@@ -59,10 +59,10 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
         return
     from .output import echo_table
 
-    rows = [(m.name, m.quant, format_bytes(m.size), _ago(m.modified), "") for m in models]
-    rows += [(r["name"], r["quant"], format_bytes(r["size"]) if r["size"] else "", _ago(r["modified"]),
-              f"created FROM {r['from']}") for r in made]
-    echo_table(("NAME", "QUANT", "SIZE", "MODIFIED", ""), sorted(rows))
+    rows = [(m.name, m.quant, format_bytes(m.size), m.kind, _ago(m.modified), "") for m in models]
+    rows += [(r["name"], r["quant"], format_bytes(r["size"]) if r["size"] else "", "created", _ago(r["modified"]),
+              f"FROM {r['from']}") for r in made]
+    echo_table(("NAME", "QUANT", "SIZE", "KIND", "MODIFIED", ""), sorted(rows))
 
 
 @app.command()
@@ -113,20 +113,26 @@ def cp(
 
 @app.command("import")
 def import_cmd(
-    path: str = typer.Argument(..., help="A .gguf file brought by hand (USB stick, scp, ...)."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Name in the store (default: from the file name)."),
+    path: str = typer.Argument(..., help="A .gguf file brought by hand (USB stick, scp, ...), or a Hugging Face "
+                                         "model directory of the BERT family to convert."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Name in the store (default: from the file "
+                                                                  "or directory name)."),
     link: bool = typer.Option(False, "--link", help="Symlink instead of copying."),
     prompt_format: Optional[str] = typer.Option(
         None, "--format", help="The prompt format to chat with (chatml, llama3, gemma, zephyr, mistral, phi3, "
                                "phi2, ...), recorded in the store; for a GGUF without a chat template."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="For a model directory: the GGUF type to "
+                                                                    "convert to, f16 (default), f32 or q8_0."),
 ):
-    """Validate a local GGUF and add it to the store, for air-gapped machines."""
+    """Validate a local GGUF and add it to the store, for air-gapped machines; or convert a Hugging Face
+    model directory (BERT, e.g. a sentence-transformers embedding model) into one."""
     from ..api import import_model
     from ..store import read_sidecar
 
-    m = import_model(path, name=name, link=link, prompt_format=prompt_format)
+    m = import_model(path, name=name, link=link, prompt_format=prompt_format, quant=quant)
     recorded = read_sidecar(m.path).get("prompt_format")
-    typer.echo(f"imported {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…): {m.path}"
+    verb = "converted and imported" if Path(path).expanduser().is_dir() else "imported"
+    typer.echo(f"{verb} {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…): {m.path}"
                + (f"; prompt format {recorded}" if recorded else ""))
 
 

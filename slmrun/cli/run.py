@@ -34,8 +34,32 @@ def format_verbose(stats, total_s: float) -> str:
     ])
 
 
+def check_sampling(**params) -> None:
+    """Sampling options, checked before the model loads (a typo costs no load), each named
+    as it was typed (--top-p, not top_p)."""
+    from ..errors import InvalidArgumentError
+    from ..runtime.params import make_params
+
+    try:
+        make_params(**params)
+    except InvalidArgumentError as exc:
+        name = exc.message.split(" ", 1)[0]
+        if name in params:
+            raise InvalidArgumentError("--" + name.replace("_", "-") + exc.message[len(name):],
+                                       hint=exc.hint or None) from None
+        raise
+
+
 FORMAT_HELP = ("Chat with this prompt format instead of the model's own: chatml, llama3, gemma, zephyr, "
                "mistral, phi3, phi2, ... ('none' for plain completion).")
+
+
+SPEC_HELP = ("Prompt-lookup speculative decoding: auto (drafts where this machine's measured step costs say "
+             "they pay), on, or off.")
+
+
+def spec_option():
+    return typer.Option("auto", "--spec", help=SPEC_HELP)
 
 
 LORA_HELP = "A LoRA adapter (GGUF) to apply, FILE or FILE:SCALE (llama.cpp's --lora / --lora-scaled); repeatable."
@@ -47,6 +71,8 @@ def lora_option():
 
 def parse_lora(values) -> list[tuple[str, float]]:
     """--lora FILE[:SCALE] values as (path, scale)."""
+    if not values:
+        return []
     from ..custom.modelfile import split_scale
 
     out = []
@@ -60,16 +86,17 @@ def parse_lora(values) -> list[tuple[str, float]]:
 
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
                  force: bool = False, chat_format: Optional[str] = None, announce: bool = True,
-                 rpc: Optional[str] = None, lora=None):
+                 rpc: Optional[str] = None, n_parallel: Optional[int] = 1, speculative: str = "auto", lora=None):
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
     if rpc is not None:
         from .rpc import exit_on_rpc_failure
         exit_on_rpc_failure()  # a server lost mid-reply: one line and the exit code, not a stuck terminal
-    # One person at a terminal sends one request at a time: one slot, no KV cache for others.
+    # One person at a terminal sends one request at a time: one slot, no KV cache for others
+    # (n_parallel=None for bulk commands: the planner's slots).
     m = load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
-             chat_format=chat_format, n_parallel=1, rpc=rpc, lora=parse_lora(lora))
+             chat_format=chat_format, n_parallel=n_parallel, rpc=rpc, speculative=speculative, lora=parse_lora(lora))
     if m.placement is not None:
         typer.echo(f"Split: {describe_placement(m.placement)}", err=True)
     choice = getattr(m, "chat_format", None)
@@ -90,6 +117,12 @@ def run(
                                                 "(default: the model's, else 0.8)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Default: the model's, else 0.95."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Default: the model's, else 40."),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise recent tokens "
+                                                   "(1.0 = off; default: the model's, else 1.1 for --json-schema/"
+                                                   "--grammar, else off)."),
+    dry_multiplier: Optional[float] = typer.Option(None, "--dry-multiplier", help="DRY: penalise repeating "
+                                                   "what the reply already said (0 = off; default: the model's, "
+                                                   "else 0.8 constrained, else off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fix the sampling seed for repeatable output."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: the model's, capped)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the performance cores)."),
@@ -103,6 +136,7 @@ def run(
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A grammar file (llguidance's Lark syntax, "
                                            "or GBNF) the reply is constrained to."),
     rpc: Optional[str] = rpc_option(),
+    spec: str = spec_option(),
     lora: Optional[List[str]] = lora_option(),
 ):
     """Answer one prompt, streaming the reply to stdout."""
@@ -111,15 +145,17 @@ def run(
         prompt = sys.stdin.read()
     if not prompt.strip():
         fail("the prompt is empty", "Give a prompt, or '-' to read it from stdin.", 2)
-    if max_tokens is not None and max_tokens < 0:
-        fail(f"--max-tokens must be >= 0, got {max_tokens}", code=2)
-    given = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    given = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                 repeat_penalty=repeat_penalty, dry_multiplier=dry_multiplier)
     params = {k: v for k, v in given.items() if v is not None}  # the rest: the model's own, else the defaults
+    check_sampling(**params)
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
+    # --raw never chats: "none" spares the chat template's sandbox worker (a process start
+    # that would contend with the load for the cores).
+    fmt = "none" if raw else (None if json_object else chat_format)
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
-                      chat_format=None if json_object else chat_format, announce=not raw, rpc=rpc,
-                      lora=lora) as m:
+                      chat_format=fmt, announce=not raw, rpc=rpc, speculative=spec, lora=lora) as m:
         if "max_tokens" not in params and "max_tokens" not in m.defaults:
             params["max_tokens"] = 512
         if raw:

@@ -46,6 +46,8 @@ class LoadOptions:
     n_parallel: int = 1  # sequences decoded together (slots)
     max_queue: int | None = None  # requests allowed to wait for a slot (None: no limit)
     pooling: str | None = None  # embeddings: "mean", "cls", "last" (None: the model's own, else mean)
+    speculative: str = "auto"  # prompt-lookup drafts: "auto" (where the measured step costs say they pay), "on", "off"
+    spec_slope: float | None = None  # a batch's extra cost per token (fraction of a step) until measured
 
 
 _OPEN: "weakref.WeakSet[Model]" = weakref.WeakSet()
@@ -135,6 +137,7 @@ class Model(Tasks):
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
                               n_batch=options.n_batch, name=self.name, load_s=self.load_s,
                               max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free,
+                              speculative=options.speculative, spec_slope=options.spec_slope,
                               lora=self._lora)
         if placement is not None:  # a failed server ends this model's requests (rpc_guard's default)
             placement.on_failure = self._engine.fail_broken
@@ -323,7 +326,8 @@ class Model(Tasks):
             spec = constraint_spec(**structured)  # refused here, before anything is queued
             constraint = self._grammar().constraint(spec)
             stops = ()  # the grammar decides where the value ends; a stop string could cut it
-        p = make_params(**params, stop=extra_stop if spec is None else None, default_seed=self.options.seed)
+        task = "constrained" if spec is not None else ("chat" if strip_leading else "text")  # chat() strips
+        p = make_params(**params, stop=extra_stop if spec is None else None, task=task, default_seed=self.options.seed)
         if not tokens:
             raise InvalidArgumentError("the prompt is empty", hint="Give a prompt with some text.")
         if len(tokens) >= self.n_ctx:

@@ -13,85 +13,86 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import InvalidArgumentError, ModelfileError
-from .http import ndjson, read_json
-from .messages import bad
+from . import schema
+from .http import ndjson
 
 log = logging.getLogger("slmrun.server")
 
+# Ollama's /api/create fields slmrun cannot honour: refused by name, never silently ignored.
+_UNSUPPORTED = {
+    "quantize": "quantize is not supported here: create FROM a quant that is already in the store "
+                "(`slmrun quantize` makes one)",
+    "quantization": "quantization is not supported here: create FROM a quant that is already in the store",
+    "modelfile": "modelfile (Ollama's older form of /api/create) is not supported: send its instructions as "
+                 "fields (from, system, parameters, messages, adapters, template, license)",
+    "path": "path (Ollama's older form of /api/create) is not supported: send from and the other fields",
+    "draft_files": "draft_files is not supported by slmrun",
+    "remote_host": "remote_host is not supported by slmrun",
+    "renderer": "renderer is not supported by slmrun",
+    "parser": "parser is not supported by slmrun",
+}
 
-def _digest_file(value, field: str) -> str:
+
+def _digest_file(value: str, field: str) -> str:
     """The stored blob a ``files``/``adapters`` entry names, as a path; 400 if not uploaded."""
     from ..custom.blobs import blob_path
 
-    if not isinstance(value, str):
-        raise bad(field, 'a digest such as "sha256:..."', value)
-    path = blob_path(value)
+    try:
+        path = blob_path(value)
+    except InvalidArgumentError as exc:
+        raise schema.RequestError(f"{field}: {exc.message}", param=field, hint=exc.hint) from None
     if not path.is_file():
-        raise InvalidArgumentError(f"{field}: no blob {value} on this server",
-                                   hint=f"Upload the file first: POST /api/blobs/{value}.")
+        raise schema.RequestError(f"{field}: no blob {value} on this server", param=field,
+                                  hint=f"Upload the file first: POST /api/blobs/{value}.")
     return str(path)
 
 
-def modelfile_from_body(body: dict):
-    """(name, Modelfile) from /api/create's JSON; every field checked (400s name it)."""
+def modelfile_from_body(body):
+    """(name, Modelfile) from /api/create's validated body (schema.CreateRequest, or a dict);
+    what the declaration leaves (parameters by the Modelfile's table, blobs, the fields
+    slmrun cannot honour) checked here, each refusal naming its field."""
     from ..custom import parameters as P
-    from ..custom.modelfile import ROLES, Adapter, Modelfile
+    from ..custom.modelfile import Adapter, Modelfile
 
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidArgumentError("model is required: the name of the model to create")
-    if body.get("quantize") or body.get("quantization"):
-        raise InvalidArgumentError("quantize is not supported: slmrun does not convert weights",
-                                   hint="Pull or import the quant you want and create FROM it.")
-    for key in ("draft_files", "remote_host", "renderer", "parser"):
-        if body.get(key):
-            raise InvalidArgumentError(f"{key} is not supported by slmrun", hint=f"Leave {key} out.")
-    src, files = body.get("from"), body.get("files")
+    body = body if isinstance(body, schema.CreateRequest) else schema.validate(schema.CreateRequest, body)
+    name = (body.model or body.name or "").strip()
+    if not name:
+        raise schema.RequestError("model is required: the name of the model to create", param="model",
+                                  code="missing_required_parameter")
+    for key, why in _UNSUPPORTED.items():
+        if getattr(body, key) not in (None, "", [], {}):
+            raise schema.RequestError(why, param=key, hint=f"Leave {key} out.")
+    src, files = body.from_, body.files
     if files:
-        if not isinstance(files, dict) or len(files) != 1:
-            raise bad("files", "one GGUF file: {\"model.gguf\": \"sha256:...\"}", files)
+        if len(files) != 1:
+            raise schema.bad("files", 'one GGUF file: {"model.gguf": "sha256:..."}', files)
         if src:
-            raise InvalidArgumentError("give from or files, not both")
+            raise schema.RequestError("give from or files, not both", param="files")
         (fname, digest), = files.items()
         src = _digest_file(digest, f"files[{fname!r}]")
-    if not isinstance(src, str) or not src.strip():
-        raise InvalidArgumentError("from (a model name) or files (an uploaded GGUF) is required")
+    if not src or not src.strip():
+        raise schema.RequestError("from (a model name) or files (an uploaded GGUF) is required", param="from",
+                                  code="missing_required_parameter")
     params: dict = {}
-    raw_params = body.get("parameters") or {}
-    if not isinstance(raw_params, dict):
-        raise bad("parameters", "an object", raw_params)
-    for key, value in raw_params.items():
+    for key, value in (body.parameters or {}).items():
         try:
             if key == "stop":
                 values = [value] if isinstance(value, str) else value
                 if not isinstance(values, list):
-                    raise bad("parameters.stop", "a string or a list of strings", value)
+                    raise schema.bad("parameters.stop", "a string or a list of strings", value)
                 params["stop"] = tuple(P.convert("stop", v) for v in values)
             else:
                 params[key] = P.convert(key, value)
         except ModelfileError as exc:
-            raise ModelfileError(f"parameters: {exc.message}", hint=exc.hint) from None
-    messages = body.get("messages") or []
-    if not isinstance(messages, list):
-        raise bad("messages", "a list of {role, content}", messages)
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise bad(f"messages[{i}]", "{role: system | user | assistant, content: string}", m)
-    adapters = body.get("adapters") or {}
-    if not isinstance(adapters, dict):
-        raise bad("adapters", '{"adapter.gguf": "sha256:..."}', adapters)
-    license_ = body.get("license") or ()
-    license_ = (license_,) if isinstance(license_, str) else license_
-    if not isinstance(license_, (list, tuple)) or not all(isinstance(x, str) for x in license_):
-        raise bad("license", "a string or a list of strings", body.get("license"))
-    for key in ("system", "template"):
-        if body.get(key) is not None and not isinstance(body[key], str):
-            raise bad(key, "a string", body[key])
-    mf = Modelfile(from_=src.strip(), parameters=params, system=body.get("system"),
-                   messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
-                   adapters=tuple(Adapter(_digest_file(d, f"adapters[{k!r}]")) for k, d in adapters.items()),
-                   license=tuple(license_), template=body.get("template") or None)
-    return name.strip(), mf
+            raise schema.RequestError(f"parameters: {exc.message}", param=f"parameters.{key}",
+                                      hint=exc.hint) from None
+    license_ = body.license or ()
+    mf = Modelfile(from_=src.strip(), parameters=params, system=body.system,
+                   messages=tuple({"role": m.role, "content": m.content} for m in body.messages or ()),
+                   adapters=tuple(Adapter(_digest_file(d, f"adapters[{k!r}]")) for k, d in (body.adapters or {}).items()),
+                   license=(license_,) if isinstance(license_, str) else tuple(license_),
+                   template=body.template or None)
+    return name, mf
 
 
 async def _forget(state, name: str) -> None:
@@ -113,14 +114,14 @@ async def create(request: Request):
     from ..custom.catalog import create as create_model
 
     state = request.app.state.slmrun
-    body = await read_json(request)
+    body = await schema.parse(request, schema.CreateRequest)
     name, mf = modelfile_from_body(body)
     statuses: list[str] = []
     model = await asyncio.to_thread(create_model, name, mf, allow_paths=state.settings.allow_paths,
                                     progress=statuses.append)
     await _forget(state, model.name)
     log.info("created %s FROM %s", model.name, model.from_)
-    if body.get("stream", True) is False:
+    if body.stream is False:
         return JSONResponse({"status": "success"})
 
     async def lines():
@@ -132,15 +133,15 @@ async def create(request: Request):
 
 async def copy(request: Request):
     from ..custom.catalog import copy as copy_model
-    from .translate import check_name, model_ref
+    from .translate import model_ref
 
     state = request.app.state.slmrun
-    body = await read_json(request)
-    src, dst = body.get("source"), body.get("destination")
+    body = await schema.parse(request, schema.CopyRequest)  # names checked: never a path
+    src, dst = model_ref(body.source.strip()), model_ref(body.destination.strip())
     for key, value in (("source", src), ("destination", dst)):
-        if not isinstance(value, str) or not value.strip():
-            raise bad(key, "a model name", value)
-    src, dst = check_name(model_ref(src.strip())), check_name(model_ref(dst.strip()))
+        if not value:
+            raise schema.RequestError(f"{key} is required: a model name", param=key,
+                                      code="missing_required_parameter")
     made = await asyncio.to_thread(copy_model, src, dst)
     await _forget(state, made.name)
     return Response(status_code=200)

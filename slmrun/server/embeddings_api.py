@@ -22,36 +22,26 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .. import config
-from ..errors import InvalidArgumentError
-from . import translate
-from .http import read_json
-from .messages import bad as _bad
+from . import schema, translate
+from .request import RequestError
 
 
-def _model(body: dict) -> str:
-    name = body.get("model")
-    if name is None or name == "":
-        return config.embed_model()
-    if not isinstance(name, str):
-        raise _bad("model", "a string", name)
-    return translate.check_name(translate.model_ref(name.strip()))
+def _model(name: str | None) -> str:
+    return translate.model_ref(name.strip()) if name and name.strip() else config.embed_model()
 
 
 def _check_count(inputs) -> None:
     limit = config.max_embed_inputs()
     if isinstance(inputs, list) and len(inputs) > limit and not all(isinstance(t, int) for t in inputs):
-        raise InvalidArgumentError(f"input has {len(inputs)} items; at most {limit} are taken in one request",
-                                   hint="Send them in several requests (SLMRUN_MAX_EMBED_INPUTS raises the limit).")
+        raise RequestError(f"input has {len(inputs)} items; at most {limit} are taken in one request", param="input",
+                           hint="Send them in several requests (SLMRUN_MAX_EMBED_INPUTS raises the limit).")
 
 
 def _check_dimensions(value, model) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad("dimensions", "a positive integer", value)
-    if value != model.n_embd:
-        raise InvalidArgumentError(f"{model.name} gives {model.n_embd}-dimensional embeddings and cannot shorten "
-                                   f"them to {value} (dimensions)", hint=f"Leave dimensions out, or send {model.n_embd}.")
+    if value is not None and value != model.n_embd:
+        raise RequestError(f"{model.name} gives {model.n_embd}-dimensional embeddings and cannot shorten "
+                           f"them to {value} (dimensions)", param="dimensions",
+                           hint=f"Leave dimensions out, or send {model.n_embd}.")
 
 
 async def _embed(request: Request, ref: str, inputs, *, normalize: bool, truncate: bool,
@@ -76,18 +66,14 @@ async def _embed(request: Request, ref: str, inputs, *, normalize: bool, truncat
 # --- OpenAI -------------------------------------------------------------------------------------
 
 async def openai_embeddings(request: Request):
-    body = await read_json(request)
-    if "input" not in body:
-        raise InvalidArgumentError("input is required: a string, a list of strings, or token ids")
-    inputs = body["input"]
+    body = await schema.parse(request, schema.EmbeddingsRequest)
+    inputs = body.input
     if inputs == "" or inputs == []:
-        raise InvalidArgumentError("input is empty", hint="Send a non-empty string or list.")
+        raise RequestError("input is empty", param="input", hint="Send a non-empty string or list.")
     _check_count(inputs)
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise _bad("encoding_format", '"float" or "base64"', fmt)
-    lease, e, _ = await _embed(request, _model(body), inputs, normalize=True, truncate=False,
-                               dimensions=body.get("dimensions"))
+    fmt = body.encoding_format or "float"
+    lease, e, _ = await _embed(request, _model(body.model), inputs, normalize=True, truncate=False,
+                               dimensions=body.dimensions)
     if fmt == "base64":  # what the openai client asks for by default: little-endian float32 bytes
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in e.vectors]
     else:
@@ -100,13 +86,8 @@ async def openai_embeddings(request: Request):
 
 # --- Ollama ---------------------------------------------------------------------------------------
 
-def _ollama_common(body: dict) -> tuple[str, float | None]:
-    name = body.get("model")
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidArgumentError("model is required: a name from /api/tags")
-    keep_alive = translate.parse_duration(body["keep_alive"]) if body.get("keep_alive") is not None else None
-    translate.ollama_options(body.get("options"))  # checks its shape; sampling options mean nothing here
-    return translate.check_name(translate.model_ref(name.strip())), keep_alive
+def _keep_alive(body) -> float | None:
+    return translate.parse_duration(body.keep_alive) if body.keep_alive is not None else None
 
 
 def _ns(seconds: float) -> int:
@@ -114,21 +95,14 @@ def _ns(seconds: float) -> int:
 
 
 async def ollama_embed(request: Request):
-    body = await read_json(request)
-    ref, keep_alive = _ollama_common(body)
-    inputs = body.get("input")
-    if inputs is None or inputs == "" or inputs == []:
-        return JSONResponse({"model": body["model"], "embeddings": []})
-    if not isinstance(inputs, (str, list)) or (isinstance(inputs, list)
-                                              and not all(isinstance(x, str) for x in inputs)):
-        raise _bad("input", "a string or a list of strings", inputs)
-    _check_count(inputs)
-    truncate = body.get("truncate", True)
-    if not isinstance(truncate, bool):
-        raise _bad("truncate", "true or false", truncate)
+    body = await schema.parse(request, schema.EmbedRequest)
+    if body.input is None or body.input == "" or body.input == []:
+        return JSONResponse({"model": body.model or config.embed_model(), "embeddings": []})
+    _check_count(body.input)
     t0 = time.perf_counter()
-    lease, e, seconds = await _embed(request, ref, inputs, normalize=True, truncate=truncate,
-                                     keep_alive=keep_alive, dimensions=body.get("dimensions"))
+    lease, e, _ = await _embed(request, _model(body.model), body.input, normalize=True,
+                               truncate=body.truncate is not False, keep_alive=_keep_alive(body),
+                               dimensions=body.dimensions)
     return JSONResponse({"model": lease.entry.key, "embeddings": e.tolist(),
                          "total_duration": _ns(time.perf_counter() - t0), "load_duration": _ns(lease.load_s),
                          "prompt_eval_count": sum(e.n_tokens)})
@@ -136,14 +110,11 @@ async def ollama_embed(request: Request):
 
 async def ollama_embeddings(request: Request):
     """Ollama's older endpoint: one prompt, the vector as pooled (not normalised)."""
-    body = await read_json(request)
-    ref, keep_alive = _ollama_common(body)
-    prompt = body.get("prompt")
-    if prompt is None or prompt == "":
+    body = await schema.parse(request, schema.LegacyEmbeddingsRequest)
+    if not body.prompt:
         return JSONResponse({"embedding": []})
-    if not isinstance(prompt, str):
-        raise _bad("prompt", "a string", prompt)
-    _, e, _ = await _embed(request, ref, prompt, normalize=False, truncate=True, keep_alive=keep_alive)
+    _, e, _ = await _embed(request, _model(body.model), body.prompt, normalize=False, truncate=True,
+                           keep_alive=_keep_alive(body))
     return JSONResponse({"embedding": e.tolist()[0]})
 
 

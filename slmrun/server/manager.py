@@ -219,8 +219,8 @@ class ModelManager:
             kw.pop("n_parallel", None)
             kw.pop("n_ctx", None)
             n_ctx = min(n_ctx, info.context_length or n_ctx)
-            need = estimate_memory(spec, weights_bytes=info.size, n_ctx=n_ctx, n_batch=512, n_ubatch=512,
-                                   flash_attn=fa, n_parallel=1).total
+            need = estimate_memory(spec, weights_bytes=info.size, n_ctx=n_ctx, n_batch=max(512, n_ctx),
+                                   n_ubatch=max(512, n_ctx), flash_attn=fa, n_parallel=api.ENCODER_SEQS).total
             return kw, need, self._details(r, info, n_ctx)
         if kw.get("rpc"):
             kw["n_parallel"] = kw.get("n_parallel") or 1  # a split is for fitting, not throughput

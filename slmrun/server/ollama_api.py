@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import InvalidArgumentError, SlmrunError
-from . import generation, structured, translate
-from .http import EngineStream, error_body, ndjson, read_json, wait_or_disconnect
+from ..errors import SlmrunError
+from . import generation, schema, structured, translate
+from .http import EngineStream, error_body, ndjson, wait_or_disconnect
 
 log = logging.getLogger("slmrun.server")
 NDJSON = "application/x-ndjson"
@@ -38,16 +38,26 @@ def _done_fields(gen, reason: str) -> dict:
             "eval_count": s.generated_tokens, "eval_duration": ns(s.gen_s)}
 
 
+# Ollama's options that choose how a model is loaded: here the server's command line does.
+LOAD_TIME = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock",
+                       "numa", "low_vram", "vocab_only", "f16_kv", "num_keep", "logits_all"})
+
+
 def _warn_ignored(ignored: list[str]) -> None:
-    if ignored:
-        log.warning("ignoring options %s: the server's command line sets how models load", ", ".join(ignored))
+    load = [k for k in ignored if k in LOAD_TIME]
+    other = [k for k in ignored if k not in LOAD_TIME]
+    if load:
+        log.warning("ignoring options %s: the server's command line sets how models load", ", ".join(load))
+    if other:
+        log.warning("ignoring options %s: not supported here", ", ".join(other))
 
 
-def _name(body: dict) -> str:
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidArgumentError("model is required: a name from /api/tags")
-    return translate.check_name(translate.model_ref(name.strip()))
+def _name(body: schema.NamedRequest) -> str:
+    name = (body.model or body.name or "").strip()
+    if not name:
+        raise schema.RequestError("model is required: a name from /api/tags", param="model",
+                                  code="missing_required_parameter")
+    return translate.model_ref(name)
 
 
 async def _load_or_unload(state, call, empty: dict):
@@ -67,7 +77,7 @@ async def _load_or_unload(state, call, empty: dict):
 
 async def chat(request: Request):
     state = request.app.state.slmrun
-    call, ignored = translate.ollama_chat(await read_json(request))
+    call, ignored = translate.ollama_chat(await schema.parse(request, schema.OllamaChatRequest))
     _warn_ignored(ignored)
     empty = {"message": {"role": "assistant", "content": ""}}
     if not call.messages:
@@ -113,7 +123,7 @@ def _ollama_message(message: dict, *, text_sent: bool) -> dict:
 
 async def generate(request: Request):
     state = request.app.state.slmrun
-    call, ignored = translate.ollama_generate(await read_json(request))
+    call, ignored = translate.ollama_generate(await schema.parse(request, schema.GenerateRequest))
     _warn_ignored(ignored)
     if not call.prompt and not call.context:
         return await _load_or_unload(state, call, {"response": ""})
@@ -224,7 +234,7 @@ def _show(ref: str) -> dict:
 
 
 async def show(request: Request):
-    return JSONResponse(await asyncio.to_thread(_show, _name(await read_json(request))))
+    return JSONResponse(await asyncio.to_thread(_show, _name(await schema.parse(request, schema.NamedRequest))))
 
 
 async def ps(request: Request):
@@ -259,7 +269,7 @@ async def delete(request: Request):
     from .. import api
 
     state = request.app.state.slmrun
-    ref = _name(await read_json(request))
+    ref = _name(await schema.parse(request, schema.NamedRequest))
     removed = await asyncio.to_thread(api.remove, ref)
     gone = {m.ref for m in removed}
     for entry in state.manager.loaded():
@@ -273,9 +283,9 @@ async def pull(request: Request):
     from .pull import pull_events
 
     state = request.app.state.slmrun
-    body = await read_json(request)
+    body = await schema.parse(request, schema.PullRequest)
     ref = _name(body)
-    stream = body.get("stream", True) is not False
+    stream = body.stream is not False
     events = pull_events(ref, on_done=state.manager.forget_names)
     first = await events.__anext__()  # an unknown name fails here, as a 404, before any stream starts
     if not stream:

@@ -16,8 +16,8 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import ModelNotFoundError, SlmrunError
-from . import generation, structured, translate
-from .http import EngineStream, error_body, read_json, sse, wait_or_disconnect
+from . import generation, schema, structured, translate
+from .http import EngineStream, error_body, sse, wait_or_disconnect
 
 FINGERPRINT = f"slmrun-{__version__}"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -62,10 +62,10 @@ def completion_logprobs(model, entries, offset: int) -> dict | None:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-async def _begin(request: Request, parse, prefix: str, kind: str):
+async def _begin(request: Request, body: type[schema.Body], translated, prefix: str, kind: str):
     """The call, its structured-output plan, the generation started, and the fields every
     reply (or chunk) of it carries."""
-    call = parse(await read_json(request))
+    call = translated(await schema.parse(request, body))
     plan = structured.plan_for(call)
     gen = await generation.start(request.app.state.slmrun, call, request, extra=plan.params)
     base = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
@@ -74,7 +74,8 @@ async def _begin(request: Request, parse, prefix: str, kind: str):
 
 
 async def chat_completions(request: Request):
-    call, plan, gen, base = await _begin(request, translate.openai_chat, "chatcmpl", "chat.completion.chunk")
+    call, plan, gen, base = await _begin(request, schema.ChatCompletionRequest, translate.openai_chat,
+                                         "chatcmpl", "chat.completion.chunk")
     if call.stream:
         return EngineStream(gen.response, _chat_chunks(gen, call, plan, base), media_type="text/event-stream",
                             headers={**SSE_HEADERS, **_dropped_header(gen)})
@@ -118,7 +119,8 @@ async def _chat_chunks(gen, call, plan, base):
 
 
 async def completions(request: Request):
-    call, plan, gen, base = await _begin(request, translate.openai_completion, "cmpl", "text_completion")
+    call, plan, gen, base = await _begin(request, schema.CompletionRequest, translate.openai_completion, "cmpl",
+                                         "text_completion")
     echo = call.prompt if call.echo and isinstance(call.prompt, str) else ""
     if call.stream:
         return EngineStream(gen.response, _completion_chunks(gen, call, base, echo), media_type="text/event-stream",
@@ -171,11 +173,13 @@ async def list_models(request: Request):
 
 
 async def get_model(request: Request):
+    from ..store import shown
+
     ref = request.path_params["model"]
     for model_id, name, modified in _models():
         if ref in (model_id, name):
             return JSONResponse(_model_object(ref, modified))
-    raise ModelNotFoundError(f"no model {ref!r} in the store", hint="GET /v1/models lists them.")
+    raise ModelNotFoundError(f"no model {shown(ref)} in the store", hint="GET /v1/models lists them.")
 
 
 routes = [
