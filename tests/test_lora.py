@@ -215,6 +215,17 @@ def test_cli_lora(files):
     assert wrong.returncode == 5 and "is a model, not an adapter" in wrong.stderr
 
 
+def test_chat_takes_lora(files):
+    def chat(*args):
+        p = subprocess.run([*slmrun_cmd(), "chat", "-m", str(files["base"]), "--ctx", "128", "--threads", "1",
+                            "-n", "12", "-t", "0", *args], input=P + "\n", capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+    plain = chat()
+    assert plain.strip() and chat("--lora", f"{files['a'].path}:0") == plain
+    assert chat("--lora", str(files["a"].path)) != plain
+
+
 @pytest.mark.real_model
 def test_a_random_adapter_on_the_default_model(default_model_file, tmp_path):
     lora = write_tiny_lora(tmp_path / "smol-lora.gguf", default_model_file, rank=8, alpha=16, magnitude=0.05,
