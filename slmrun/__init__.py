@@ -18,6 +18,7 @@ _EXPORTS = {
     "load": "slmrun.api", "pull": "slmrun.api", "list_models": "slmrun.api", "resolve": "slmrun.api",
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
+    "create": "slmrun.custom.catalog", "copy": "slmrun.custom.catalog",
     "quantize": "slmrun.quantizer", "evaluate_perplexity": "slmrun.evaluate", "evaluate_classify": "slmrun.evaluate",
     "evaluate_extract": "slmrun.evaluate", "evaluate_generate": "slmrun.evaluate",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
@@ -33,7 +34,7 @@ _EXPORTS = {
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
                      "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
                      "RpcUnavailableError", "RpcServerError", "RpcBindError", "VocabularyMismatchError",
-                     "QuantizeError"),
+                     "QuantizeError", "ModelfileError", "InvalidAdapterError", "ModelInUseError"),
                     "slmrun.errors"),
 }
 

@@ -8,13 +8,13 @@ path to a ``.gguf`` file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from . import config, store
 from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFoundError,
-                     ModelNotFoundError, ModelNotPulledError, UnknownQuantError)
+                     ModelNotFoundError, ModelNotPulledError, SlmrunError, UnknownQuantError)
 from .registry import ModelEntry, load_registry, split_ref
 
 
@@ -36,6 +36,12 @@ class Resolved:
     quant: str | None
     entry: ModelEntry | None = None
     stored: store.StoredModel | None = None
+    custom: object | None = None  # custom.resolve.Customization: a created model's settings
+
+    @property
+    def key(self) -> str:
+        """The canonical name: ``name:quant`` for a stored file, the name alone for a created model or a path."""
+        return self.name if self.custom is not None or not self.quant else f"{self.name}:{self.quant.lower()}"
 
 
 def looks_like_path(ref: str) -> bool:
@@ -104,6 +110,9 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
     elif looks_like_path(ref) or _is_file(ref):
         path = _model_path(ref)
         return Resolved(path=path, name=path.stem, quant=None)
+    created = _created(ref)
+    if created is not None:
+        return created
     name, quant = split_ref(ref)
     local = store.find(name, quant)
     try:
@@ -136,6 +145,33 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
     return Resolved(path=local[0].path, name=entry.name, quant=quant, entry=entry, stored=local[0])
 
 
+def created(ref) -> object | None:
+    """The settings of the created model ``ref`` (custom.resolve.Customization), or None when
+    ``ref`` names none (a registry or store name, a path)."""
+    from .custom.resolve import customization, name_ref
+
+    if not isinstance(ref, str) or looks_like_path(ref):
+        return None
+    name = name_ref(ref).lower()
+    return customization(name) if ":" not in name and store.is_model_name(name) else None
+
+
+def _created(ref: str) -> Resolved | None:
+    """A created model (`slmrun create`): its base's file with the settings of its FROM chain.
+    Its base may be a file anywhere: the path was checked when the model was created."""
+    custom = created(ref)
+    if custom is None:
+        return None
+    try:
+        base = resolve(custom.base, allow_path=True)
+    except SlmrunError as exc:
+        exc.message = f"{custom.name} is built on {custom.base}: {exc.message}"
+        exc.args = (exc.message,)
+        exc.hint = f"{exc.hint} Or remove it: `slmrun rm {custom.name}`.".strip()
+        raise
+    return replace(base, name=custom.name, custom=custom)
+
+
 def local_target(local: list[store.StoredModel]):
     """What the planner plans an imported model from: its GGUFs' own metadata, its local quants."""
     from .gguf_info import read_info
@@ -157,6 +193,9 @@ def plan_target(ref: str):
         path = _model_path(ref)
         info = read_info(path)
         return LocalModel(name=path.name, spec=spec_from_gguf(info), files={info.quant: info.size}), None
+    custom = created(ref)
+    if custom is not None:  # its base's quants (a created model's own context: created(ref).num_ctx)
+        return plan_target(custom.base)
     name, quant = split_ref(ref)
     try:
         entry, quant = load_registry().resolve(ref)
@@ -205,7 +244,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
          max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True,
-         rpc: str | Sequence[str] | None = None, pooling: str | None = None,
+         rpc: str | Sequence[str] | None = None, lora: Sequence | None = None, pooling: str | None = None,
          speculative: bool | str | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
@@ -226,6 +265,10 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     ``speculative`` ("auto" by default, "on", "off"; True/False) is prompt-lookup decoding:
     drafts from each request's own text, decoded where the step costs this engine measures
     say they pay (runtime/speculative.py); a request's ``speculative=`` overrides it.
+    ``lora``: LoRA adapters, paths or (path, scale) pairs (after a created model's own),
+    checked against the model before llama.cpp loads them; requests choose among them
+    with ``adapters=`` (runtime/lora.py). A created model (`slmrun create`) brings its
+    PARAMETERs (num_ctx unless ``n_ctx`` is given), SYSTEM, MESSAGEs and prompt format.
     """
     from .runtime import LoadOptions, Model
     from .runtime.speculative import check_mode
@@ -233,7 +276,12 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     spec_mode = check_mode(speculative)
 
     resolved = resolve(ref if ref is not None else config.default_model(), allow_path=allow_path)
+    custom = resolved.custom
+    if custom is not None and not n_ctx:
+        n_ctx = custom.num_ctx  # PARAMETER num_ctx, unless the caller chose a context
     info = inspect_file(resolved)
+    from .adapter_info import prepare
+    adapters = prepare(lora, info, custom.adapters if custom is not None else ())  # checked before llama.cpp
     choice = chat_format_for(resolved, info, chat_format)
     cores = os.cpu_count() or 1
     for key, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
@@ -300,9 +348,12 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         template = ChatTemplate(choice.template, origin=resolved.path.name, n_ctx=ctx)
         sandbox().start()  # the renderer starts while llama.cpp loads the weights
     model = Model(resolved.path, options, prompt_format=choice.fmt, chat_template=template,
-                  name=f"{resolved.name}:{resolved.quant.lower()}" if resolved.quant else resolved.name,
-                  info=info, placement=placement)
+                  name=resolved.key, info=info, placement=placement, lora=adapters)
     model.chat_format = choice
+    if custom is not None:
+        from .custom.parameters import sampling_defaults
+        model.customize(defaults=sampling_defaults(custom.parameters), system=custom.system,
+                        few_shot=custom.messages)
     return model
 
 
@@ -311,7 +362,8 @@ def chat_format_for(resolved: Resolved, info, override: str | None = None):
     from .prompt_formats import choose_chat_format
 
     meta = store.read_sidecar(resolved.stored.path) if resolved.stored is not None else {}
-    return choose_chat_format(info, resolved.entry, meta, override)
+    made = resolved.custom.format if resolved.custom is not None else None
+    return choose_chat_format(info, resolved.entry, meta, override, modelfile=made)
 
 
 def list_models() -> list[store.StoredModel]:
@@ -378,6 +430,10 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
         prompt_format = NONE if prompt_format.strip().lower() == NONE else get_format(prompt_format).name
     info = read_info(src)  # raises for non-GGUF or corrupt files
     model_name = store.check_store_name(name or src.stem.split(".")[0])
+    from .custom import manifest
+    if manifest.read(model_name) is not None:
+        raise InvalidArgumentError(f"{model_name!r} is a model created with `slmrun create`",
+                                   hint="Import under another name (--name), or `slmrun rm` that one first.")
     quant = info.quant
     filename = src.name if src.name.endswith(".gguf") else src.name + ".gguf"
     staging = store.staging_dir(model_name)
@@ -398,75 +454,16 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
                                     **({"prompt_format": prompt_format} if prompt_format else {})})
 
 
-def remove(ref: str) -> list[store.StoredModel]:
-    name, quant = split_ref(ref)
-    try:
-        name = load_registry().get(name).name
-    except ModelNotFoundError:
-        pass
-    return store.remove(name, quant)
+def remove(ref: str, *, force: bool = False) -> list:
+    """Delete a model (every quant, or one) or a created model; refused (ModelInUseError) while
+    created models are built on it, unless ``force``. Returns what went (each has ref, size)."""
+    from .custom.catalog import remove_model
+
+    return remove_model(ref, force=force)
 
 
 def describe(ref: str, *, verify: bool = True) -> dict:
-    """Everything known of a model: registry facts, GGUF metadata, the stored file."""
-    d: dict = {}
-    entry = None
-    resolved = None
-    if not looks_like_path(ref):
-        try:
-            entry, _ = load_registry().resolve(ref)
-        except ModelNotFoundError:
-            if not store.find(*split_ref(ref)):
-                raise
-    try:
-        resolved = resolve(ref)
-    except ModelNotPulledError:
-        if entry is None:
-            raise
-    if entry is not None:
-        d.update(name=entry.name, description=entry.description, license=entry.license,
-                 architecture=entry.architecture, parameters=_params(entry.n_params),
-                 context_length=entry.context_length)
-        here = {m.quant for m in store.find(entry.name)}
-        d["quants"] = {q: q in here for q in entry.quants}
-        if entry.embedding_model:
-            d.update(_embedding_facts(entry.embedding_length, entry.pooling, entry.context_length))
-        elif resolved is None:  # not downloaded: what the registry says
-            from .prompt_formats import choose_chat_format
-            d["prompt_format"] = ("the GGUF's chat template" if entry.has_chat_template
-                                  else choose_chat_format(None, entry, {}, None).describe())
-    if resolved is not None:
-        info = inspect_file(resolved)
-        d.update(name=resolved.name, architecture=info.architecture, parameters=_params(info.n_params),
-                 context_length=info.context_length, quant=info.quant,
-                 license=d.get("license") or info.license or "unknown",
-                 embedding_length=info.embedding_length, block_count=info.block_count,
-                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size)
-        if info.is_embedding_model:
-            d.update(_embedding_facts(info.embedding_length, info.pooling, info.context_length))
-        else:
-            d.update(prompt_format=chat_format_for(resolved, info).describe(), chat_template=info.chat_template or "none")
-        d.update(file=str(resolved.path), file_size=info.size)
-        if resolved.stored is not None:
-            d["source"] = resolved.stored.source
-            d["sha256"] = resolved.stored.sha256
-            if verify and resolved.stored.sha256:
-                actual = store.sha256_file(resolved.path)
-                if actual != resolved.stored.sha256:
-                    raise InvalidModelFileError(
-                        f"{resolved.path.name} is damaged: its SHA-256 is {actual}, "
-                        f"stored as {resolved.stored.sha256}",
-                        hint=f"Run `slmrun pull {resolved.stored.ref} --force` to fetch it again.")
-                d["sha256"] += " (verified)"
-        elif verify:
-            d["sha256"] = store.sha256_file(resolved.path)
-    return d
+    """Everything known of a model: registry facts, GGUF metadata, the stored file (describe.py)."""
+    from .describe import describe_model
 
-
-def _embedding_facts(dimensions: int, pooling: str | None, max_tokens: int) -> dict:
-    return {"kind": "embedding", "dimensions": dimensions, "pooling": pooling or "none (the file names none)",
-            "max_tokens": max_tokens, "chat": "none: an embedding model (it embeds text, and neither chats nor completes)"}
-
-
-def _params(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+    return describe_model(ref, verify=verify)

@@ -155,9 +155,12 @@ class ChatSession:
 
     def __init__(self, model, *, system: str | None = None, **params):
         self.model = model
+        # A created model's SYSTEM and PARAMETERs hold unless the caller gives its own.
         self.conversation = Conversation(system)
-        self.params = {"max_tokens": 512, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "seed": None}
-        self.params.update({k: v for k, v in params.items() if v is not None})
+        own = getattr(model, "defaults", None) or {}
+        self.params = {k: v for k, v in params.items() if v is not None}
+        if "max_tokens" not in self.params and "max_tokens" not in own:
+            self.params["max_tokens"] = 512
         self.last = None  # the last reply's Response
         self.dropped_total = 0
         self.last_dropped = 0  # turns dropped to fit the context by the last send()

@@ -238,3 +238,27 @@ class QuantizeError(SlmrunError, RuntimeError):
     """llama.cpp's quantizer failed on a file (nothing was stored)."""
 
     default_hint = "Set SLMRUN_DEBUG=1 to see llama.cpp's log; check that the source file is complete."
+
+
+class ModelfileError(InvalidArgumentError):
+    """A Modelfile (or /api/create request) that cannot be read or means nothing slmrun can
+    do; ``line`` is where, when it came from a file (also in the message, as Ollama gives it)."""
+
+    default_hint = "Fix the line named above; `slmrun show --modelfile NAME` prints a created model's."
+
+    def __init__(self, message: str, *, hint: str | None = None, line: int | None = None):
+        super().__init__(message, hint=hint)
+        self.line = line
+
+
+class InvalidAdapterError(InvalidModelFileError):
+    """A LoRA adapter file that is not a GGUF adapter, is damaged, or does not fit the model."""
+
+    default_hint = ("Use a GGUF LoRA adapter made for this base model (llama.cpp's "
+                    "convert_lora_to_gguf.py writes one from a PEFT adapter).")
+
+
+class ModelInUseError(SlmrunError, RuntimeError):
+    """A model that created models are built on: removing it would break them."""
+
+    default_hint = "Remove the models built on it first (`slmrun rm NAME`), or pass --force."

@@ -266,9 +266,25 @@ def _from_record(path: Path, record) -> GGUFInfo | None:
         return None
 
 
-def _read_info(path: Path) -> GGUFInfo:
+@dataclass(frozen=True)
+class RawGGUF:
+    """What a validated GGUF of any kind (a model, a LoRA adapter) holds: its metadata and
+    its tensors (shapes in ggml order, types, where their data lies)."""
+
+    path: Path
+    size: int
+    version: int
+    metadata: dict
+    tensors: tuple[TensorInfo, ...]
+    special_tokens: tuple[str, ...] = ()
+
+
+def read_raw(path: str | Path) -> RawGGUF:
+    """Parse and validate a GGUF file's header, metadata and tensor table (any kind of GGUF;
+    never cached: read_info is the model's, with the run cache)."""
     import gguf
 
+    path = Path(path)
     try:
         if not path.exists():
             raise ModelFileNotFoundError(f"no such file: {_shorten(str(path))}")
@@ -326,8 +342,6 @@ def _read_info(path: Path) -> GGUFInfo:
             tensors.append((name, dims, ttype, offset))
 
         data_start = -(-cur.pos // alignment) * alignment
-        n_params = 0
-        type_bytes: dict[int, int] = {}
         infos = []
         for name, dims, ttype, offset in tensors:
             try:
@@ -344,11 +358,27 @@ def _read_info(path: Path) -> GGUFInfo:
                 raise InvalidModelFileError(
                     f"{path.name}: file is truncated or corrupt: tensor {name} lies past the end "
                     f"({data_start + offset + nbytes} > {size} bytes)")
-            n_params += count
-            type_bytes[ttype] = type_bytes.get(ttype, 0) + nbytes
             infos.append(TensorInfo(name, tuple(dims), gguf.GGMLQuantizationType(ttype).name,
                                     data_start + offset, nbytes))
+    return RawGGUF(path=path, size=size, version=version, metadata=meta, tensors=tuple(infos),
+                   special_tokens=specials)
 
+
+def _read_info(path: Path) -> GGUFInfo:
+    raw = read_raw(path)
+    size, version, meta, specials, infos = raw.size, raw.version, raw.metadata, raw.special_tokens, raw.tensors
+    n_params = 0
+    type_bytes: dict[str, int] = {}
+    for t in infos:
+        count = 1
+        for d in t.dims:
+            count *= d
+        n_params += count
+        type_bytes[t.type] = type_bytes.get(t.type, 0) + t.nbytes
+    if meta.get("general.type") == "adapter":
+        raise InvalidModelFileError(f"{path.name} is a LoRA adapter, not a model",
+                                    hint="Load a model and apply the adapter to it: --lora FILE "
+                                         "(or ADAPTER FILE in a Modelfile, lora= in load()).")
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise InvalidModelFileError(f"{path.name}: metadata has no general.architecture")
@@ -368,7 +398,7 @@ def _read_info(path: Path) -> GGUFInfo:
     vocab = arch_int("vocab_size") or (int(tokens) if isinstance(tokens, int) else 0)
     quant = _file_type_name(meta.get("general.file_type"))
     if quant is None and type_bytes:
-        quant = gguf.GGMLQuantizationType(max(type_bytes, key=type_bytes.get)).name
+        quant = max(type_bytes, key=type_bytes.get)
     template = meta.get("tokenizer.chat_template")
     # An embedding model: an encoder (BERT family), or a GGUF naming a pooling (embedding models
     # built on a decoder, e.g. Qwen3-Embedding); generative GGUFs name none.
@@ -384,7 +414,7 @@ def _read_info(path: Path) -> GGUFInfo:
         key_length=arch_int("attention.key_length", head_dim) or head_dim,
         value_length=arch_int("attention.value_length", head_dim) or head_dim,
         context_length=arch_int("context_length"), vocab_size=vocab, embedding_model=embedding,
-        tensor_count=len(tensors),
+        tensor_count=len(infos),
         chat_template=template if isinstance(template, str) and template.strip() else None,
         license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
         metadata=meta, special_tokens=specials, tensors=tuple(infos),

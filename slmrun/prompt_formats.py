@@ -239,13 +239,14 @@ class FormatChoice:
 
     template: str | None  # the GGUF's own chat template (rendered in the sandbox), or
     fmt: PromptFormat | None  # a prompt format, or neither: plain completion
-    source: str  # "--format", "import", "gguf", "registry", "inferred" or "none"
+    source: str  # "--format", "modelfile", "import", "gguf", "registry", "inferred" or "none"
     reason: str = ""  # for "inferred": what it was inferred from
 
     def describe(self) -> str:
         what = "the GGUF's chat template" if self.template else (self.fmt.shape() if self.fmt else "none")
         return {
             "--format": f"{what} (chosen with --format)",
+            "modelfile": f"{what} (from the Modelfile)",
             "import": f"{what} (recorded at import with --format)",
             "gguf": what,
             "registry": f"{what} (from the registry)",
@@ -253,10 +254,12 @@ class FormatChoice:
         }.get(self.source, "none: no chat template and no format fits, so chat is plain completion")
 
 
-def choose_chat_format(info, entry, stored_meta: dict | None, override: str | None) -> FormatChoice:
+def choose_chat_format(info, entry, stored_meta: dict | None, override: str | None, *,
+                       modelfile: str | None = None) -> FormatChoice:
     """The chat format of a model, first match wins:
 
-    ``--format`` > the format recorded by ``import --format`` > the GGUF's own chat
+    ``--format`` > a created model's FORMAT (or the TEMPLATE recognised as one: ``modelfile``)
+    > the format recorded by ``import --format`` > the GGUF's own chat
     template > the registry's prompt_format > one inferred from the GGUF's vocabulary,
     architecture and name > none (chat falls back to plain completion).
 
@@ -264,7 +267,8 @@ def choose_chat_format(info, entry, stored_meta: dict | None, override: str | No
     ModelEntry or None, ``stored_meta`` the store's sidecar dict, ``override`` a name.
     Explicit choices beat the file's template: the user may be replacing a broken one.
     """
-    for source, name in (("--format", override), ("import", (stored_meta or {}).get("prompt_format"))):
+    for source, name in (("--format", override), ("modelfile", modelfile),
+                         ("import", (stored_meta or {}).get("prompt_format"))):
         if name:
             if str(name).strip().lower() == NONE:
                 return FormatChoice(None, None, source)

@@ -144,7 +144,8 @@ def find(name: str, quant: str | None = None) -> list[StoredModel]:
 
 # --- writing the store ------------------------------------------------------------
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write ``data`` beside ``path`` and rename it into place: the file is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, path)
@@ -158,7 +159,7 @@ def install(tmp_file: Path, *, name: str, filename: str, quant: str, sha256: str
     dest = dest_dir / filename
     meta = {"name": name, "quant": quant.upper(), "sha256": sha256, "size": tmp_file.stat().st_size,
             "source": source, "installed_at": time.time(), **(extra or {})}
-    _write_json_atomic(dest.with_name(dest.name + SIDECAR_SUFFIX), meta)
+    write_json_atomic(dest.with_name(dest.name + SIDECAR_SUFFIX), meta)
     os.replace(tmp_file, dest)
     with contextlib.suppress(OSError):  # make the rename durable before we report success
         fd = os.open(dest_dir, os.O_RDONLY)

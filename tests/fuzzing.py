@@ -64,6 +64,10 @@ ROUTES = [
     Route("POST", "/api/pull", S.PullRequest, {"model": "not-in-any-registry", "stream": False}, good_status=404),
     Route("POST", "/api/copy", S.CopyRequest, {"source": "not-here", "destination": "copy"}, good_status=404),
     Route("POST", "/api/create", S.CreateRequest, {"model": "created", "from": "not-here"}, good_status=404),
+    # A file sent for /api/create: its body is the file's bytes, not JSON; the good request is
+    # the empty file under its own digest (201: stored).
+    Route("POST", "/api/blobs/{name}", good_status=201,
+          extra={"name": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}),
     Route("POST", "/api/embed", S.EmbedRequest, {"model": "tiny", "input": "hello"}),
     Route("POST", "/api/embeddings", S.LegacyEmbeddingsRequest, {"model": "tiny", "prompt": "hello"}),
     Route("GET", "/api/tags"),

@@ -153,7 +153,7 @@ def test_no_room_on_the_disk_refuses_before_writing(stored_f32, monkeypatch):
 def test_a_disk_that_fills_while_storing_leaves_nothing(stored_f32, monkeypatch):
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(store, "_write_json_atomic", full)
+    monkeypatch.setattr(store, "write_json_atomic", full)
     with pytest.raises(InsufficientDiskSpaceError) as info:
         quantizer.quantize("wide:f32", "Q8_0")
     assert "nothing was stored" in info.value.message

@@ -116,7 +116,11 @@ def test_plain_conversions():
     to_bool, _ = _plain(bool)
     assert to_bool("yes") is True and to_bool("0") is False and to_bool(False) is False
     assert _plain(Optional[Path])[0]("a/b") == Path("a/b")
-    assert _plain(list[str]) is None and _plain(Optional[list[str]]) is None
+    to_strs, _ = _plain(Optional[list[str]])  # a repeatable option (--lora A --lora B)
+    assert to_strs(("a.gguf", "b.gguf:0.5")) == ["a.gguf", "b.gguf:0.5"] and to_strs(()) == []
+    with pytest.raises(ValueError):
+        to_strs("a.gguf")
+    assert _plain(list[int]) is None and _plain(Optional[list[Path]]) is None
 
 
 def test_memory_from_proc_meminfo_agrees_with_psutil():

@@ -53,11 +53,14 @@ def vocab(extra_specials: tuple[str, ...] = (), special_type: int = 3,
 def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512, chat_template: str | None = CHATML,
                     seed: int = 0, name: str = "tiny", vocab_style: str | None = None,
-                    extra_tokens: tuple[tuple[str, int], ...] = (), mixing: float = 0.2) -> Path:
+                    extra_tokens: tuple[tuple[str, int], ...] = (), mixing: float = 0.2,
+                    tensor_hook=None) -> Path:
     """``vocab_style`` None: ChatML's tokens when there is a template, none without. ``mixing``:
     the scale of the attention and feed-forward outputs added to the residual stream; near 0
     the next token depends mostly on the current one (a bigram model), so greedy output soon
-    cycles and repeats itself: what prompt-lookup drafts need (tests/test_speculative.py)."""
+    cycles and repeats itself: what prompt-lookup drafts need (tests/test_speculative.py).
+    ``tensor_hook(name, array) -> array`` changes a weight before it is written (a LoRA merged
+    by hand: the same model, the same random draws, other values)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -67,6 +70,9 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
     tokens, scores, types = vocab(specials, 4 if vocab_style in USER_DEFINED_STYLES else 3, extra_tokens)
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(str(path), arch)
+    def put(tensor_name: str, array):
+        w.add_tensor(tensor_name, tensor_hook(tensor_name, array) if tensor_hook else array)
+
     w.add_name(name)
     w.add_context_length(n_ctx)
     w.add_embedding_length(n_embd)
@@ -87,17 +93,17 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
 
     def t(name: str, *shape: int, scale: float = 0.2):
         # numpy shape is ggml's ne reversed
-        w.add_tensor(name, (rng.standard_normal(shape[::-1]) * scale).astype(np.float32))
+        put(name, (rng.standard_normal(shape[::-1]) * scale).astype(np.float32))
 
     def ones(name: str, n: int):
-        w.add_tensor(name, np.ones(n, dtype=np.float32))
+        put(name, np.ones(n, dtype=np.float32))
 
     def output(name: str):
         # Zero rows for control tokens: their logit stays 0 while ~280 random rows
         # compete, so greedy decoding keeps producing text instead of ending at once.
         weight = (rng.standard_normal((n_vocab, n_embd)) * 0.2).astype(np.float32)
         weight[:3 + len(specials)] = 0.0
-        w.add_tensor(name, weight)
+        put(name, weight)
 
     head_dim = n_embd // n_head
     t("token_embd.weight", n_embd, n_vocab)
@@ -388,3 +394,62 @@ def recorded_tiny_files(folder: Path) -> dict[str, Path]:
     quantize_file(files["f32"], folder / "tiny-q4_k_m.gguf", "Q4_K_M", n_threads=1)
     files["q4km"] = folder / "tiny-q4_k_m.gguf"
     return files
+
+
+# --- LoRA adapters ---------------------------------------------------------------------------
+
+LORA_TARGETS = ("attn_q", "attn_v", "attn_output", "ffn_up", "ffn_down")
+
+
+class TinyLora:
+    """A LoRA adapter GGUF for a tiny model, and the arithmetic to merge it by hand."""
+
+    def __init__(self, path: Path, pairs: dict, rank: int, alpha: float):
+        self.path, self.pairs, self.rank, self.alpha = path, pairs, rank, alpha
+
+    def merge_hook(self, scale: float):
+        """For write_tiny_gguf(tensor_hook=): W + scale * alpha / r * B @ A (numpy shapes)."""
+        def hook(name, array):
+            if name not in self.pairs:
+                return array
+            a, b = self.pairs[name]
+            merged = array.astype(np.float64) + scale * self.alpha / self.rank * (b.astype(np.float64) @ a)
+            return merged.astype(np.float32)
+        return hook
+
+
+def write_tiny_lora(path: Path, base: Path, *, rank: int = 4, alpha: float = 8.0, seed: int = 0,
+                    magnitude: float = 0.3, targets=LORA_TARGETS, arch: str | None = None,
+                    layers=None, bad_shape: bool = False) -> TinyLora:
+    """A random LoRA for the model file ``base`` (its tensors' shapes read from it), as
+    llama.cpp's convert_lora_to_gguf.py writes one: general.type adapter, adapter.type lora,
+    adapter.lora.alpha, and per weight W [n_out, n_in] (numpy) W.lora_a [r, n_in] and
+    W.lora_b [n_out, r]. ``arch`` claims another architecture; ``bad_shape`` makes the
+    first A one column too wide (an adapter for a bigger model)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(base))
+    base_arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+    shapes = {t.name: tuple(int(x) for x in t.shape[::-1]) for t in reader.tensors}  # numpy order
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), arch or base_arch)
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", alpha)
+    pairs = {}
+    for name, shape in shapes.items():
+        parts = name.split(".")
+        if (len(parts) != 4 or parts[3] != "weight" or parts[2] not in targets
+                or (layers is not None and int(parts[1]) not in layers)):
+            continue
+        n_out, n_in = shape
+        a = (rng.standard_normal((rank, n_in + (bad_shape and not pairs))) * magnitude).astype(np.float32)
+        b = (rng.standard_normal((n_out, rank)) * magnitude).astype(np.float32)
+        w.add_tensor(name + ".lora_a", a)
+        w.add_tensor(name + ".lora_b", b)
+        pairs[name] = (a, b)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return TinyLora(path, pairs, rank, alpha)

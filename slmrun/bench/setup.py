@@ -21,6 +21,11 @@ def resolve_targets(refs: Sequence[str] | None, *, all_local: bool = False) -> l
     targets: list[Target] = []
     for ref in list(refs or []) or [config.default_model()]:
         resolved = resolve(ref)  # raises the usual not-found / not-pulled errors
+        if resolved.custom is not None:  # a created model: its base file with its adapters and settings
+            if all(t.ref != resolved.name for t in targets):
+                targets.append(Target(name=resolved.name, quant=resolved.quant, path=Path(resolved.path),
+                                      size=_size(resolved.path), ref=resolved.name))
+            continue
         is_path = looks_like_path(ref) or resolved.quant is None
         files = [(resolved.path, resolved.quant)]
         if all_local and not is_path:

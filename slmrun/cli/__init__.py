@@ -33,7 +33,7 @@ EXIT_CODES = (
     (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
     (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19), (E.ModelCapabilityError, 20),
-    (E.QuantizeError, 21),
+    (E.QuantizeError, 21), (E.ModelInUseError, 22),
 )
 
 
@@ -61,7 +61,8 @@ def _group() -> None:
 COMMAND_MODULES = {"run": "run", "chat": "chat", "bench": "bench", "embed": "embed", "pull": "models",
                    "list": "models", "rm": "models", "import": "models", "show": "models", "rpc-server": "rpc", "serve": "serve",
                    "ps": "serve", "stop": "serve", "hw": "system", "plan": "system", "classify": "tasks",
-                   "extract": "tasks", "eval": "evaluate", "quantize": "quantize"}
+                   "extract": "tasks", "eval": "evaluate", "quantize": "quantize", "create": "models",
+                   "cp": "models"}
 
 
 def _register(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -15,7 +15,7 @@ from .. import config
 from . import app
 from .output import WordWrap
 from .rpc import rpc_option
-from .run import FORMAT_HELP, check_sampling, format_verbose, load_for_cli, spec_option
+from .run import FORMAT_HELP, check_sampling, format_verbose, load_for_cli, lora_option, spec_option
 
 HELP = """Commands:
   /help                 this help
@@ -109,7 +109,7 @@ class ChatUI:
                      f"context:  {used} / {m.n_ctx} tokens used   KV cached: {max(m.status()['cached_tokens'])}\n"
                      f"threads:  {o.n_threads}   batch: {o.n_batch}   flash attention: {o.flash_attn}   "
                      f"mmap: {o.use_mmap}\n"
-                     f"sampling: {json.dumps(s.params)}")
+                     f"sampling: {json.dumps({**getattr(m, 'defaults', {}), **s.params})}")
         elif cmd == "/save":
             if not arg:
                 self.say("Usage: /save FILE")
@@ -154,13 +154,15 @@ class ChatUI:
             self.say("A model split over RPC servers keeps its context: restart `slmrun chat` with --ctx.")
             return
         try:
-            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1)
+            new = load(old.path, n_ctx=n_ctx, n_threads=old.options.n_threads, n_parallel=1,
+                       lora=[(a["path"], a["scale"]) for a in old.adapters])
         except SlmrunError as exc:
             self.say(f"Could not set ctx: {exc.message}")
             return
         # Keep the chat format the model was loaded with (a reload by path knows no
         # registry entry or import record); the template's output bound follows the new context.
         new.name, new.prompt_format, new.chat_format = old.name, old.prompt_format, getattr(old, "chat_format", None)
+        new.customize(defaults=old.defaults, system=old.system_prompt, few_shot=old.few_shot)  # a created model's
         if old.chat_template:
             from ..template_sandbox import ChatTemplate
             new.chat_template = ChatTemplate(old.chat_template, origin=old.path.name, n_ctx=new.n_ctx)
@@ -254,22 +256,25 @@ def chat(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="NAME[:QUANT] or a path to a .gguf."),
     system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="Default: the model's, else 0.8."),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens per reply."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="Most tokens per reply "
+                                             "(default: the model's num_predict, else 512)."),
     threads: Optional[int] = typer.Option(None, "--threads"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print stats after each reply."),
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
     chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     rpc: Optional[str] = rpc_option(),
     spec: str = spec_option(),
+    lora: Optional[List[str]] = lora_option(),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
 
-    check_sampling(temperature=temperature, seed=seed, max_tokens=max_tokens)
+    check_sampling(**{k: v for k, v in dict(temperature=temperature, seed=seed, max_tokens=max_tokens).items()
+                      if v is not None})
     m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc,
-                     speculative=spec)
+                     speculative=spec, lora=lora)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..units import format_bytes
-from . import app
+from . import app, fail
 
 
 def _ago(ts: float) -> str:
@@ -47,27 +47,68 @@ def _stored():
 
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
-    """List the models in the local store."""
-    models = _stored()
+    """List the models in the local store, and the models created from them."""
+    from ..custom.catalog import list_rows
+
+    models, made = _stored(), list_rows()
     if as_json:
-        typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        typer.echo(json.dumps([m.to_dict() for m in models] + made, indent=2))
         return
-    if not models:
+    if not models and not made:
         typer.echo("No models yet. Try: slmrun pull smollm2-135m")
         return
     from .output import echo_table
 
-    echo_table(("NAME", "QUANT", "SIZE", "KIND", "MODIFIED"),
-               [(m.name, m.quant, format_bytes(m.size), m.kind, _ago(m.modified)) for m in models])
+    rows = [(m.name, m.quant, format_bytes(m.size), m.kind, _ago(m.modified), "") for m in models]
+    rows += [(r["name"], r["quant"], format_bytes(r["size"]) if r["size"] else "", "created", _ago(r["modified"]),
+              f"FROM {r['from']}") for r in made]
+    echo_table(("NAME", "QUANT", "SIZE", "KIND", "MODIFIED", ""), sorted(rows))
 
 
 @app.command()
-def rm(model: str = typer.Argument(..., help="NAME (every quant) or NAME:QUANT.")):
-    """Remove a model (or one quant of it) from the local store."""
+def rm(
+    model: str = typer.Argument(..., help="NAME (every quant), NAME:QUANT, or a created model."),
+    force: bool = typer.Option(False, "--force", help="Remove it even if created models are built on it."),
+):
+    """Remove a model (or one quant of it) from the local store, or a created model."""
     from ..api import remove
 
-    for m in remove(model):
+    for m in remove(model, force=force):
         typer.echo(f"deleted {m.ref} ({format_bytes(m.size)})")
+
+
+@app.command()
+def create(
+    name: str = typer.Argument(..., help="The new model's name (lower-case letters, digits, '.', '_', '-')."),
+    file: Path = typer.Option(Path("Modelfile"), "--file", "-f", help="The Modelfile (Ollama's syntax)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the last line."),
+):
+    """Create a model from a Modelfile: a base model (FROM) with its own parameters, system
+    prompt, few-shot messages and LoRA adapters. Nothing is copied: it refers to its base."""
+    from ..custom.catalog import create as do_create
+
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read the Modelfile {file}: {getattr(exc, 'strerror', None) or exc}",
+             "Give its path with -f (default: ./Modelfile).", 4)
+    say = None if quiet else (lambda status: typer.echo(status))
+    m = do_create(name, text, base_dir=file.resolve().parent, progress=say)
+    if quiet:
+        typer.echo(f"created {m.name}")
+
+
+@app.command()
+def cp(
+    source: str = typer.Argument(..., help="A model: stored, registry or created."),
+    destination: str = typer.Argument(..., help="The new name."),
+):
+    """Copy a model under a new name (a created model's settings are copied; any other model
+    becomes a created model built on it: no file is copied)."""
+    from ..custom.catalog import copy
+
+    m = copy(source, destination)
+    typer.echo(f"copied {source} to {m.name}")
 
 
 @app.command("import")
@@ -97,12 +138,18 @@ def import_cmd(
 
 @app.command()
 def show(
-    model: str = typer.Argument(..., help="NAME, NAME:QUANT or a path to a .gguf."),
+    model: str = typer.Argument(..., help="NAME, NAME:QUANT, a created model or a path to a .gguf."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the stored file's SHA-256."),
+    modelfile: bool = typer.Option(False, "--modelfile", help="Print the Modelfile that creates this model."),
 ):
     """Show a model: architecture, parameters, context, quant, license, format, file."""
     from ..api import describe
+
+    if modelfile:
+        from ..custom.catalog import modelfile_text
+        typer.echo(modelfile_text(model), nl=False)
+        return
 
     d = describe(model, verify=verify)
     if as_json:

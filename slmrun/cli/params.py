@@ -3,9 +3,9 @@
 typer (0.2x) converts every parameter's value through a pydantic ``TypeAdapter`` it builds on
 first use: importing pydantic and building the adapters of one command took ~90 ms of a
 ~300 ms `slmrun run` (benchmarks/STARTUP.md), for values that are strings, integers, floats,
-booleans and paths. ``install()`` puts a direct conversion in front for exactly those (and their
-Optional forms), with click's own error message for a value that does not convert
-("'x' is not a valid integer."); anything else (lists, enums, paths with existence checks,
+booleans, paths and repeated strings. ``install()`` puts a direct conversion in front for exactly
+those (and their Optional forms), with click's own error message for a value that does not convert
+("'x' is not a valid integer."); anything else (other lists, enums, paths with existence checks,
 ranges, custom parsers, and any typer that converts differently) goes to typer's own.
 """
 
@@ -26,6 +26,12 @@ def _plain(annotation):
         annotation = args[0]
     if annotation is str:
         return (lambda v: v if isinstance(v, str) else str(v)), "string"
+    if typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,):  # a repeatable option
+        def to_strs(v):
+            if isinstance(v, str) or not isinstance(v, (list, tuple)):
+                raise ValueError(v)
+            return [x if isinstance(x, str) else str(x) for x in v]
+        return to_strs, "list of strings"
     if annotation is int:
         def to_int(v):
             if isinstance(v, bool) or not isinstance(v, (int, str)):

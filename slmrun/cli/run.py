@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -62,9 +62,31 @@ def spec_option():
     return typer.Option("auto", "--spec", help=SPEC_HELP)
 
 
+LORA_HELP = "A LoRA adapter (GGUF) to apply, FILE or FILE:SCALE (llama.cpp's --lora / --lora-scaled); repeatable."
+
+
+def lora_option():
+    return typer.Option(None, "--lora", help=LORA_HELP)
+
+
+def parse_lora(values) -> list[tuple[str, float]]:
+    """--lora FILE[:SCALE] values as (path, scale)."""
+    if not values:
+        return []
+    from ..custom.modelfile import split_scale
+
+    out = []
+    for value in values or ():
+        path, scale = split_scale(value)
+        if scale is None:
+            fail(f"--lora {value}: the scale after ':' must be a number", "Example: --lora style.gguf:0.5", 2)
+        out.append((path, scale))
+    return out
+
+
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
                  force: bool = False, chat_format: Optional[str] = None, announce: bool = True,
-                 rpc: Optional[str] = None, n_parallel: Optional[int] = 1, speculative: str = "auto"):
+                 rpc: Optional[str] = None, n_parallel: Optional[int] = 1, speculative: str = "auto", lora=None):
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
@@ -74,7 +96,7 @@ def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[
     # One person at a terminal sends one request at a time: one slot, no KV cache for others
     # (n_parallel=None for bulk commands: the planner's slots).
     m = load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
-             chat_format=chat_format, n_parallel=n_parallel, rpc=rpc, speculative=speculative)
+             chat_format=chat_format, n_parallel=n_parallel, rpc=rpc, speculative=speculative, lora=parse_lora(lora))
     if m.placement is not None:
         typer.echo(f"Split: {describe_placement(m.placement)}", err=True)
     choice = getattr(m, "chat_format", None)
@@ -89,15 +111,18 @@ def run(
     prompt: str = typer.Argument(..., help="The prompt; '-' reads it from stdin."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="NAME[:QUANT] or a path to a .gguf "
                                         "(default: $SLMRUN_MODEL or smollm2-135m)."),
-    max_tokens: int = typer.Option(512, "--max-tokens", "-n", help="Most tokens to generate."),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 = greedy, deterministic."),
-    top_p: float = typer.Option(0.95, "--top-p"),
-    top_k: int = typer.Option(40, "--top-k"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", "-n", help="Most tokens to generate "
+                                             "(default: the model's num_predict, else 512)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", help="0 = greedy, deterministic "
+                                                "(default: the model's, else 0.8)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Default: the model's, else 0.95."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Default: the model's, else 40."),
     repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise recent tokens "
-                                                   "(1.0 = off; default 1.1 for --json-schema/--grammar, else off)."),
+                                                   "(1.0 = off; default: the model's, else 1.1 for --json-schema/"
+                                                   "--grammar, else off)."),
     dry_multiplier: Optional[float] = typer.Option(None, "--dry-multiplier", help="DRY: penalise repeating "
-                                                   "what the reply already said (0 = off; default 0.8 constrained, "
-                                                   "else off)."),
+                                                   "what the reply already said (0 = off; default: the model's, "
+                                                   "else 0.8 constrained, else off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fix the sampling seed for repeatable output."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: the model's, capped)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the performance cores)."),
@@ -112,6 +137,7 @@ def run(
                                            "or GBNF) the reply is constrained to."),
     rpc: Optional[str] = rpc_option(),
     spec: str = spec_option(),
+    lora: Optional[List[str]] = lora_option(),
 ):
     """Answer one prompt, streaming the reply to stdout."""
     t0 = time.perf_counter()
@@ -119,8 +145,9 @@ def run(
         prompt = sys.stdin.read()
     if not prompt.strip():
         fail("the prompt is empty", "Give a prompt, or '-' to read it from stdin.", 2)
-    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                  repeat_penalty=repeat_penalty, dry_multiplier=dry_multiplier)
+    given = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                 repeat_penalty=repeat_penalty, dry_multiplier=dry_multiplier)
+    params = {k: v for k, v in given.items() if v is not None}  # the rest: the model's own, else the defaults
     check_sampling(**params)
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
@@ -128,7 +155,9 @@ def run(
     # that would contend with the load for the cores).
     fmt = "none" if raw else (None if json_object else chat_format)
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
-                      chat_format=fmt, announce=not raw, rpc=rpc, speculative=spec) as m:
+                      chat_format=fmt, announce=not raw, rpc=rpc, speculative=spec, lora=lora) as m:
+        if "max_tokens" not in params and "max_tokens" not in m.defaults:
+            params["max_tokens"] = 512
         if raw:
             response = m.complete(prompt, **params)
         else:

@@ -59,6 +59,11 @@ def serve(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory all loaded models may use together, "
                                          "e.g. 2G (default: what is available at start, less a reserve)."),
     grace: float = typer.Option(10.0, "--grace", help="On SIGTERM, seconds in-flight requests get to finish."),
+    lora: Optional[List[str]] = typer.Option(None, "--lora", help="A LoRA adapter FILE[:SCALE] loaded with the "
+                                             "-m models (repeatable); requests choose among them with "
+                                             "\"lora\": [{\"id\": N, \"scale\": X}]."),
+    allow_paths: bool = typer.Option(False, "--allow-paths", help="Let /api/create name files anywhere on this "
+                                     "machine (FROM or adapters); by default only files in the model store."),
     rpc: Optional[str] = rpc_option(),
     spec: str = typer.Option("auto", "--spec", help="Prompt-lookup speculative decoding for every model: auto "
                              "(where the measured step costs say it pays), on, off; a request's "
@@ -93,6 +98,13 @@ def serve(
     from ..runtime.speculative import check_mode
     spec = check_mode(spec)  # a bad value fails now, not at the first load
     _check_models(models)
+    from .run import parse_lora
+    adapters = tuple(parse_lora(lora))
+    if adapters:
+        if not models:
+            raise InvalidArgumentError("--lora needs the model it applies to: give it with -m",
+                                       hint="Example: slmrun serve -m smollm2-135m --lora style.gguf")
+        _check_lora(models, adapters)
     if rpc:
         from .. import remote
         remote.endpoints(rpc)  # a malformed list, or a build without RPC: say so now
@@ -102,7 +114,8 @@ def serve(
                         max_queue=config.max_queue_default() if max_queue is None else max_queue,
                         n_ctx=ctx, n_parallel=parallel, n_threads=threads,
                         memory=parse_size(memory) if memory else None, grace_s=grace,
-                        load_kwargs={**({"rpc": rpc} if rpc else {}), **({"speculative": spec} if spec != "auto" else {})})
+                        load_kwargs={**({"rpc": rpc} if rpc else {}), **({"speculative": spec} if spec != "auto" else {})},
+                        allow_paths=allow_paths, lora=adapters)
     run(settings)
 
 
@@ -120,6 +133,15 @@ def _check_models(models: tuple[str, ...]) -> None:
 
     for ref in models:
         resolve(ref, allow_path=False)
+
+
+def _check_lora(models: tuple[str, ...], adapters) -> None:
+    """A --lora that does not fit a -m model fails now, with the CLI's message."""
+    from ..adapter_info import prepare
+    from ..api import inspect_file, resolve
+
+    for ref in models:
+        prepare(adapters, inspect_file(resolve(ref, allow_path=False)))
 
 
 # --- talking to a running server -------------------------------------------------------------

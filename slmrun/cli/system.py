@@ -144,6 +144,10 @@ def plan_cmd(
     from ..evaluate.results import measured_kld
 
     target, ref_quant = plan_target(model)
+    if ctx is None:  # a created model plans at its own PARAMETER num_ctx
+        from ..api import created
+        made = created(model)
+        ctx = made.num_ctx if made is not None else None
     hw = _target(profile, ram, cores, arch)
     p = planner.plan(target, hw, n_ctx=ctx, min_speed=min_speed, quant=quant or ref_quant, force=force,
                      type_k=kv_type, type_v=kv_type, n_parallel=parallel, devices=_rpc_devices(rpc),

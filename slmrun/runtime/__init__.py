@@ -9,6 +9,8 @@
     rows.py      logits rows: copies, log-probabilities, OpenAI-shaped logprobs
     response.py  Response (stream, wait, cancel, await), Stats, text assembly and stop strings
     params.py    per-request sampling parameters, validated in the caller's thread
+    tasks.py     classify / extract (a mixin of Model)
+    lora.py      LoRA adapters: loading, a request's adapter set, which set each step decodes
     llama.py     llama.cpp's C API: model, context, batch, samplers (measure.py's timing loop
                  also calls llama_decode itself, to time nothing but the decode)
     measure.py   raw decode timings for slmrun.bench (llama-bench's method)

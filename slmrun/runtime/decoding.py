@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 
 from ..errors import GenerationError
-from .params import PENALTY_LAST_N
 from .response import Stats, TextAssembler
 from .rows import logprob_entry, logsoftmax_row, row_copy
-from .slots import Seq, common_prefix
+from .slots import Seq, reusable_prefix
 
 
 class _Broken(Exception):
@@ -22,6 +21,15 @@ class _Broken(Exception):
 
 
 class DecodeSteps:
+    def _step_group(self) -> list[Seq]:
+        """The sequences this step decodes: all of them, or with LoRA adapters loaded, those of
+        the set whose turn it is, with that set applied to the context."""
+        if self._lora is None:
+            return self._active
+        key = self._turns.pick([s.req.adapters for s in self._active])
+        self._lora.apply(key)
+        return [s for s in self._active if s.req.adapters == key]
+
     def _admit(self) -> None:
         h = self._h
         while self._queue:
@@ -32,26 +40,28 @@ class DecodeSteps:
                 return  # an older embed() call takes the free slots first (embedding.py)
             req = self._queue.popleft()
             tokens = req.tokens
-            # The free slot sharing the longest prefix; else the one unused the longest.
-            slot = max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
+            # The free slot sharing the longest prefix (under the same LoRA set); else the one unused the longest.
+            slot = max(free, key=lambda s: (reusable_prefix(s, req), -s.last_used))
             # The last prompt token is always decoded: its logits are the first sample's (or score's).
             last = len(tokens) - 1 if req.score_from is None else req.score_from - 1
-            n_keep = min(common_prefix(slot.tokens, tokens), last)
+            n_keep = min(reusable_prefix(slot, req), last)
             if n_keep < len(slot.tokens) and not h.seq_rm(slot.seq_id, n_keep, -1):
                 h.seq_rm(slot.seq_id, 0, -1)  # a model that cannot cut a sequence (recurrent): start over
                 n_keep = 0
             slot.tokens = slot.tokens[:n_keep]
+            slot.adapters = req.adapters
             p = req.params
             room = self.n_ctx_seq - len(tokens)
             limit = room if p.max_tokens is None else min(p.max_tokens, room)
+            last_n = self.n_ctx_seq if p.repeat_last_n < 0 else p.repeat_last_n
             chain = h.sampler_chain(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
                                     repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
-                                    frequency_penalty=p.frequency_penalty, penalty_last_n=PENALTY_LAST_N,
+                                    frequency_penalty=p.frequency_penalty, penalty_last_n=last_n,
                                     seed=p.seed, ignore_eos=p.ignore_eos, dry=p.dry, n_ctx=self.n_ctx_seq)
             # Penalties count the prompt's recent tokens too, as llama.cpp's tools do; not under a
             # constraint, where the reply copies from the prompt (extract: "Alice is 31" -> 31).
-            if p.penalized and req.constraint is None:
-                h.accept_prompt(chain, tokens[-PENALTY_LAST_N:])
+            if p.penalized and last_n and req.constraint is None:
+                h.accept_prompt(chain, tokens[-last_n:])
             seq = Seq(req, slot, n_keep, limit, chain,
                        TextAssembler(self._piece_of, req.stops, req.strip_leading))
             seq.spec = self.spec_mode if p.speculative is None else p.speculative
@@ -76,10 +86,12 @@ class DecodeSteps:
         outputs: list[tuple[Seq, int]] = []
         taken: list[tuple[Seq, int]] = []
         budget = self.n_batch
-        drafts = self._drafts(budget)  # speculative.py: {seq: draft tokens}
+        # With LoRA adapters, only the sequences of the adapter set whose turn it is (runtime/lora.py).
+        group = self._step_group()
+        drafts = self._drafts(budget, group)  # speculative.py: {seq: draft tokens}
         # Generating sequences first (one token each, and their drafts), then prompt chunks in
         # arrival order.
-        for seq in sorted(self._active, key=lambda s: len(s.pending) > 1):
+        for seq in sorted(group, key=lambda s: len(s.pending) > 1):
             if budget <= 0:
                 break
             n = min(len(seq.pending), budget)

@@ -27,6 +27,7 @@ from concurrent.futures import Future
 from ..errors import GenerationError, ModelClosedError, QueueFullError
 from .decoding import DecodeSteps, _Broken
 from .embedding import EmbedJob, EmbedSteps
+from .lora import Turns
 from .response import Stats, closed_error
 from .slots import Request, Seq, Slot
 from .speculative import SpecSteps
@@ -35,8 +36,10 @@ from .speculative import SpecSteps
 class Engine(DecodeSteps, EmbedSteps, SpecSteps):
     def __init__(self, handle, *, n_parallel: int, n_ctx_seq: int, n_batch: int, name: str,
                  load_s: float = 0.0, max_queue: int | None = None, piece_of=None, on_exit=None,
-                 speculative: str = "auto", spec_slope: float | None = None):
+                 speculative: str = "auto", spec_slope: float | None = None, lora=None):
         self._h = handle
+        self._lora = lora  # runtime.lora.LoadedAdapters, or None: no adapters, no grouping
+        self._turns = Turns()
         self._on_exit = on_exit  # frees llama.cpp: run by this thread, after its last use of the context
         self.n_parallel = n_parallel
         self.n_ctx_seq = n_ctx_seq
@@ -177,6 +180,8 @@ class Engine(DecodeSteps, EmbedSteps, SpecSteps):
                             self._cond.wait(0.05)
                         continue
                 with self._step_lock:
+                    if self._lora is not None and (task is not None or embed is not None):
+                        self._lora.apply(self._lora.default)  # raw decodes and embeddings: the loaded set
                     if task is not None:
                         fn, done = task
                         try:

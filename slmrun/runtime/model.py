@@ -24,6 +24,7 @@ from .slots import Request
 from .llama import ContextSpec, LlamaHandle
 from .params import make_params
 from .response import Response, ResponseState
+from .tasks import Tasks
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,15 @@ class _Shared:
         heap.return_freed_heap()
 
 
-class Model:
+class Model(Tasks):
     """A loaded model. Use as a context manager, or call ``close()``."""
 
     def __init__(self, path: Path, options: LoadOptions, *, prompt_format=None,
                  chat_template: str | None = None, name: str | None = None, info=None, plan=None,
-                 model_params_hook=None, placement=None):
-        """``placement``: the model's layers split over RPC servers (runtime.rpc.place())."""
+                 model_params_hook=None, placement=None, lora=()):
+        """``placement``: the model's layers split over RPC servers (runtime.rpc.place()).
+        ``lora``: (path, scale) LoRA adapters (checked by the caller: adapter_info), applied
+        to every request at those scales unless it chooses others (``adapters=``)."""
         self.path = Path(path)
         self.name = name or self.path.stem
         self.options = options
@@ -104,6 +107,9 @@ class Model:
         self.plan = plan
         self.prompt_format = prompt_format
         self.chat_template = chat_template
+        self.defaults: dict = {}  # generation keywords a request may override (a created model's PARAMETERs)
+        self.system_prompt: str | None = None  # a created model's SYSTEM, for chats that bring none
+        self.few_shot: tuple[dict, ...] = ()  # a created model's MESSAGE turns, before every chat
         if options.n_parallel < 1:
             raise InvalidArgumentError(f"n_parallel must be >= 1, got {options.n_parallel}")
         spec = ContextSpec(n_ctx=options.n_ctx * options.n_parallel, n_seq=options.n_parallel,
@@ -115,6 +121,14 @@ class Model:
                               verbose=options.verbose, model_params_hook=model_params_hook or placement,
                               guard=placement)
         self.placement = placement
+        self._lora = None
+        if lora:
+            from .lora import LoadedAdapters
+            try:
+                self._lora = LoadedAdapters(self._h, lora)
+            except BaseException:
+                self._h.close()
+                raise
         self.load_s = time.perf_counter() - t0
         self._shared = shared = _Shared(self._h)
         self._lock = shared.lock
@@ -123,7 +137,8 @@ class Model:
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
                               n_batch=options.n_batch, name=self.name, load_s=self.load_s,
                               max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free,
-                              speculative=options.speculative, spec_slope=options.spec_slope)
+                              speculative=options.speculative, spec_slope=options.spec_slope,
+                              lora=self._lora)
         if placement is not None:  # a failed server ends this model's requests (rpc_guard's default)
             placement.on_failure = self._engine.fail_broken
         _OPEN.add(self)
@@ -159,6 +174,16 @@ class Model:
         except Exception:
             pass
 
+    def customize(self, *, defaults: dict | None = None, system: str | None = None, few_shot=()) -> None:
+        """What a created model (`slmrun create`) adds: default generation parameters (a request's
+        own win), a system prompt for chats whose first message is not one, and few-shot turns
+        placed after the system message, before every conversation."""
+        if defaults:
+            make_params(**{k: v for k, v in defaults.items()})  # refused now, not on every request
+        self.defaults = dict(defaults or {})
+        self.system_prompt = system
+        self.few_shot = tuple(dict(m) for m in few_shot)
+
     def _check_open(self) -> None:
         # llama.cpp's pointers are freed by close(); touching them would crash the process.
         if self._engine.broken is not None:
@@ -185,6 +210,11 @@ class Model:
     def has_chat_format(self) -> bool:
         """A chat template in the GGUF or a prompt format from the registry: chat() works."""
         return self.chat_template is not None or self.prompt_format is not None
+
+    @property
+    def adapters(self) -> list[dict]:
+        """The LoRA adapters loaded: [{"id", "path", "scale"}] (llama-server's /lora-adapters)."""
+        return self._lora.describe() if self._lora is not None else []
 
     @property
     def n_vocab(self) -> int:
@@ -261,6 +291,9 @@ class Model:
         self._check_can_generate()
         h = self._h
         bos = h.token_text(h.bos)
+        if isinstance(messages, (list, tuple)) and (self.system_prompt or self.few_shot):
+            from ..custom.messages import place
+            messages = place(list(messages), self.system_prompt, self.few_shot)
         prompt, stops = render_prompt(messages, template=self.chat_template, fmt=self.prompt_format,
                                       bos=bos, eos=h.token_text(h.eos))
         # A template that writes the BOS text itself must not get a second one.
@@ -281,7 +314,10 @@ class Model:
     def _submit(self, tokens: list[int], params: dict, *, stops: Sequence[str], strip_leading: bool,
                 score_from: int | None = None) -> Response:
         self._check_can_generate()
+        if self.defaults:
+            params = {**self.defaults, **params}
         extra_stop = params.pop("stop", None)
+        adapters = self._adapter_key(params.pop("adapters", None))
         spec = constraint = None
         structured = {k: params.pop(k) for k in ("json_schema", "grammar", "json_object") if k in params}
         if any(v is not None and v is not False for v in structured.values()):
@@ -302,11 +338,20 @@ class Model:
                      + (f" (up to the model's {trained} tokens)." if trained else "."))
         state = ResponseState(len(tokens))
         req = Request(tokens=list(tokens), params=p, state=state, stops=tuple(p.stop) + tuple(stops),
-                      strip_leading=strip_leading, constraint=constraint, score_from=score_from)
+                      strip_leading=strip_leading, constraint=constraint, score_from=score_from,
+                      adapters=adapters)
         engine = self._engine
         response = Response(state, model_name=self.name, on_cancel=lambda: engine.cancel(req), spec=spec)
         engine.submit(req)
         return response
+
+    def _adapter_key(self, wanted) -> tuple:
+        if self._lora is not None:
+            return self._lora.key_for(wanted)
+        if wanted:
+            raise InvalidArgumentError(f"adapters: {self.name} was loaded without LoRA adapters",
+                                       hint="Load it with lora=[(path, scale)] (--lora FILE, ADAPTER in a Modelfile).")
+        return ()
 
     # --- embeddings --------------------------------------------------------------------------
     def embed(self, inputs, *, normalize: bool = True, truncate: bool = True):
@@ -346,46 +391,3 @@ class Model:
             rows = job.future.result()
         return Embeddings(stack_rows(rows, h.n_embd, normalize=normalize), n_tokens=[len(t) for t in tokens],
                           truncated=cut, pooling=h.pooling, model=self.name, normalized=normalize)
-
-    # --- tasks for small models: answers other programs consume ---------------------------------
-    def classify(self, text: str, labels, *, instruction: str | None = None, examples=None,
-                 method: str | None = None, calibrate=False):
-        """The label that fits ``text``, and a probability for every label, from the model's own
-        log-probabilities of each label's tokens (teacher forcing; see slmrun.structured.classify),
-        not from sampled text. ``examples``: (text, label) pairs shown to the model first.
-        ``method="embedding"`` (an embedding model's default), ``calibrate``, labels with
-        descriptions ({name: description}): see slmrun.classification."""
-        if method is not None or calibrate or self.is_embedding_model or not isinstance(labels, (list, tuple)):
-            from ..classification import classify
-            return classify(self, text, labels, instruction=instruction, examples=examples, method=method,
-                            calibrate=calibrate)
-        return self.classify_many([text], labels, instruction=instruction, examples=examples)[0]
-
-    def classify_many(self, texts: Sequence[str], labels: Sequence[str], *, instruction: str | None = None,
-                      examples=None) -> list:
-        """``classify`` for each of ``texts``, in order; up to ``n_parallel`` texts are scored at
-        once, batched by the engine, each text's prompt evaluated once for all its labels
-        (runtime/tasks.py). A text that fails raises after nothing is left running."""
-        from .tasks import classify_stream
-
-        if isinstance(texts, str):
-            raise InvalidArgumentError("texts must be a list of strings, got one string",
-                                       hint="Use classify(text, labels) for one text, or pass [text].")
-        return list(classify_stream(self, texts, labels, instruction=instruction, examples=examples))
-
-    def extract(self, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512,
-                examples=None):
-        """The fields of ``schema`` (a JSON Schema dict or string, or a pydantic model class)
-        found in ``text``, as a validated value; decoding is constrained to the schema.
-        ``examples``: (text, value) pairs shown to the model first (runtime/tasks.py)."""
-        from .tasks import extract_request
-
-        return extract_request(self, text, schema, instruction=instruction, max_tokens=max_tokens,
-                               examples=examples).json()
-
-    def _terminator_tokens(self) -> dict[int, str]:
-        if self._terminators is None:
-            from ..structured import terminator_tokens
-            self._terminators = terminator_tokens(self._piece(t) for t in range(self.n_vocab))
-        return self._terminators
-

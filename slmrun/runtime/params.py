@@ -37,6 +37,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    repeat_last_n: int = PENALTY_LAST_N  # tokens the penalties look back over (0: none, -1: the context)
     seed: int | None = None  # None: the model's default seed, else a random one
     stop: tuple[str, ...] = field(default_factory=tuple)
     logprobs: bool = False  # record each generated token's log-probability
@@ -65,7 +66,7 @@ class SamplingParams:
 
 def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
                 min_p: float = 0.05, repeat_penalty: float | None = None, presence_penalty: float = 0.0,
-                frequency_penalty: float = 0.0, seed: int | None = None,
+                frequency_penalty: float = 0.0, repeat_last_n: int = PENALTY_LAST_N, seed: int | None = None,
                 stop: Sequence[str] | str | None = None, logprobs: bool = False, top_logprobs: int = 0,
                 ignore_eos: bool = False, dry_multiplier: float | None = None, dry_base: float = 1.75,
                 dry_allowed_length: int = 2, dry_penalty_last_n: int = -1, task: str = "text",
@@ -99,6 +100,8 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
             bad(name, value, f"an integer >= {lo}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= INT32_MAX:
         bad("top_k", top_k, f"an integer from 0 to {INT32_MAX} (0 = off)")
+    if isinstance(repeat_last_n, bool) or not isinstance(repeat_last_n, int) or not -1 <= repeat_last_n <= INT32_MAX:
+        bad("repeat_last_n", repeat_last_n, "an integer >= -1 (0 = off, -1 = the whole context)")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         bad("seed", seed, "an integer")
     if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
@@ -119,7 +122,8 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
     return SamplingParams(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), top_k=top_k,
                           min_p=float(min_p), repeat_penalty=float(repeat_penalty),
                           presence_penalty=float(presence_penalty), frequency_penalty=float(frequency_penalty),
-                          seed=seed, stop=tuple(s for s in stops if s), logprobs=bool(logprobs or top_logprobs),
+                          repeat_last_n=repeat_last_n, seed=seed, stop=tuple(s for s in stops if s),
+                          logprobs=bool(logprobs or top_logprobs),
                           top_logprobs=top_logprobs, ignore_eos=ignore_eos, dry_multiplier=float(dry_multiplier),
                           dry_base=float(dry_base), dry_allowed_length=dry_allowed_length,
                           dry_penalty_last_n=dry_penalty_last_n, speculative=speculative)

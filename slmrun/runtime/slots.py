@@ -18,16 +18,18 @@ class Request:
     strip_leading: bool = False
     constraint: object | None = None  # per-sequence grammar state (slmrun.structured.Constraint)
     score_from: int | None = None  # scoring, not generating: keep the logits rows from this position on
+    adapters: tuple = ()  # the LoRA set it decodes with (runtime.lora: ((index, scale), ...))
     t_submit: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
 
 class Slot:
-    __slots__ = ("seq_id", "tokens", "busy", "last_used")
+    __slots__ = ("seq_id", "tokens", "busy", "last_used", "adapters")
 
     def __init__(self, seq_id: int):
         self.seq_id = seq_id
         self.tokens: list[int] = []  # what the KV cache holds for this sequence, in order
+        self.adapters: tuple = ()  # the LoRA set those cells were computed with
         self.busy = False
         self.last_used = 0.0
 
@@ -58,6 +60,12 @@ class Seq:
         self.lookup = None
         self.spec_acc = self.spec_rej = 0
         self.n_drafted = self.n_accepted = 0
+
+
+def reusable_prefix(slot: Slot, req: Request) -> int:
+    """How many of ``req``'s tokens the slot's cache holds: none when it was computed with
+    another LoRA set (its keys and values are another model's)."""
+    return common_prefix(slot.tokens, req.tokens) if slot.adapters == req.adapters else 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -147,13 +147,15 @@ class SpecSteps:
         self.step_costs = StepCosts(PRIOR_SLOPE if slope is None else slope)
         self._spec_totals = [0, 0]  # accepted, rejected drafts (the prior for a new sequence)
 
-    def _drafts(self, budget: int) -> dict:
-        """{seq: draft tokens} for this step's generating sequences."""
-        gen = [s for s in self._active if s.req.score_from is None and not s.in_prompt and s.pending
+    def _drafts(self, budget: int, group=None) -> dict:
+        """{seq: draft tokens} for this step's generating sequences (``group``: those this step
+        decodes, when LoRA adapter sets take turns; default all)."""
+        active = self._active if group is None else group
+        gen = [s for s in active if s.req.score_from is None and not s.in_prompt and s.pending
                and s.spec != "off"]
         if not gen:
             return {}
-        batch = min(budget, sum(len(s.pending) for s in self._active))
+        batch = min(budget, sum(len(s.pending) for s in active))
         yielded = float(len(gen))
         acc, rej = self._spec_totals
         prior = (acc + 1) / (acc + rej + 2)

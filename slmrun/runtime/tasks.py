@@ -1,7 +1,10 @@
-"""Classification of one text or many, driven on the engine (``Model.classify``, ``classify_many``),
-and the request behind ``Model.extract`` (``extract_request``: returns the Response at once, so
-`slmrun eval --task extract` keeps several in flight).
+"""What small models are good at, answers other programs consume: ``classify`` (a label and
+its probability, from the model's own log-probabilities), ``classify_many`` and ``extract``
+(the fields of a schema; ``extract_request`` returns its Response at once,
+so `slmrun eval --task extract` keeps several in flight). ``Tasks`` is a mixin of ``Model`` (model.py): it uses only its
+public and submit methods.
 
+Classification of one text or many is driven on the engine (``classify_stream``):
 A text is scored by one request per label (teacher forcing: structured/classify.py). The
 labels of one text run one after another in the same slot, so each reuses the prompt's
 cells the one before left there (the slot's prefix cache): the prompt is evaluated once,
@@ -20,6 +23,45 @@ from collections import deque
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import InvalidArgumentError
+
+
+class Tasks:
+    def classify(self, text: str, labels, *, instruction: str | None = None, examples=None,
+                 method: str | None = None, calibrate=False):
+        """The label that fits ``text``, and a probability for every label, from the model's own
+        log-probabilities of each label's tokens (teacher forcing; see slmrun.structured.classify),
+        not from sampled text. ``examples``: (text, label) pairs shown to the model first.
+        ``method="embedding"`` (an embedding model's default), ``calibrate``, labels with
+        descriptions ({name: description}): see slmrun.classification."""
+        if method is not None or calibrate or self.is_embedding_model or not isinstance(labels, (list, tuple)):
+            from ..classification import classify
+            return classify(self, text, labels, instruction=instruction, examples=examples, method=method,
+                            calibrate=calibrate)
+        return self.classify_many([text], labels, instruction=instruction, examples=examples)[0]
+
+    def classify_many(self, texts: Sequence[str], labels: Sequence[str], *, instruction: str | None = None,
+                      examples=None) -> list:
+        """``classify`` for each of ``texts``, in order; up to ``n_parallel`` texts are scored at
+        once, batched by the engine, each text's prompt evaluated once for all its labels
+        (classify_stream below). A text that fails raises after nothing is left running."""
+        if isinstance(texts, str):
+            raise InvalidArgumentError("texts must be a list of strings, got one string",
+                                       hint="Use classify(text, labels) for one text, or pass [text].")
+        return list(classify_stream(self, texts, labels, instruction=instruction, examples=examples))
+
+    def extract(self, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512,
+                examples=None):
+        """The fields of ``schema`` (a JSON Schema dict or string, or a pydantic model class)
+        found in ``text``, as a validated value; decoding is constrained to the schema.
+        ``examples``: (text, value) pairs shown to the model first (extract_request below)."""
+        return extract_request(self, text, schema, instruction=instruction, max_tokens=max_tokens,
+                               examples=examples).json()
+
+    def _terminator_tokens(self) -> dict[int, str]:
+        if self._terminators is None:
+            from ..structured import terminator_tokens
+            self._terminators = terminator_tokens(self._piece(t) for t in range(self.n_vocab))
+        return self._terminators
 
 
 class _Labels:

@@ -5,6 +5,7 @@ that imports the web framework (Starlette), its server (uvicorn) and the request
     app.py          the Starlette app: middleware, /health, /metrics, the chat page, lifespan
     openai_api.py   /v1/chat/completions, /v1/completions, /v1/models
     ollama_api.py   /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/version, /api/delete
+    create.py       /api/create, /api/copy, /api/blobs: models made from Modelfiles (slmrun.custom)
     pull.py         /api/pull's progress events over slmrun's own pull
     generation.py   one generation for either API: lease, fit the history, submit
     structured.py   response_format / format and tools
@@ -45,6 +46,8 @@ class Settings:
     memory: int | None = None  # budget for all loaded models together (None: measured at start)
     grace_s: float = 10.0  # SIGTERM: how long in-flight requests may take to finish
     load_kwargs: dict = field(default_factory=dict)  # anything else for slmrun.load()
+    allow_paths: bool = False  # /api/create may name files outside the store
+    lora: tuple = ()  # (path, scale) LoRA adapters loaded with the -m models
 
     def model_load_kwargs(self) -> dict:
         kw = {"n_ctx": self.n_ctx, "n_parallel": self.n_parallel, "n_threads": self.n_threads,

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import SlmrunError
-from . import embeddings_api, ollama_api, openai_api
+from . import create, embeddings_api, ollama_api, openai_api
 from .http import (AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, HTTPError, InternalErrorMiddleware,
                    error_response, scrub)
 from .manager import ModelManager
@@ -111,6 +111,7 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
             except SlmrunError:
                 pass  # _preload reports it
         manager.pinned = pinned
+        manager.lora, manager.lora_keys = tuple(settings.lora), set(pinned) if settings.lora else set()
         preload = asyncio.create_task(_preload(state))
         if url:
             log.info("slmrun serve on %s (OpenAI: %s/v1, Ollama: %s/api, chat page: %s/)%s", url, url, url, url,
@@ -133,7 +134,7 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
     middleware.append(Middleware(InternalErrorMiddleware))
     routes = [Route("/", chat_page, methods=["GET", "HEAD"]), Route("/favicon.ico", favicon),
               Route("/health", health), Route("/metrics", metrics),
-              *openai_api.routes, *ollama_api.routes, *embeddings_api.routes]
+              *openai_api.routes, *ollama_api.routes, *embeddings_api.routes, *create.routes]
     # Any other exception is a bug: InternalErrorMiddleware logs it once and answers 500.
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={SlmrunError: _on_error, HTTPError: _on_error, HTTPException: _on_http_exception})

@@ -35,9 +35,20 @@ def fit_messages(model, messages: list[dict], params: dict) -> tuple[list[dict],
                        reserve=reply_reserve(model, params), quantum=model.n_ctx // 4)
 
 
+def request_params(model, call: Call, extra: dict | None = None) -> dict:
+    """The request's parameters over the model's own (a created model's PARAMETERs, which
+    Model fills in) over the API's defaults: an API default the model sets is left out."""
+    params = {**call.params, **(extra or {})}
+    own = getattr(model, "defaults", None) or {}
+    for key in call.defaulted & set(own):
+        if key not in (extra or {}):
+            del params[key]
+    return params
+
+
 def submit(model, call: Call, extra: dict | None = None) -> tuple[object, int, list[int] | None]:
     """(Response, messages dropped, prompt tokens for Ollama's context); blocking: worker thread."""
-    params = {**call.params, **(extra or {})}
+    params = request_params(model, call, extra)
     if call.context:  # Ollama's deprecated conversation tokens: continue them with this prompt
         if call.raw:
             new = model.tokenize(call.prompt, special=False, add_bos=False) if call.prompt else []

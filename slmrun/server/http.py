@@ -43,7 +43,8 @@ STATUS = (
     (E.UnknownQuantError, 404, "model_not_found"),
     (E.QueueFullError, 503, "server_busy"), (E.ModelClosedError, 503, "model_unloaded"),
     (E.RpcServerError, 502, "rpc_server_failed"),
-    (E.StoreLockedError, 409, "model_busy"),
+    (E.StoreLockedError, 409, "model_busy"), (E.ModelInUseError, 409, "model_in_use"),
+    (E.InvalidAdapterError, 400, "invalid_adapter"), (E.ModelFileNotFoundError, 404, "file_not_found"),
     (E.DownloadError, 502, "download_failed"), (E.ChecksumMismatchError, 502, "checksum_mismatch"),
     (E.InsufficientDiskSpaceError, 507, "insufficient_storage"),
     # The request is fine and no retry will make the model fit: not the client's fault (no
@@ -230,13 +231,16 @@ class ApiKeyMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``limit`` bytes: by Content-Length at once, else while reading."""
+    """Refuses bodies over ``limit`` bytes: by Content-Length at once, else while reading.
+    Uploads of model files (/api/blobs) are checked by their digest instead."""
+
+    EXEMPT = ("/api/blobs/",)
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.EXEMPT):
             return await self.app(scope, receive, send)
         too_big = HTTPError(413, f"the request body is over the server's limit of {self.limit} bytes "
                                  "(slmrun serve --max-body)", code="request_too_large")

@@ -97,6 +97,8 @@ class ModelManager:
         self.load_kwargs = dict(load_kwargs or {})
         self.memory_budget = memory_budget  # None: measured (what was available at start, minus the reserve)
         self.pinned = set(pinned)  # keys loaded at start: kept until asked otherwise
+        self.lora: tuple = ()  # serve --lora: (path, scale) adapters loaded with ...
+        self.lora_keys: set[str] = set()  # ... these models (the -m ones)
         self._models: dict[str, Loaded] = {}
         self._load_lock = asyncio.Lock()
         self._loading: set[str] = set()
@@ -138,7 +140,7 @@ class ModelManager:
             guess = exc.hint.split("Known models")[0] if exc.hint.startswith("Did you mean") else ""
             raise ModelNotFoundError(exc.message, hint=guess + "GET /v1/models or /api/tags lists the local "
                                                        "models; POST /api/pull fetches one from the registry.") from None
-        key = f"{r.name}:{r.quant.lower()}" if r.quant else r.name
+        key = r.key
         self._resolved[ref] = (now, key)
         return key
 
@@ -210,7 +212,8 @@ class ModelManager:
         spec = spec_from_gguf(info)
         kw = dict(self.load_kwargs)
         fa = effective_flash_attn(kw.get("flash_attn"), None)
-        n_ctx = kw.get("n_ctx") or default_context(spec)
+        # A created model's PARAMETER num_ctx wins over --ctx (Ollama's: the model's over the server's default).
+        n_ctx = (r.custom.num_ctx if r.custom is not None else None) or kw.get("n_ctx") or default_context(spec)
         batch = min(512, n_ctx)
         if api.is_encoder(info):  # an embedding model: its own context, sequences per batch, no cache
             kw.pop("n_parallel", None)
@@ -249,6 +252,8 @@ class ModelManager:
                 log.info("unloading %s to make room for %s", victim, key)
                 await self._unload(victim)
             t0 = time.perf_counter()
+            if key in self.lora_keys:
+                kw["lora"] = list(self.lora)
             model = await asyncio.to_thread(lambda: api.load(key, allow_path=False, **kw))
             log.info("loaded %s in %.2fs (%d slots of %d tokens)", key, time.perf_counter() - t0,
                      model.n_parallel, model.n_ctx)

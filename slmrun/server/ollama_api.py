@@ -182,9 +182,17 @@ def _details(stored) -> dict:
 
 def _tags() -> dict:
     from .. import store
+    from ..custom.catalog import list_rows
 
-    return {"models": [{"name": m.ref, "model": m.ref, "modified_at": now_iso(m.modified), "size": m.size,
-                        "digest": m.sha256 or "", "details": _details(m)} for m in store.list_models()]}
+    models = [{"name": m.ref, "model": m.ref, "modified_at": now_iso(m.modified), "size": m.size,
+               "digest": m.sha256 or "", "details": _details(m)} for m in store.list_models()]
+    for r in list_rows():  # created models: Ollama's clients expect a tag, and send it back
+        name = f"{r['name']}:latest"
+        models.append({"name": name, "model": name, "modified_at": now_iso(r["modified"]), "size": r["size"],
+                       "digest": "", "details": {"parent_model": r["from"], "format": "gguf", "family": "",
+                                                 "families": [], "parameter_size": "",
+                                                 "quantization_level": r["quant"]}})
+    return {"models": models}
 
 
 async def tags(request: Request):
@@ -197,7 +205,7 @@ def _show(ref: str) -> dict:
     r = api.resolve(ref, allow_path=False)
     info = api.inspect_file(r)
     arch = info.architecture
-    d = api.describe(f"{r.name}:{r.quant.lower()}" if r.quant else r.name, verify=False)
+    d = api.describe(r.key, verify=False)
     model_info = {"general.architecture": arch, "general.parameter_count": info.n_params,
                   f"{arch}.context_length": info.context_length, f"{arch}.embedding_length": info.embedding_length,
                   f"{arch}.block_count": info.block_count, f"{arch}.attention.head_count": info.head_count,
@@ -205,9 +213,24 @@ def _show(ref: str) -> dict:
     stored = r.stored
     details = _details(stored) if stored is not None else {"format": "gguf", "family": arch, "families": [arch],
                                                             "parameter_size": "", "quantization_level": info.quant}
-    return {"license": d.get("license", ""), "modelfile": f"# slmrun model\nFROM {r.name}:{(r.quant or info.quant).lower()}\n",
-            "parameters": "", "template": info.chat_template or "", "details": details, "model_info": model_info,
-            "capabilities": structured.capabilities(), "modified_at": now_iso(stored.modified if stored else None)}
+    out = {"license": d.get("license", ""), "modelfile": f"# slmrun model\nFROM {r.name}:{(r.quant or info.quant).lower()}\n",
+           "parameters": "", "template": info.chat_template or "", "details": details, "model_info": model_info,
+           "capabilities": structured.capabilities(), "modified_at": now_iso(stored.modified if stored else None)}
+    if r.custom is not None:  # a created model: its Modelfile's settings
+        from ..custom import manifest
+        from ..custom.catalog import modelfile_text
+        from ..custom.parameters import describe
+
+        c = r.custom
+        made = manifest.read(c.name)
+        out.update(modelfile=modelfile_text(c.name), parameters=describe(c.parameters), system=c.system or "",
+                   details={**details, "parent_model": c.base},
+                   modified_at=now_iso(made.modified if made else None))
+        if c.template is not None:
+            out["template"] = c.template
+        if c.messages:
+            out["messages"] = [dict(m) for m in c.messages]
+    return out
 
 
 async def show(request: Request):

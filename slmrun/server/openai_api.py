@@ -159,21 +159,26 @@ def _model_object(ref: str, created: float) -> dict:
     return {"id": ref, "object": "model", "created": int(created), "owned_by": "slmrun"}
 
 
-async def list_models(request: Request):
+def _models() -> list[tuple[str, str, float]]:
+    """(id, bare name, modified) of every stored and created model."""
     from .. import store
+    from ..custom.catalog import list_rows
 
-    models = store.list_models()
-    return JSONResponse({"object": "list", "data": [_model_object(m.ref, m.modified) for m in models]})
+    return ([(m.ref, m.name, m.modified) for m in store.list_models()]
+            + [(r["name"], r["name"], r["modified"]) for r in list_rows()])
+
+
+async def list_models(request: Request):
+    return JSONResponse({"object": "list", "data": [_model_object(ref, t) for ref, _, t in _models()]})
 
 
 async def get_model(request: Request):
-    from .. import store
     from ..store import shown
 
     ref = request.path_params["model"]
-    for m in store.list_models():
-        if ref in (m.ref, m.name):
-            return JSONResponse(_model_object(ref, m.modified))
+    for model_id, name, modified in _models():
+        if ref in (model_id, name):
+            return JSONResponse(_model_object(ref, modified))
     raise ModelNotFoundError(f"no model {shown(ref)} in the store", hint="GET /v1/models lists them.")
 
 

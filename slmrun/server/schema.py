@@ -21,9 +21,8 @@ field's rule in words where pydantic's own message would be vague, as for unions
     async def embeddings(request):
         body = await schema.parse(request, schema.EmbeddingsRequest)  # typed, or a 400 already
 
-The bodies of the routes still to be wired (/v1/embeddings, /v1/rerank, /api/embed,
-/api/embeddings, /api/create, /api/copy) are declared below; tests/fuzzing.py lists each
-with a good request, so the fuzz suite sends it bad ones from the day it is served (and a
+The body of /v1/rerank, still to be wired, is declared below too; tests/fuzzing.py lists
+every route with a good request, so the fuzz suite sends it bad ones from the day it is served (and a
 served route missing from that list fails tests/test_server_fuzz.py). request.py does the
 reading and words the errors.
 
@@ -109,11 +108,22 @@ class Sampling(Body):
     frequency_penalty: Optional[Penalty] = None
     seed: Optional[Int] = None
     stop: Stop = None
+    repeat_last_n: Optional[Annotated[int, Field(ge=-1, le=INT32_MAX)]] = None  # 0: off, -1: the context
     dry_multiplier: Optional[DryMultiplier] = None  # llama-server's DRY sampler (0: off)
     dry_base: Optional[DryBase] = None
     dry_allowed_length: Optional[Annotated[int, Field(ge=0, le=INT32_MAX)]] = None
     dry_penalty_last_n: Optional[Annotated[int, Field(ge=-1, le=INT32_MAX)]] = None
     speculative: Speculative = None  # slmrun's own: prompt-lookup drafts
+
+
+class LoraEntry(Body):
+    """llama-server's per-request adapter: the index of an adapter the model was loaded with."""
+
+    id: Annotated[int, Field(ge=0, le=INT32_MAX)]
+    scale: float
+
+
+Lora = Annotated[Optional[list[LoraEntry]], rule('a list of {"id": N, "scale": X}', deep=True)]
 
 
 class StreamOptions(Body):
@@ -134,6 +144,7 @@ class OpenAIRequest(Sampling):
     store: Optional[bool] = None
     metadata: Optional[dict[str, Any]] = None
     service_tier: Optional[str] = None
+    lora: Lora = None  # llama-server's: which loaded LoRA adapters, at what scales
 
 
 class ContentPart(Body):
@@ -263,7 +274,6 @@ class Options(Sampling):
     f16_kv: Any = None
     logits_all: Any = None
     typical_p: Any = None
-    repeat_last_n: Any = None
     penalize_newline: Any = None
     mirostat: Any = None
     mirostat_tau: Any = None
@@ -281,6 +291,7 @@ class OllamaRequest(Body):
     options: Optional[Options] = None
     format: Format = None
     think: Annotated[Optional[bool | str], rule('true, false, "low", "medium" or "high"')] = None
+    lora: Lora = None  # llama-server's, taken here too
 
 
 class OllamaToolCallFunction(Body):
@@ -350,24 +361,35 @@ class LegacyEmbeddingsRequest(Body):
 
 
 class CreateMessage(Body):
-    role: Literal["system", "user", "assistant", "tool"]
+    role: Literal["system", "user", "assistant"]  # a Modelfile's MESSAGE roles
     content: str
 
 
 class CreateRequest(Body):
-    """POST /api/create (Ollama): a new model from one in the store."""
+    """POST /api/create (Ollama's JSON form): a new model from one in the store (``from``: a
+    name, or a path in the store; anywhere with serve --allow-paths) or from uploaded blobs
+    (``files``); server/create.py checks the rest (parameters by the Modelfile's table)."""
 
-    model: ModelName
-    from_: Optional[ModelName] = Field(None, alias="from")
+    model: Optional[ModelName] = None
+    name: Optional[ModelName] = None  # Ollama's older name for ``model``
+    from_: Optional[str] = Field(None, alias="from")
     system: Optional[str] = None
     template: Optional[str] = None
     parameters: Optional[dict[str, Any]] = None
-    messages: Optional[list[CreateMessage]] = None
+    messages: Annotated[Optional[list[CreateMessage]], rule("a list of {role, content}", deep=True)] = None
     adapters: Optional[dict[str, str]] = None
     files: Optional[dict[str, str]] = None
     license: Annotated[Optional[str | list[str]], rule("a string or a list of strings")] = None
-    quantize: Optional[str] = None
     stream: Optional[bool] = None
+    # Ollama's, refused by name (slmrun cannot do them) rather than ignored
+    quantize: Any = None
+    quantization: Any = None
+    modelfile: Any = None
+    path: Any = None
+    draft_files: Any = None
+    remote_host: Any = None
+    renderer: Any = None
+    parser: Any = None
 
 
 class CopyRequest(Body):

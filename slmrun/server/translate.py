@@ -20,12 +20,13 @@ FOREVER = math.inf
 
 # The engine's sampling parameters under OpenAI's names (and llama-server's extensions).
 OPENAI_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                   "frequency_penalty", "seed", "dry_multiplier", "dry_base", "dry_allowed_length",
-                   "dry_penalty_last_n", "speculative")
+                   "frequency_penalty", "seed", "repeat_last_n", "dry_multiplier", "dry_base",
+                   "dry_allowed_length", "dry_penalty_last_n", "speculative")
 # Ollama's options that the engine samples with, by Ollama's name.
 OLLAMA_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                    "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
                    "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop",
+                   "repeat_last_n": "repeat_last_n",
                    # not Ollama's: llama-server's DRY options, taken here too (Ollama would ignore them)
                    "dry_multiplier": "dry_multiplier", "dry_base": "dry_base",
                    "dry_allowed_length": "dry_allowed_length", "dry_penalty_last_n": "dry_penalty_last_n",
@@ -50,6 +51,7 @@ class Call:
     tools: list[dict] | None = None  # OpenAI-style function tools
     tool_choice: object = None
     context: list[int] | None = None  # Ollama generate's deprecated conversation tokens
+    defaulted: set = field(default_factory=set)  # params set by the API's defaults: a created model's win
 
 
 # --- durations (Ollama's keep_alive) --------------------------------------------------
@@ -115,8 +117,10 @@ def _openai_common(req: S.OpenAIRequest, call: Call) -> None:
         raise _bad("best_of", "1", req.best_of)
     call.stream = bool(req.stream)
     call.include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    # None: to the end of the context, as OpenAI's default
+    # None: to the end of the context, as OpenAI's default (a created model's num_predict wins over that)
     call.params["max_tokens"] = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if call.params["max_tokens"] is None:
+        call.defaulted.add("max_tokens")
     for name in OPENAI_SAMPLING:
         if getattr(req, name) is not None:
             call.params[name] = getattr(req, name)
@@ -126,6 +130,14 @@ def _openai_common(req: S.OpenAIRequest, call: Call) -> None:
         raise RequestError("logit_bias is not supported", param="logit_bias", hint="Leave it out.")
     if req.suffix:
         raise RequestError("suffix (fill-in-the-middle) is not supported", param="suffix", hint="Leave it out.")
+    lora_field(req.lora, call)
+
+
+def lora_field(value: list[S.LoraEntry] | None, call: Call) -> None:
+    """llama-server's per-request ``lora``: [{"id": N, "scale": X}] among the model's loaded
+    adapters (any not named: scale 0). The model checks the ids (Model._adapter_key)."""
+    if value is not None:
+        call.params["adapters"] = [{"id": x.id, "scale": float(x.scale)} for x in value]
 
 
 def response_format(value: S.ResponseFormat | None) -> dict | None:
@@ -239,7 +251,9 @@ def _ollama_common(req: S.OllamaRequest, call: Call) -> list[str]:
     call.params["max_tokens"] = None  # Ollama's num_predict default: -1, to the context
     params, ignored = ollama_options(req.options)
     call.params.update(params)
+    call.defaulted = {"max_tokens"} - set(params)
     call.response_format = ollama_format(req.format)
+    lora_field(req.lora, call)
     if req.think not in (None, False):
         raise RequestError(f"think={req.think!r}: the models served here do not think before answering",
                            param="think", hint="Leave think out (or false).")
