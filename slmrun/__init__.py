@@ -19,6 +19,9 @@ _EXPORTS = {
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
+    "knowledge_base": "slmrun.knowledge", "create_knowledge_base": "slmrun.knowledge",
+    "list_knowledge_bases": "slmrun.knowledge", "remove_knowledge_base": "slmrun.knowledge",
+    "KnowledgeBase": "slmrun.knowledge", "Answer": "slmrun.knowledge",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
                      "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
@@ -28,7 +31,8 @@ _EXPORTS = {
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
                      "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
-                     "RpcUnavailableError", "RpcServerError", "RpcBindError"),
+                     "RpcUnavailableError", "RpcServerError", "RpcBindError", "KnowledgeBaseNotFoundError",
+                     "KnowledgeBaseExistsError", "KnowledgeBaseError", "NoDocumentsError"),
                     "slmrun.errors"),
 }
 
