@@ -33,6 +33,8 @@ EXIT_CODES = (
     (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
     (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19),
+    (E.KnowledgeBaseNotFoundError, 20), (E.KnowledgeBaseExistsError, 21), (E.KnowledgeBaseError, 22),
+    (E.NoDocumentsError, 23),
 )
 
 
@@ -48,7 +50,7 @@ def fail(message: str, hint: str = "", code: int = 1):
 
 
 def _register() -> None:
-    from . import bench, chat, models, rpc, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
+    from . import bench, chat, kb, models, rpc, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
 
 
 def main() -> None:

@@ -262,9 +262,16 @@ def chat(
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
     chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     rpc: Optional[str] = rpc_option(),
+    kb: Optional[str] = typer.Option(None, "--kb", help="Answer from this knowledge base, with sources "
+                                     "(each message is a question; see `slmrun ask`)."),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
+
+    if kb is not None:
+        from .kb import chat_kb
+        chat_kb(kb, model, rerank=False, top_k=5)
+        return
 
     m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc)
     with m:
