@@ -35,11 +35,11 @@ from llama_tools import write_marked  # noqa: E402
 
 LIBRARY_CYCLES = r"""
 import json, sys
-import slmrun, slmrun.runtime.model as M
+import slmrun, slmrun.runtime.heap as M
 from slmrun.hardware import process_rss
 ref, n, trim = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "trim"
 if not trim:
-    M._return_freed_heap = lambda: None
+    M.return_freed_heap = lambda: None
 rss = []
 for i in range(n):
     with slmrun.load(ref, n_ctx=512, n_parallel=1) as m:

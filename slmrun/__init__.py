@@ -19,6 +19,7 @@ _EXPORTS = {
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
+    "Embeddings": "slmrun.runtime",
     "knowledge_base": "slmrun.knowledge", "create_knowledge_base": "slmrun.knowledge",
     "list_knowledge_bases": "slmrun.knowledge", "remove_knowledge_base": "slmrun.knowledge",
     "KnowledgeBase": "slmrun.knowledge", "Answer": "slmrun.knowledge",
@@ -30,9 +31,10 @@ _EXPORTS = {
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
-                     "ChatTemplateError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
-                     "RpcUnavailableError", "RpcServerError", "RpcBindError", "KnowledgeBaseNotFoundError",
-                     "KnowledgeBaseExistsError", "KnowledgeBaseError", "NoDocumentsError"),
+                     "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError",
+                     "TemplateOutputError", "RpcUnavailableError", "RpcServerError", "RpcBindError",
+                     "KnowledgeBaseNotFoundError", "KnowledgeBaseExistsError", "KnowledgeBaseError",
+                     "NoDocumentsError"),
                     "slmrun.errors"),
 }
 

@@ -19,6 +19,13 @@ from .registry import ModelEntry, load_registry, split_ref
 
 
 MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
+ENCODER_SEQS = 64  # an embedding model's inputs per batch: a batch of short texts (~8 tokens) fills 512
+EMBED_POOLING = ("mean", "cls", "last")
+
+
+def is_encoder(info) -> bool:
+    """A GGUF of an encoder (BERT family: non-causal attention): it embeds, it does not generate."""
+    return info.metadata.get(f"{info.architecture}.attention.causal") is False
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
          max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True,
-         rpc: str | Sequence[str] | None = None):
+         rpc: str | Sequence[str] | None = None, pooling: str | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
@@ -187,7 +194,10 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     list) splits the layers across this machine and llama.cpp RPC servers (`slmrun
     rpc-server`), each share in proportion to its memory and checked against it; one slot
     unless ``n_parallel`` says otherwise. A server that fails later ends the model's
-    requests with RpcServerError (runtime.rpc_guard).
+    requests with RpcServerError (runtime.rpc_guard). ``pooling`` ("mean", "cls", "last")
+    is how ``embed()`` pools token states: the model's own by default (an embedding
+    model's GGUF names it), mean for a generative model. An embedding model (BERT
+    family) decodes up to ``n_parallel`` inputs (default 64) per batch of ``n_batch`` tokens.
     """
     from .runtime import LoadOptions, Model
 
@@ -209,6 +219,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
             raise InvalidArgumentError(f"{key}={value!r} is out of range",
                                        hint=f"Use an integer from {int(key == 'n_parallel')}"
                                             + (f" to {top}." if top else " up."))
+    if pooling is not None and pooling not in EMBED_POOLING:
+        raise InvalidArgumentError(f"pooling={pooling!r} is not one of {', '.join(EMBED_POOLING)}")
     from .hardware import detect
     from .planner import check_memory, choose_parallel, effective_flash_attn, spec_from_gguf
 
@@ -217,7 +229,12 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     trained = info.context_length or 2048
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads(hw)
-    batch = min(n_batch, ctx)
+    encoder = is_encoder(info)
+    # An encoder's whole batch is one micro-batch (non-causal attention sees all of it), and a
+    # batch must hold its longest input; it keeps no cache, so "slots" are only sequence ids.
+    batch = max(n_batch, ctx) if encoder else min(n_batch, ctx)
+    if encoder:
+        n_parallel = n_parallel or ENCODER_SEQS
     eps = devices = None
     if rpc is not None:
         from . import remote
@@ -230,16 +247,17 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
                                      flash_attn=fa).n_parallel
     options = LoadOptions(
         n_ctx=ctx, n_threads=threads, n_threads_batch=n_threads_batch or threads,
-        n_batch=batch, n_ubatch=min(n_ubatch or n_batch, n_batch, ctx),
+        n_batch=batch, n_ubatch=batch if encoder else min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
-        max_queue=max_queue)
+        max_queue=max_queue, pooling=pooling)
     placement = None
     if eps is not None:
         ngl, ts, _ = remote.split_for_load(info, options, hw, devices, name=resolved.name, force=force)
         placement = remote.place(resolved.path, eps, (ngl, ts))
     elif not force:
-        check_memory(info, options, name=resolved.name, hw=hw)
+        from dataclasses import replace
+        check_memory(info, replace(options, n_parallel=1) if encoder else options, name=resolved.name, hw=hw)
     template = None
     if choice.template:
         from .template_sandbox import ChatTemplate, sandbox

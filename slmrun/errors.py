@@ -62,6 +62,14 @@ class InvalidArgumentError(SlmrunError, ValueError):
     """A parameter out of range (negative token counts, too many threads, ...)."""
 
 
+class ModelCapabilityError(SlmrunError, ValueError):
+    """A task the model cannot do: text from an embedding-only model, embeddings from one that
+    gives none."""
+
+    default_hint = ("Embedding models (`slmrun list` marks them) embed: `slmrun embed`, model.embed(); "
+                    "chat and completion need a generative model such as smollm2-135m.")
+
+
 class ModelClosedError(SlmrunError, RuntimeError):
     """The model was closed: before a call, or while a request was still running."""
 

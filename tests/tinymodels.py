@@ -141,3 +141,92 @@ def write_tiny_gguf(path: Path, *, arch: str = "llama", n_embd: int = 64, n_laye
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+# --- an encoder (BERT family): embeddings, no generation --------------------------------------
+
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BERT_WORDS = ["the", "a", "is", "of", "and", "to", "in", "what", "shop", "bike", "open", "hours",
+              "opening", "are", "your", "when", "do", "you", "close", "price", "repair", "wheel"]
+
+
+def bert_vocab() -> tuple[list[str], list[int]]:
+    """A WordPiece vocabulary in llama.cpp's spelling (convert_hf_to_gguf's BertModel: a word
+    that starts a word gets the phantom space, a '##' continuation loses its '##')."""
+    tokens = list(BERT_SPECIALS)
+    types = [3] * len(BERT_SPECIALS)
+    pieces = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + list(".,?!'-:;()")
+    for p in pieces + BERT_WORDS:
+        tokens.append("\u2581" + p)
+        types.append(1)
+    for p in [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + ["s", "ing", "ed"]:
+        if p not in ("s",) or "s" not in tokens[-40:]:
+            tokens.append(p)  # "##p": a continuation piece
+            types.append(1)
+    # dedupe, keeping the first (continuation pieces may repeat)
+    seen, out_t, out_k = set(), [], []
+    for tok, kind in zip(tokens, types):
+        if tok not in seen:
+            seen.add(tok)
+            out_t.append(tok)
+            out_k.append(kind)
+    return out_t, out_k
+
+
+def write_tiny_bert(path: Path, *, n_embd: int = 32, n_layer: int = 2, n_head: int = 4, n_ff: int = 64,
+                    n_ctx: int = 64, pooling: int = 1, seed: int = 0, name: str = "tiny-bert") -> Path:
+    """A BERT encoder with random weights, as llama.cpp's converter would write it: pooling
+    1 = mean, 2 = CLS; non-causal attention; [CLS] ... [SEP] added by the tokenizer."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    tokens, types = bert_vocab()
+    n_vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), "bert")
+    w.add_name(name)
+    w.add_context_length(n_ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_layer_norm_eps(1e-12)
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType(pooling))
+    w.add_file_type(0)
+    w.add_token_type_count(2)
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_unk_token_id(1)
+    w.add_bos_token_id(2)  # [CLS]
+    w.add_sep_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_mask_token_id(4)
+
+    def t(name: str, *shape: int, scale: float = 0.2):
+        w.add_tensor(name, (rng.standard_normal(shape[::-1]) * scale).astype(np.float32))
+
+    def norm(name: str, n: int):
+        w.add_tensor(name + ".weight", np.ones(n, dtype=np.float32))
+        w.add_tensor(name + ".bias", np.zeros(n, dtype=np.float32))
+
+    t("token_embd.weight", n_embd, n_vocab)
+    t("token_types.weight", n_embd, 2)
+    t("position_embd.weight", n_embd, n_ctx)
+    norm("token_embd_norm", n_embd)
+    for i in range(n_layer):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            t(f"blk.{i}.{part}.weight", n_embd, n_embd)
+            t(f"blk.{i}.{part}.bias", n_embd, scale=0.02)
+        norm(f"blk.{i}.attn_output_norm", n_embd)
+        t(f"blk.{i}.ffn_up.weight", n_embd, n_ff)
+        t(f"blk.{i}.ffn_up.bias", n_ff, scale=0.02)
+        t(f"blk.{i}.ffn_down.weight", n_ff, n_embd)
+        t(f"blk.{i}.ffn_down.bias", n_embd, scale=0.02)
+        norm(f"blk.{i}.layer_output_norm", n_embd)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

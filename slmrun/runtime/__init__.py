@@ -2,7 +2,9 @@
 
     model.py     Model: what callers hold; validates, tokenizes, submits, returns a Response;
                  classify / extract
-    engine.py    the engine thread: the queue, continuous batching, per-sequence sampling and grammars
+    engine.py    the engine thread: the queue, turns between kinds of step, call(), closing
+    decoding.py  generation steps: admission to slots, batched decode, sampling, grammars, text
+    embedding.py embedding steps: inputs batched as sequences, pooled by llama.cpp; Embeddings
     slots.py     a request, a slot (a sequence id and its cached tokens), a request holding a slot
     rows.py      logits rows: copies, log-probabilities, OpenAI-shaped logprobs
     response.py  Response (stream, wait, cancel, await), Stats, text assembly and stop strings
@@ -16,8 +18,9 @@
                  `slmrun rpc-server`, slmrun's own short queries to servers, ggml through ctypes
 """
 
+from .embedding import Embeddings
 from .llama import set_llama_log, system_info
 from .model import LoadOptions, Model
 from .response import Response, Stats
 
-__all__ = ["LoadOptions", "Model", "Response", "Stats", "set_llama_log", "system_info"]
+__all__ = ["Embeddings", "LoadOptions", "Model", "Response", "Stats", "set_llama_log", "system_info"]

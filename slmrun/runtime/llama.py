@@ -84,6 +84,12 @@ class ContextSpec:
     flash_attn: bool
     type_k: str | None = None
     type_v: str | None = None
+    pooling: str | None = None  # embeddings' pooling (POOLING names); None: the model's own, else "mean"
+
+
+# llama.cpp's enum llama_pooling_type, by the names the API uses.
+POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+POOLING_NAMES = {v: k for k, v in POOLING.items()}
 
 
 class LlamaHandle:
@@ -116,6 +122,11 @@ class LlamaHandle:
             self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise ModelLoadError(f"llama.cpp could not load {Path(path).name}")
+        # An encoder (BERT family: non-causal attention, no KV cache) only embeds: its context
+        # always outputs embeddings, pooled the model's way. A generative model's context embeds
+        # only in the steps that ask (set_embeddings), pooled as the spec says (mean by default).
+        arch = self.meta("general.architecture") or ""
+        self.encoder_only = self.meta(f"{arch}.attention.causal") == "false"
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = spec.n_ctx
         cparams.n_batch = spec.n_batch
@@ -127,6 +138,11 @@ class LlamaHandle:
                                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.kv_unified = True
         cparams.no_perf = True
+        cparams.embeddings = self.encoder_only
+        if spec.pooling is not None:
+            cparams.pooling_type = POOLING[spec.pooling]
+        elif not self.encoder_only:
+            cparams.pooling_type = POOLING["mean"]
         if type_k is not None:
             cparams.type_k = type_k
         if type_v is not None:
@@ -142,11 +158,17 @@ class LlamaHandle:
             guard.connected()
         self.spec = spec
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)  # None for an encoder: it keeps no cache
+        self.pooling = POOLING_NAMES.get(llama_cpp.llama_pooling_type(self.ctx), "none")
+        self.n_embd = llama_cpp.llama_model_n_embd_out(self.model)
+        self.add_sep = bool(llama_cpp.llama_vocab_get_add_sep(self.vocab))
+        self.sep = llama_cpp.llama_vocab_sep(self.vocab)
+        self._embeddings_on = self.encoder_only
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.bos = llama_cpp.llama_vocab_bos(self.vocab)
         self.eos = llama_cpp.llama_vocab_eos(self.vocab)
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.add_eos = bool(llama_cpp.llama_vocab_get_add_eos(self.vocab))
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
         self._piece_buf = ctypes.create_string_buffer(64)
         self.batch = llama_cpp.llama_batch_init(spec.n_batch, 0, 1)
@@ -162,6 +184,12 @@ class LlamaHandle:
         if self.model:
             lib.llama_model_free(self.model)
             self.model = None
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as llama.cpp reads it (as text), or None."""
+        buf = ctypes.create_string_buffer(256)
+        n = self._lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     def watched(self, what: str = "an evaluation step"):
         """The watchdog's deadline around a step that waits on RPC servers; nothing for a local model."""
@@ -229,10 +257,29 @@ class LlamaHandle:
         return ctypes.cast(ptr, self._logits_type).contents
 
     def seq_rm(self, seq_id: int, start: int, end: int = -1) -> bool:
+        if not self.memory:  # an encoder keeps nothing between batches
+            return True
         return bool(self._lib.llama_memory_seq_rm(self.memory, seq_id, start, end))
 
     def memory_clear(self) -> None:
-        self._lib.llama_memory_clear(self.memory, True)
+        if self.memory:
+            self._lib.llama_memory_clear(self.memory, True)
+
+    def set_embeddings(self, on: bool) -> None:
+        """Whether the next decodes output pooled embeddings (every token is then an output)
+        instead of logits; an encoder always does."""
+        if on != self._embeddings_on and not self.encoder_only:
+            self._lib.llama_set_embeddings(self.ctx, on)
+            self._embeddings_on = on
+
+    def embedding(self, seq_id: int):
+        """Sequence ``seq_id``'s pooled embedding after the last decode (a numpy copy), or None."""
+        import numpy as np
+
+        ptr = self._lib.llama_get_embeddings_seq(self.ctx, seq_id)
+        if not ptr:
+            return None
+        return np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).copy()
 
     def synchronize(self) -> None:
         self._lib.llama_synchronize(self.ctx)

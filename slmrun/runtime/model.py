@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ContextOverflowError, InvalidArgumentError, ModelClosedError
+from ..errors import ContextOverflowError, InvalidArgumentError, ModelCapabilityError, ModelClosedError
+from . import heap
 from .engine import Engine
 from .slots import Request
 from .llama import ContextSpec, LlamaHandle
@@ -43,6 +44,7 @@ class LoadOptions:
     verbose: bool = False
     n_parallel: int = 1  # sequences decoded together (slots)
     max_queue: int | None = None  # requests allowed to wait for a slot (None: no limit)
+    pooling: str | None = None  # embeddings: "mean", "cls", "last" (None: the model's own, else mean)
 
 
 _OPEN: "weakref.WeakSet[Model]" = weakref.WeakSet()
@@ -56,39 +58,6 @@ def _close_all() -> None:
             model.close()
         except Exception:
             pass
-
-
-def _return_freed_heap() -> None:
-    """Hand the heap llama.cpp just freed back to the OS. glibc keeps freed arenas for reuse,
-    so a server that loads and unloads models grows by ~0.4 MB a cycle without this
-    (benchmarks/SERVER.md); with it RSS stays flat. Linux/glibc only; elsewhere a no-op."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # musl and others have no malloc_trim
-        pass
-
-
-def limit_malloc_arenas(n: int = 2) -> bool:
-    """Cap glibc's malloc arenas (M_ARENA_MAX) for a long-running process whose models load
-    and close on many threads (the server's workers, a new engine thread each load). glibc
-    gives each thread its own arena, up to 8 per core, and each keeps its high-water mark:
-    a server loading and unloading the default model grew ~0.12 MB a cycle that way, a
-    plain loop 0.006 (benchmarks/SERVER.md). Call before the threads start; True if set.
-    Linux/glibc only (MALLOC_ARENA_MAX in the environment does the same)."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL(None).mallopt(-8, int(n)))  # M_ARENA_MAX, malloc.h
-    except (OSError, AttributeError):
-        return False
 
 
 class _Shared:
@@ -116,7 +85,7 @@ class _Shared:
             release_tokenizer(id(self))
         with self.lock:
             self.h.close()
-        _return_freed_heap()
+        heap.return_freed_heap()
 
 
 class Model:
@@ -138,7 +107,7 @@ class Model:
         spec = ContextSpec(n_ctx=options.n_ctx * options.n_parallel, n_seq=options.n_parallel,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, n_threads=options.n_threads,
                            n_threads_batch=options.n_threads_batch, flash_attn=options.flash_attn,
-                           type_k=options.type_k, type_v=options.type_v)
+                           type_k=options.type_k, type_v=options.type_v, pooling=options.pooling)
         t0 = time.perf_counter()
         self._h = LlamaHandle(self.path, spec, use_mmap=options.use_mmap, use_mlock=options.use_mlock,
                               verbose=options.verbose, model_params_hook=model_params_hook or placement,
@@ -194,6 +163,11 @@ class Model:
         if self._closed:
             raise ModelClosedError("this model was closed")
 
+    def _check_can_generate(self) -> None:
+        self._check_open()
+        if self._h.encoder_only:
+            raise ModelCapabilityError(f"{self.name} is an embedding model: it cannot generate text")
+
     # --- facts -----------------------------------------------------------------------
     @property
     def n_ctx(self) -> int:
@@ -212,6 +186,26 @@ class Model:
     @property
     def n_vocab(self) -> int:
         return self._h.n_vocab
+
+    @property
+    def is_embedding_model(self) -> bool:
+        """An encoder (BERT family): it embeds and cannot generate text."""
+        return self._h.encoder_only
+
+    @property
+    def n_embd(self) -> int:
+        """The dimensions of an embedding."""
+        return self._h.n_embd
+
+    @property
+    def pooling(self) -> str:
+        """How embed() pools a text's token states into one vector: "mean", "cls", "last"."""
+        return self._h.pooling
+
+    @property
+    def embed_limit(self) -> int:
+        """The most tokens one input to embed() may have (longer ones are cut or refused)."""
+        return min(self.n_ctx, self.options.n_ubatch, self.options.n_batch)
 
     def status(self) -> dict:
         """Slots busy, queue depth, tokens cached per slot, and request/token counters."""
@@ -261,7 +255,7 @@ class Model:
     def _chat_prompt(self, messages: list[dict]) -> tuple[list[int], tuple[str, ...]]:
         from ..chat import render_prompt
 
-        self._check_open()
+        self._check_can_generate()
         h = self._h
         bos = h.token_text(h.bos)
         prompt, stops = render_prompt(messages, template=self.chat_template, fmt=self.prompt_format,
@@ -283,7 +277,7 @@ class Model:
 
     def _submit(self, tokens: list[int], params: dict, *, stops: Sequence[str], strip_leading: bool,
                 score_from: int | None = None) -> Response:
-        self._check_open()
+        self._check_can_generate()
         extra_stop = params.pop("stop", None)
         spec = constraint = None
         structured = {k: params.pop(k) for k in ("json_schema", "grammar", "json_object") if k in params}
@@ -309,6 +303,45 @@ class Model:
         response = Response(state, model_name=self.name, on_cancel=lambda: engine.cancel(req), spec=spec)
         engine.submit(req)
         return response
+
+    # --- embeddings --------------------------------------------------------------------------
+    def embed(self, inputs, *, normalize: bool = True, truncate: bool = True):
+        """One vector per input (a string, a list of strings, or token ids), as ``Embeddings``
+        (``.vectors`` a float32 numpy array, ``.tolist()``, ``.n_tokens``, ``.truncated``).
+        Inputs decode together on the engine, each pooled by llama.cpp; an input longer than
+        ``embed_limit`` tokens is cut (``truncate=True``) or refused (ContextOverflowError).
+        Blocks until done; safe from any number of threads at once."""
+        from .embedding import EmbedJob, Embeddings, fit_tokens, split_inputs, stack_rows
+
+        self._check_open()
+        if self._h.pooling in ("none", "rank"):
+            raise ModelCapabilityError(f"{self.name} gives no embeddings (its pooling is {self._h.pooling!r})",
+                                       hint="Load it with pooling='mean', 'cls' or 'last', or use an embedding model.")
+        items = split_inputs(inputs)
+        h, limit = self._h, self.embed_limit
+        end = h.sep if h.add_sep else (h.eos if h.add_eos else None)
+        tokens, cut = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                toks = self.tokenize(item, special=False)
+            else:
+                if not all(0 <= t < h.n_vocab for t in item):
+                    raise InvalidArgumentError(f"input {i} has a token id outside the vocabulary "
+                                               f"(0 to {h.n_vocab - 1})")
+                toks = item
+            if len(toks) > limit and not truncate:
+                raise ContextOverflowError(f"input {i} is {len(toks)} tokens; {self.name} embeds at most {limit}",
+                                           hint="Shorten it, or pass truncate=True to embed its first tokens.")
+            toks, was_cut = fit_tokens(toks, limit, end=end)
+            tokens.append(toks)
+            cut.append(was_cut)
+        rows = []
+        if tokens:
+            job = EmbedJob(tokens)
+            self._engine.submit_embed(job)
+            rows = job.future.result()
+        return Embeddings(stack_rows(rows, h.n_embd, normalize=normalize), n_tokens=[len(t) for t in tokens],
+                          truncated=cut, pooling=h.pooling, model=self.name, normalized=normalize)
 
     # --- tasks for small models: answers other programs consume ---------------------------------
     def classify(self, text: str, labels: Sequence[str], *, instruction: str | None = None,

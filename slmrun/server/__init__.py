@@ -95,7 +95,7 @@ def run(settings: Settings) -> None:
     import logging
     import sys
 
-    from ..runtime.model import limit_malloc_arenas
+    from ..runtime.heap import limit_malloc_arenas
     limit_malloc_arenas()  # models load and close on many threads here: keep RSS from ratcheting up
     import uvicorn
 
