@@ -27,6 +27,7 @@ from .files import DEFAULT_MAX_FILE_BYTES, Root, roots_for
 from .retrieve import MODES, Hit, Retriever, rerank as rerank_hits, signals
 
 DEFAULT_EMBED = "minilm-l6"
+METHODS = ("extract", "generate")
 SUFFIX = ".sqlite"
 
 
@@ -227,11 +228,16 @@ class KnowledgeBase:
             hits = rerank_hits(self._model(rerank_with), question, hits)
         return hits
 
-    def ask(self, question: str, *, model=None, rerank: bool = False, k: int = 5, embed_with=None,
-            thresholds: Thresholds | None = None, max_tokens: int = A.REPLY_TOKENS) -> A.Answer:
-        """A grounded answer to ``question``: an FAQ entry's own answer when one matches, else the
-        model's answer from the best passages (citing only them), else "I don't know from these
-        documents" (``abstained``). ``model``: a name or a loaded Model (default $SLMRUN_MODEL)."""
+    def ask(self, question: str, *, model=None, method: str = "extract", rerank: bool = False, k: int = 5,
+            embed_with=None, thresholds: Thresholds | None = None, max_tokens: int = A.REPLY_TOKENS) -> A.Answer:
+        """A grounded answer to ``question``: an FAQ entry's own answer when one matches, else an
+        answer from the best passages, else "I don't know from these documents" (``abstained``).
+        ``method``: "extract" (the model picks the passage that answers, by its own label
+        probabilities, and the answer is quoted from it) or "generate" (the model writes the
+        answer, constrained to cite only the passages given). ``model``: a name or a loaded Model
+        (default $SLMRUN_MODEL)."""
+        if method not in METHODS:
+            raise InvalidArgumentError(f"unknown answer method {method!r}", hint=f"Use one of {', '.join(METHODS)}.")
         t = thresholds or self.thresholds
         hits = self.search(question, k, embed_with=embed_with)
         faq = self.retriever.best_faq(question, hits)
@@ -247,7 +253,9 @@ class KnowledgeBase:
             reason = abstain_reason(signals(question, hits, faq), t)
             if reason is not None:
                 return A.abstention(reason, hits)
-        return A.generate(m, question, hits, max_tokens=max_tokens)
+        if method == "generate":
+            return A.generate(m, question, hits, max_tokens=max_tokens)
+        return A.extract(m, question, hits, embedder=self.embedder(embed_with), min_choice=t.min_choice)
 
     def ask_messages(self, messages: list[dict], **kwargs) -> A.Answer:
         """ask() for a chat: the last user message is the question (a small model answers best

@@ -20,12 +20,16 @@ from typing import Iterable, Sequence
 RRF_K = 60
 
 
-def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
-    """(id, fused score) best first; each ranking is ids best first. Ties keep first-seen order."""
+def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K, weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+    """(id, fused score) best first; each ranking is ids best first, ``weights`` one per ranking
+    (default 1 each). Ties keep first-seen order."""
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights):
         for rank, item in enumerate(ranking, 1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
@@ -61,6 +65,7 @@ class Thresholds:
     min_dense: float = 0.40  # the best passage's cosine below this: nothing here answers it
     min_coverage: float = 0.5  # lexical-only: the best passage holds fewer of the question's words
     min_rerank: float = 0.0  # the reranker's best P(yes) below this (0: not used)
+    min_choice: float = 0.0  # extractive answers: the model's P(best passage) below this
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,9 @@ def _plain(inline) -> str:
     for child in inline.children or []:
         if child.type in ("text", "code_inline", "html_inline"):
             out.append(child.content)
-        elif child.type in ("softbreak", "hardbreak"):
+        elif child.type == "softbreak":  # a line break in the source, not in the text
+            out.append(" ")
+        elif child.type == "hardbreak":
             out.append("\n")
         elif child.type == "image":
             out.append(child.content)  # its alt text

@@ -17,6 +17,10 @@ from . import db
 from .decide import Signals, coverage, fuse_rerank, rrf, terms
 
 CANDIDATES = 50  # from each retriever, before fusion
+# The lexical list's weight in the fusion, the dense list's being 1: measured on the benchmark's
+# calibration questions (benchmarks/KNOWLEDGE.md), where BM25 alone finds far fewer paraphrases.
+FUSION_K = 60
+LEXICAL_WEIGHT = 0.5
 MODES = ("hybrid", "lexical", "dense")
 
 RERANK_INSTRUCTION = ("You judge search results. Does the passage answer the question? "
@@ -72,7 +76,8 @@ class Retriever:
                 self._generation = gen
             return self._vectors
 
-    def search(self, question: str, k: int = 5, *, mode: str = "hybrid", embedder=None) -> list[Hit]:
+    def search(self, question: str, k: int = 5, *, mode: str = "hybrid", embedder=None,
+               weights: tuple[float, float] | None = None, rrf_k: int | None = None) -> list[Hit]:
         """The ``k`` best passages for ``question``, best first; dense search needs ``embedder``."""
         import numpy as np
 
@@ -90,15 +95,15 @@ class Retriever:
             if len(ids):
                 q = np.asarray(embedder.embed([question])[0], dtype=np.float32)
                 sims = vecs @ q
+                if len(faq_ids):  # how close each FAQ entry's question is, for the verbatim answer
+                    faq_sim = {int(i): float(s) for i, s in zip(faq_ids, qvecs @ q)}
                 top = np.argpartition(-sims, min(CANDIDATES, len(sims) - 1))[:CANDIDATES]
                 top = top[np.argsort(-sims[top], kind="stable")]
                 dense_ids = [int(ids[i]) for i in top]
                 cosine = {int(ids[i]): float(sims[i]) for i in top}
-                if len(faq_ids):
-                    qs = qvecs @ q
-                    faq_sim = {int(i): float(s) for i, s in zip(faq_ids, qs)}
         lex_ids = [i for i, _ in lexical]
-        fused = rrf([r for r in (lex_ids, dense_ids) if r])[:k]
+        lists = [(r, w) for r, w in zip((lex_ids, dense_ids), weights or (LEXICAL_WEIGHT, 1.0)) if r]
+        fused = rrf([r for r, _ in lists], k=rrf_k or FUSION_K, weights=[w for _, w in lists])[:k]
         if dense_ids:  # every hit's cosine, also those only the lexical search found
             pos = np.searchsorted(ids, [i for i, _ in fused])
             cosine.update({cid: float(sims[p]) for (cid, _), p in zip(fused, pos) if p < len(ids) and ids[p] == cid})
