@@ -60,6 +60,8 @@ def serve(
                                          "e.g. 2G (default: what is available at start, less a reserve)."),
     grace: float = typer.Option(10.0, "--grace", help="On SIGTERM, seconds in-flight requests get to finish."),
     rpc: Optional[str] = rpc_option(),
+    kb: Optional[List[str]] = typer.Option(None, "--kb", help="Serve this knowledge base as a model of its name: "
+                                           "chat requests naming it get grounded answers (repeatable)."),
 ):
     """Serve models over HTTP: OpenAI's API under /v1, Ollama's under /api, a chat page at /."""
     from ..errors import InvalidArgumentError
@@ -88,8 +90,17 @@ def serve(
                         max_queue=config.max_queue_default() if max_queue is None else max_queue,
                         n_ctx=ctx, n_parallel=parallel, n_threads=threads,
                         memory=parse_size(memory) if memory else None, grace_s=grace,
-                        load_kwargs={"rpc": rpc} if rpc else {})
+                        load_kwargs={"rpc": rpc} if rpc else {}, knowledge=_check_bases(kb or ()))
     run(settings)
+
+
+def _check_bases(names) -> tuple[str, ...]:
+    """Knowledge bases that do not exist fail now, with the CLI's message."""
+    from ..knowledge import knowledge_base
+
+    for name in names:
+        knowledge_base(name).close()
+    return tuple(names)
 
 
 def _check_models(models: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@ that imports the web framework (Starlette) and its server (uvicorn), and only wh
 
     app.py          the Starlette app: middleware, /health, /metrics, the chat page, lifespan
     openai_api.py   /v1/chat/completions, /v1/completions, /v1/models
+    knowledge.py    knowledge bases served as models (`--kb`), /v1/rerank
     ollama_api.py   /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/version, /api/delete
     pull.py         /api/pull's progress events over slmrun's own pull
     generation.py   one generation for either API: lease, fit the history, submit
@@ -41,6 +42,7 @@ class Settings:
     memory: int | None = None  # budget for all loaded models together (None: measured at start)
     grace_s: float = 10.0  # SIGTERM: how long in-flight requests may take to finish
     load_kwargs: dict = field(default_factory=dict)  # anything else for slmrun.load()
+    knowledge: tuple[str, ...] = ()  # knowledge bases served as models (`--kb NAME`)
 
     def model_load_kwargs(self) -> dict:
         kw = {"n_ctx": self.n_ctx, "n_parallel": self.n_parallel, "n_threads": self.n_threads,

@@ -42,6 +42,7 @@ STATUS = (
     (E.InsufficientDiskSpaceError, 507, "insufficient_storage"),
     (E.InsufficientMemoryError, 500, "insufficient_memory"),
     (E.StructuredOutputError, 500, "invalid_output"),
+    (E.KnowledgeBaseNotFoundError, 404, "model_not_found"), (E.KnowledgeBaseError, 500, "knowledge_base_error"),
 )
 RETRY_AFTER_S = 1  # a slot frees when any one request ends; small models end them quickly
 

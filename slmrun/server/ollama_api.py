@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import InvalidArgumentError, SlmrunError
-from . import generation, structured, translate
+from . import generation, knowledge, structured, translate
 from .http import EngineStream, error_body, ndjson, read_json, wait_or_disconnect
 
 log = logging.getLogger("slmrun.server")
@@ -67,7 +67,11 @@ async def _load_or_unload(state, call, empty: dict):
 
 async def chat(request: Request):
     state = request.app.state.slmrun
-    call, ignored = translate.ollama_chat(await read_json(request))
+    body = await read_json(request)
+    kb = knowledge.served(request, body.get("model"))
+    if kb is not None and body.get("messages"):  # `serve --kb NAME`: a grounded answer
+        return await knowledge.ollama_chat(request, kb, body)
+    call, ignored = translate.ollama_chat(body)
     _warn_ignored(ignored)
     empty = {"message": {"role": "assistant", "content": ""}}
     if not call.messages:

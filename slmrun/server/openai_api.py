@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import ModelNotFoundError, SlmrunError
-from . import generation, structured, translate
+from . import generation, knowledge, structured, translate
 from .http import EngineStream, error_body, read_json, sse, wait_or_disconnect
 
 FINGERPRINT = f"slmrun-{__version__}"
@@ -74,6 +74,10 @@ async def _begin(request: Request, parse, prefix: str, kind: str):
 
 
 async def chat_completions(request: Request):
+    body = await read_json(request)
+    kb = knowledge.served(request, body.get("model"))
+    if kb is not None:  # `serve --kb NAME`: a grounded answer
+        return await knowledge.openai_chat(request, kb, body)
     call, plan, gen, base = await _begin(request, translate.openai_chat, "chatcmpl", "chat.completion.chunk")
     if call.stream:
         return EngineStream(gen.response, _chat_chunks(gen, call, plan, base), media_type="text/event-stream",
@@ -161,7 +165,10 @@ async def list_models(request: Request):
     from .. import store
 
     models = store.list_models()
-    return JSONResponse({"object": "list", "data": [_model_object(m.ref, m.modified) for m in models]})
+    data = [_model_object(m.ref, m.modified) for m in models]
+    for name, kb in (getattr(request.app.state.slmrun, "knowledge", None) or {}).items():
+        data.append({**_model_object(name, kb.info()["updated"]), "owned_by": "slmrun-knowledge"})
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request):
