@@ -1,8 +1,9 @@
 """The decisions of retrieval and answering, as pure functions over scores: tested from tables.
 
 - ``rrf``: reciprocal rank fusion (Cormack et al. 2009): each list gives a document
-  1 / (k + rank); lists that agree lift a document, and scores of different kinds (BM25, cosine)
-  never need to be put on one scale. k = 60 as in the paper and most hybrid search engines.
+  weight / (k + rank); lists that agree lift a document, and scores of different kinds (BM25,
+  cosine) never need to be put on one scale. The paper's k = 60 is the default here; the
+  retriever uses its own calibrated k and weights (retrieve.py).
 - ``faq_match``: an FAQ entry whose question is close enough to the user's is answered with its
   own answer, verbatim, without generation.
 - ``abstain_reason``: when the retrieved passages do not hold an answer. Thresholds come from
@@ -60,9 +61,9 @@ class Thresholds:
     """Where answering stops. The defaults are calibrated for all-MiniLM-L6-v2 (minilm-l6) and
     the default model's reranker; benchmarks/KNOWLEDGE.md shows how they were chosen."""
 
-    faq_similarity: float = 0.85  # question-to-question cosine for a verbatim FAQ answer
+    faq_similarity: float = 0.85  # question-to-question cosine for a verbatim FAQ answer (calibrated)
     faq_coverage: float = 1.0  # ... or, with no vectors, every content word of the question in the FAQ's
-    min_dense: float = 0.40  # the best passage's cosine below this: nothing here answers it
+    min_dense: float = 0.46  # the best passage's cosine below this: nothing here answers it (calibrated)
     min_coverage: float = 0.5  # lexical-only: the best passage holds fewer of the question's words
     min_rerank: float = 0.0  # the reranker's best P(yes) below this (0: not used)
     min_choice: float = 0.0  # extractive answers: the model's P(best passage) below this
