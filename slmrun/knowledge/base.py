@@ -143,7 +143,12 @@ def _embedding_model(embed):
         return None, False
     if isinstance(embed, str):
         from ..api import load
-        return load(embed), True
+        from ..errors import ModelNotFoundError, ModelNotPulledError
+        try:
+            return load(embed), True
+        except (ModelNotFoundError, ModelNotPulledError) as exc:
+            raise type(exc)(exc.message, hint=f"Run `slmrun pull {embed}` first, or index for lexical search "
+                                              "only (`--embed none`, embed=None).") from None
     return embed, False
 
 
