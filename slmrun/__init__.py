@@ -18,14 +18,16 @@ _EXPORTS = {
     "load": "slmrun.api", "pull": "slmrun.api", "list_models": "slmrun.api", "resolve": "slmrun.api",
     "import_model": "slmrun.api", "remove": "slmrun.api",
     "plan": "slmrun.planner",
+    "quantize": "slmrun.quantizer", "evaluate_perplexity": "slmrun.evaluate",
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
     "Embeddings": "slmrun.runtime",
+    "EmbeddingClassifier": "slmrun.classification",
     "knowledge_base": "slmrun.knowledge", "create_knowledge_base": "slmrun.knowledge",
     "list_knowledge_bases": "slmrun.knowledge", "remove_knowledge_base": "slmrun.knowledge",
     "KnowledgeBase": "slmrun.knowledge", "Answer": "slmrun.knowledge",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
-                     "InvalidModelFileError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
+                     "InvalidModelFileError", "UnsupportedModelError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
                      "RegistryError", "UnknownQuantError", "DownloadError", "OfflineError",
                      "RemoteFileNotFoundError", "ChecksumMismatchError", "InsufficientDiskSpaceError",
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
@@ -33,8 +35,8 @@ _EXPORTS = {
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
                      "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError",
                      "TemplateOutputError", "RpcUnavailableError", "RpcServerError", "RpcBindError",
-                     "KnowledgeBaseNotFoundError", "KnowledgeBaseExistsError", "KnowledgeBaseError",
-                     "NoDocumentsError"),
+                     "VocabularyMismatchError", "QuantizeError", "KnowledgeBaseNotFoundError",
+                     "KnowledgeBaseExistsError", "KnowledgeBaseError", "NoDocumentsError"),
                     "slmrun.errors"),
 }
 

@@ -14,18 +14,19 @@ from typing import Sequence
 
 from . import config, store
 from .errors import (InvalidArgumentError, InvalidModelFileError, ModelFileNotFoundError,
-                     ModelNotFoundError, ModelNotPulledError)
+                     ModelNotFoundError, ModelNotPulledError, UnknownQuantError)
 from .registry import ModelEntry, load_registry, split_ref
 
 
 MAX_PARALLEL = 64  # slots in one context: far past where a CPU stops gaining from batching
 ENCODER_SEQS = 64  # an embedding model's inputs per batch: a batch of short texts (~8 tokens) fills 512
 EMBED_POOLING = ("mean", "cls", "last")
+MAX_CTX = 2**32 - 1  # llama.cpp's n_ctx is a uint32_t
 
 
 def is_encoder(info) -> bool:
     """A GGUF of an encoder (BERT family: non-causal attention): it embeds, it does not generate."""
-    return info.metadata.get(f"{info.architecture}.attention.causal") is False
+    return not info.causal
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,34 @@ def looks_like_path(ref: str) -> bool:
             or ref.startswith("."))
 
 
+def _is_file(ref: str) -> bool:
+    """A bare word naming a file here (``-m model``); False for what cannot be looked up."""
+    try:
+        return Path(ref).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _model_path(ref: str) -> Path:
+    """A path the user gave, which must exist; never an OSError (too long, unreadable)."""
+    try:
+        path = Path(ref).expanduser()
+        if path.exists():
+            return path
+        problem = "no such model file"
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: "~user" with no such user
+        path, problem = Path(ref), f"cannot use this path ({getattr(exc, 'strerror', None) or exc})"
+    raise ModelFileNotFoundError(f"{problem}: {store.shorten(str(path))}")
+
+
 def choose_quant(entry: ModelEntry) -> str:
     """The quant to use when the user names none: the planner's pick for this machine."""
     try:
         from .planner import pick_for_this_machine
     except ImportError:  # planner not available: Ollama's habit
         return entry.default_quant
-    return pick_for_this_machine(entry)
+    from .evaluate.results import measured_kld
+    return pick_for_this_machine(entry, measured=measured_kld(entry))
 
 
 def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> store.StoredModel:
@@ -59,7 +81,8 @@ def _best_local(entry: ModelEntry | None, local: list[store.StoredModel]) -> sto
         from .hardware import detect
         from .planner import plan, spec_from_entry
         target = (spec_from_entry(entry), {m.quant: m.size for m in local}) if entry else local_target(local)
-        quant = plan(target, detect(), force=True).quant
+        from .evaluate.results import measured_kld
+        quant = plan(target, detect(), force=True, measured=measured_kld(entry or local[0].name)).quant
         return next(m for m in local if m.quant == quant)
     except Exception:  # planning must never stop a load: then the best quality here
         from .planner import quality_rank
@@ -76,12 +99,10 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
     ref = os.fspath(ref).strip()
     if not allow_path:
         if looks_like_path(ref):
-            raise InvalidArgumentError(f"{ref!r} looks like a file path; only model names are accepted here",
+            raise InvalidArgumentError(f"{store.shown(ref)} looks like a file path; only model names are accepted here",
                                        hint="Use a name from `slmrun list` (import a file first with `slmrun import`).")
-    elif looks_like_path(ref) or Path(ref).is_file():
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise ModelFileNotFoundError(f"no such model file: {path}")
+    elif looks_like_path(ref) or _is_file(ref):
+        path = _model_path(ref)
         return Resolved(path=path, name=path.stem, quant=None)
     name, quant = split_ref(ref)
     local = store.find(name, quant)
@@ -89,6 +110,12 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
         entry, quant = load_registry().resolve(ref)
         name = entry.name
         local = store.find(name, quant)
+    except UnknownQuantError:  # a quant the registry does not list, made here (slmrun quantize) or imported
+        entry = load_registry().get(name)
+        local = store.find(entry.name, quant)
+        if not local:
+            raise
+        return Resolved(path=local[0].path, name=entry.name, quant=local[0].quant, entry=entry, stored=local[0])
     except ModelNotFoundError:
         if local:  # an imported model the registry does not know
             pick = _best_local(None, local)
@@ -126,10 +153,8 @@ def plan_target(ref: str):
     from .planner import LocalModel, spec_from_gguf
 
     ref = os.fspath(ref).strip()
-    if looks_like_path(ref) or Path(ref).is_file():
-        path = Path(ref).expanduser()
-        if not path.exists():
-            raise ModelFileNotFoundError(f"no such model file: {path}")
+    if looks_like_path(ref) or _is_file(ref):
+        path = _model_path(ref)
         info = read_info(path)
         return LocalModel(name=path.name, spec=spec_from_gguf(info), files={info.quant: info.size}), None
     name, quant = split_ref(ref)
@@ -141,7 +166,6 @@ def plan_target(ref: str):
         if not local:
             raise
     if quant is not None and quant not in {m.quant for m in local}:
-        from .errors import UnknownQuantError
         raise UnknownQuantError(f"{name} has no local quant {quant}",
                                 hint=f"Local quants: {', '.join(m.quant for m in local)}.")
     return local_target(local), quant
@@ -181,7 +205,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          type_k: str | None = None, type_v: str | None = None, seed: int | None = None,
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
          max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True,
-         rpc: str | Sequence[str] | None = None, pooling: str | None = None):
+         rpc: str | Sequence[str] | None = None, pooling: str | None = None,
+         speculative: bool | str | None = None):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
@@ -198,8 +223,14 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     is how ``embed()`` pools token states: the model's own by default (an embedding
     model's GGUF names it), mean for a generative model. An embedding model (BERT
     family) decodes up to ``n_parallel`` inputs (default 64) per batch of ``n_batch`` tokens.
+    ``speculative`` ("auto" by default, "on", "off"; True/False) is prompt-lookup decoding:
+    drafts from each request's own text, decoded where the step costs this engine measures
+    say they pay (runtime/speculative.py); a request's ``speculative=`` overrides it.
     """
     from .runtime import LoadOptions, Model
+    from .runtime.speculative import check_mode
+
+    spec_mode = check_mode(speculative)
 
     resolved = resolve(ref if ref is not None else config.default_model(), allow_path=allow_path)
     info = inspect_file(resolved)
@@ -209,8 +240,11 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         if value is not None and not 1 <= value <= cores:
             raise InvalidArgumentError(f"{key}={value}: this machine has {cores} logical cores",
                                        hint=f"Use between 1 and {cores} threads (default: the physical cores).")
-    if n_ctx is not None and n_ctx < 16:
-        raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16 (0 or omit for the model's own).")
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int)):
+        raise InvalidArgumentError(f"n_ctx must be an integer, got {n_ctx!r}")
+    if n_ctx and not 16 <= n_ctx <= MAX_CTX:  # llama.cpp's n_ctx is a uint32_t: past it, a wrapped value
+        raise InvalidArgumentError(f"n_ctx={n_ctx} is too {'small' if n_ctx < 16 else 'large'}",
+                                   hint=f"Use 16 to {MAX_CTX} tokens (0 or omit for the model's own).")
     if n_batch < 1:
         raise InvalidArgumentError(f"n_batch must be >= 1, got {n_batch}")
     for key, value, top in (("n_parallel", n_parallel, MAX_PARALLEL), ("max_queue", max_queue, None)):
@@ -222,7 +256,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     if pooling is not None and pooling not in EMBED_POOLING:
         raise InvalidArgumentError(f"pooling={pooling!r} is not one of {', '.join(EMBED_POOLING)}")
     from .hardware import detect
-    from .planner import check_memory, choose_parallel, effective_flash_attn, spec_from_gguf
+    from .planner import batch_slope, check_memory, choose_parallel, effective_flash_attn, spec_from_gguf
 
     fa = effective_flash_attn(flash_attn, type_v)
     hw = detect()
@@ -230,6 +264,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     ctx = min(trained, config.max_auto_ctx()) if not n_ctx else n_ctx
     threads = n_threads or default_threads(hw)
     encoder = is_encoder(info)
+    if encoder:  # positions past the trained length have no embedding: llama.cpp would read past the table
+        ctx = min(ctx, trained)
     # An encoder's whole batch is one micro-batch (non-causal attention sees all of it), and a
     # batch must hold its longest input; it keeps no cache, so "slots" are only sequence ids.
     batch = max(n_batch, ctx) if encoder else min(n_batch, ctx)
@@ -250,14 +286,14 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         n_batch=batch, n_ubatch=batch if encoder else min(n_ubatch or n_batch, n_batch, ctx),
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
-        max_queue=max_queue, pooling=pooling)
+        max_queue=max_queue, pooling=pooling, speculative=spec_mode,
+        spec_slope=batch_slope(hw, spec_from_gguf(info), weights_bytes=info.size, threads=threads))
     placement = None
     if eps is not None:
         ngl, ts, _ = remote.split_for_load(info, options, hw, devices, name=resolved.name, force=force)
         placement = remote.place(resolved.path, eps, (ngl, ts))
-    elif not force:
-        from dataclasses import replace
-        check_memory(info, replace(options, n_parallel=1) if encoder else options, name=resolved.name, hw=hw)
+    elif not force:  # an encoder's estimate has no KV cache and counts a batch of n_parallel inputs
+        check_memory(info, options, name=resolved.name, hw=hw)
     template = None
     if choice.template:
         from .template_sandbox import ChatTemplate, sandbox
@@ -289,6 +325,9 @@ def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.Store
     entry, quant = load_registry().resolve(ref)
     quant = quant or choose_quant(entry)
     file = entry.file(quant)
+    if file.convert:  # made here from a Hugging Face model directory
+        from .sources import convert
+        return convert.pull(entry, file, force=force, progress=progress)
     with store.lock(entry.name, quant):
         existing = [m for m in store.find(entry.name, quant) if m.path.name == file.filename]
         if existing and not force:
@@ -309,23 +348,32 @@ def pull(ref: str, *, force: bool = False, progress: bool = True) -> store.Store
         except InvalidModelFileError:
             path.unlink(missing_ok=True)
             raise
-        extra.update(architecture=info.architecture, filename=file.filename)
+        extra.update(architecture=info.architecture, filename=file.filename, kind=entry.kind)
         return store.install(path, name=entry.name, filename=file.filename, quant=quant, sha256=digest,
                              source=source, extra=extra)
 
 
 def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool = False,
-                 prompt_format: str | None = None) -> store.StoredModel:
-    """Validate a local GGUF and copy (or hard-link/symlink) it into the store.
+                 prompt_format: str | None = None, quant: str | None = None) -> store.StoredModel:
+    """Validate a local GGUF and copy (or hard-link/symlink) it into the store; or convert a
+    Hugging Face model directory (the BERT family, sources/convert/) into the store.
 
     ``prompt_format`` names the format to chat with (recorded in the store; it wins
     over the file's own template and over inference), or "none" for plain completion.
+    ``quant``, for a directory: the GGUF type, F16 (default), F32 or Q8_0.
     """
     import shutil
 
     from .gguf_info import read_info
     from .prompt_formats import NONE, get_format
 
+    if os.path.isdir(Path(path).expanduser()):  # False, not an OSError, for a name too long to look up
+        from .sources import convert
+        return convert.import_dir(Path(path).expanduser(), name=name, quant=quant, link=link,
+                                  prompt_format=prompt_format)
+    if quant is not None:
+        raise InvalidArgumentError("a quant is chosen when converting a model directory; a .gguf is imported as it is",
+                                   hint="Leave out --quant, or re-quantize with llama.cpp's llama-quantize first.")
     if prompt_format is not None:  # a bad name fails before anything is copied
         prompt_format = NONE if prompt_format.strip().lower() == NONE else get_format(prompt_format).name
     src = Path(path).expanduser()
@@ -347,6 +395,7 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
         return store.install(tmp, name=model_name, filename=filename, quant=quant, sha256=digest,
                              source=f"import:{src.resolve()}",
                              extra={"architecture": info.architecture, "filename": filename,
+                                    "kind": "embedding" if info.is_embedding_model else "generative",
                                     **({"prompt_format": prompt_format} if prompt_format else {})})
 
 
@@ -381,7 +430,9 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  context_length=entry.context_length)
         here = {m.quant for m in store.find(entry.name)}
         d["quants"] = {q: q in here for q in entry.quants}
-        if resolved is None:  # not downloaded: what the registry says
+        if entry.embedding_model:
+            d.update(_embedding_facts(entry.embedding_length, entry.pooling, entry.context_length))
+        elif resolved is None:  # not downloaded: what the registry says
             from .prompt_formats import choose_chat_format
             d["prompt_format"] = ("the GGUF's chat template" if entry.has_chat_template
                                   else choose_chat_format(None, entry, {}, None).describe())
@@ -391,9 +442,12 @@ def describe(ref: str, *, verify: bool = True) -> dict:
                  context_length=info.context_length, quant=info.quant,
                  license=d.get("license") or info.license or "unknown",
                  embedding_length=info.embedding_length, block_count=info.block_count,
-                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size,
-                 prompt_format=chat_format_for(resolved, info).describe(),
-                 chat_template=info.chat_template or "none", file=str(resolved.path), file_size=info.size)
+                 head_count=info.head_count, head_count_kv=info.head_count_kv, vocab_size=info.vocab_size)
+        if info.is_embedding_model:
+            d.update(_embedding_facts(info.embedding_length, info.pooling, info.context_length))
+        else:
+            d.update(prompt_format=chat_format_for(resolved, info).describe(), chat_template=info.chat_template or "none")
+        d.update(file=str(resolved.path), file_size=info.size)
         if resolved.stored is not None:
             d["source"] = resolved.stored.source
             d["sha256"] = resolved.stored.sha256
@@ -408,6 +462,11 @@ def describe(ref: str, *, verify: bool = True) -> dict:
         elif verify:
             d["sha256"] = store.sha256_file(resolved.path)
     return d
+
+
+def _embedding_facts(dimensions: int, pooling: str | None, max_tokens: int) -> dict:
+    return {"kind": "embedding", "dimensions": dimensions, "pooling": pooling or "none (the file names none)",
+            "max_tokens": max_tokens, "chat": "none: an embedding model (it embeds text, and neither chats nor completes)"}
 
 
 def _params(n: int) -> str:

@@ -42,6 +42,10 @@ DEBUG = Var("SLMRUN_DEBUG", "0", "1 shows tracebacks on errors and llama.cpp's o
 REGISTRY = Var("SLMRUN_REGISTRY", "", "Extra registry file(s) (os.pathsep-separated) merged over "
                "the built-in models.toml (default: models.toml in the user config dir).")
 DEFAULT_MODEL = Var("SLMRUN_MODEL", "smollm2-135m", "The model used when none is named.")
+EMBED_MODEL = Var("SLMRUN_EMBED_MODEL", "minilm-l6", "The model `slmrun embed` (and embeddings that name no "
+                  "model) use: an embedding model; any generative model embeds too, poorly for retrieval.")
+MAX_EMBED_INPUTS = Var("SLMRUN_MAX_EMBED_INPUTS", "2048", "Most inputs one embedding request to the server may "
+                       "carry (OpenAI's limit is 2048); more is a 400.")
 MAX_CTX = Var("SLMRUN_MAX_CTX", "4096", "Cap on the context chosen automatically from the model "
               "(an explicit n_ctx / --ctx is never capped).")
 FLASH_ATTN = Var("SLMRUN_FLASH_ATTN", "on", "Flash attention on or off. On saves memory (no attention-score "
@@ -63,7 +67,7 @@ RPC_CONNECT_TIMEOUT = Var("SLMRUN_RPC_CONNECT_TIMEOUT", "5", "Seconds an RPC ser
 RPC_TIMEOUT = Var("SLMRUN_RPC_TIMEOUT", "120", "Seconds one evaluation step may wait on RPC servers before slmrun "
                   "declares them stuck and stops (llama.cpp itself would wait forever).")
 
-ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, MAX_CTX, FLASH_ATTN, PIP, SERVER, API_KEY, KEEP_ALIVE, MAX_QUEUE,
+ALL = (HOME, DEBUG, REGISTRY, DEFAULT_MODEL, EMBED_MODEL, MAX_EMBED_INPUTS, MAX_CTX, FLASH_ATTN, PIP, SERVER, API_KEY, KEEP_ALIVE, MAX_QUEUE,
        MAX_BODY, RPC_CONNECT_TIMEOUT, RPC_TIMEOUT)
 
 DEFAULT_PORT = 11435  # Ollama's 11434 plus one: both can run side by side
@@ -96,6 +100,17 @@ def registry_files() -> list[Path]:
 
 def default_model() -> str:
     return DEFAULT_MODEL.get()
+
+
+def embed_model() -> str:
+    return EMBED_MODEL.get()
+
+
+def max_embed_inputs() -> int:
+    try:
+        return max(1, int(MAX_EMBED_INPUTS.get()))
+    except ValueError:
+        return int(MAX_EMBED_INPUTS.default)
 
 
 def max_auto_ctx() -> int:

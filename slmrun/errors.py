@@ -46,6 +46,13 @@ class InvalidModelFileError(SlmrunError, ValueError):
     default_hint = "Download the file again (`slmrun pull NAME --force`) or check where it came from."
 
 
+class UnsupportedModelError(InvalidModelFileError):
+    """A Hugging Face model directory of an architecture slmrun cannot convert to GGUF."""
+
+    default_hint = ("Convert it with llama.cpp's convert_hf_to_gguf.py (or download a .gguf build) and run "
+                    "`slmrun import FILE.gguf`.")
+
+
 class ModelLoadError(SlmrunError, RuntimeError):
     """llama.cpp refused the model (unsupported architecture, out of memory, ...)."""
 
@@ -221,6 +228,18 @@ class RpcBindError(SlmrunError, OSError):
     default_hint = "Choose another port with --port, or stop the program that holds this one."
 
 
+class VocabularyMismatchError(InvalidArgumentError):
+    """Two models compared token by token (KL divergence) whose vocabularies differ."""
+
+    default_hint = "Compare quants of one model: the same GGUF conversion, another quant."
+
+
+class QuantizeError(SlmrunError, RuntimeError):
+    """llama.cpp's quantizer failed on a file (nothing was stored)."""
+
+    default_hint = "Set SLMRUN_DEBUG=1 to see llama.cpp's log; check that the source file is complete."
+
+
 class KnowledgeBaseNotFoundError(SlmrunError, KeyError):
     """A knowledge base name with no index under slmrun's home."""
 
@@ -244,4 +263,3 @@ class NoDocumentsError(SlmrunError, ValueError):
 
     default_hint = ("Give Markdown, text, HTML, PDF, CSV or JSONL files (or folders holding them); "
                     "the lines above say why each file was skipped.")
-

@@ -8,19 +8,25 @@ and raise ``InvalidModelFileError`` naming what is wrong.
 The format's constants (value types, quant block sizes, file types) come from the
 ``gguf`` package. We do not use ``gguf.GGUFReader`` itself: it materialises every
 element of the tokenizer arrays and takes ~1.6 s on the 98 MB default model, on
-every load; this reader skips array bodies and takes tens of milliseconds.
+every load; this reader skips array bodies and takes tens of milliseconds. What it finds
+in a file that passed is kept between runs (runcache, keyed by the file's inode, size and
+times and by READER_VERSION), so the next start of the same file skips the walk and the
+import of gguf and numpy (~80 ms; benchmarks/STARTUP.md).
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from . import runcache
 from .errors import InvalidModelFileError, ModelFileNotFoundError
-from .shape import ModelShape
+from .shape import ENCODER_ARCHS, ModelShape
 
+# Bump when read_info derives anything differently: records cached by an older reader are stale.
+READER_VERSION = 2
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
@@ -37,6 +43,19 @@ _MARK_STRIDE = 256  # skip_strings notes every 256th string's offset in the toke
 _MAX_SPECIAL = 1 << 16  # Gemma 3 has ~6k special tokens; a vocabulary of only "special" ones is odd
 
 
+# general.pooling_type values (llama.h enum llama_pooling_type).
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dims: tuple[int, ...]  # ggml's order (ne0 first)
+    type: str  # "F32", "Q8_0", ...
+    offset: int  # absolute, in the file
+    nbytes: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class GGUFInfo(ModelShape):
     path: Path
@@ -49,10 +68,23 @@ class GGUFInfo(ModelShape):
     license: str | None
     metadata: dict = field(default_factory=dict, repr=False)  # scalars; arrays as their length
     special_tokens: tuple[str, ...] = field(default=(), repr=False)  # CONTROL/USER_DEFINED token texts
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)
 
     @property
     def weights_bytes(self) -> int:
         return self.size
+
+    @property
+    def pooling(self) -> str | None:
+        """{arch}.pooling_type by name ("mean", "cls", "last", "rank", "none"); None when absent."""
+        value = self.metadata.get(f"{self.architecture}.pooling_type")
+        return POOLING_NAMES.get(value, "unknown") if isinstance(value, int) else None
+
+    @property
+    def causal(self) -> bool:
+        """{arch}.attention.causal (llama.cpp's default: true)."""
+        value = self.metadata.get(f"{self.architecture}.attention.causal")
+        return value if isinstance(value, bool) else True
 
 
 class _Cursor:
@@ -182,16 +214,73 @@ def _file_type_name(code) -> str | None:
     return {"ALL_F32": "F32"}.get(name, name.removeprefix("MOSTLY_"))
 
 
-def read_info(path: str | Path) -> GGUFInfo:
-    """Parse and validate a GGUF file's header, metadata and tensor table."""
+def _shorten(text: str) -> str:
+    from .store import shorten
+    return shorten(text)
+
+
+def read_info(path: str | Path, *, cache: bool = True) -> GGUFInfo:
+    """Parse and validate a GGUF file's header, metadata and tensor table; a file that passed
+    before, unchanged since, is answered from the run cache (``cache=False``: always read)."""
+    path = Path(path)
+    key = None
+    if cache:
+        try:
+            key = {**runcache.file_key(path), "reader": READER_VERSION}
+        except (OSError, ValueError):
+            key = None  # missing or unreadable: the full read says what is wrong
+        else:
+            hit = runcache.get("gguf", key["path"], key)
+            info = _from_record(path, hit) if hit is not None else None
+            if info is not None:
+                return info
+    info = _read_info(path)
+    if key is not None:
+        runcache.put("gguf", key["path"], key, _to_record(info))
+    return info
+
+
+def _to_record(info: GGUFInfo) -> dict:
+    record = {f.name: getattr(info, f.name) for f in fields(info) if f.name not in ("path", "metadata")}
+    record["special_tokens"] = list(info.special_tokens)
+    record["tensors"] = [[x.name, list(x.dims), x.type, x.offset, x.nbytes] for x in info.tensors]
+    record["metadata"] = {k: ({"array": [int(v), v.offset, v.etype]} if isinstance(v, _ArrayLen) else v)
+                          for k, v in info.metadata.items()}
+    return record
+
+
+def _from_record(path: Path, record) -> GGUFInfo | None:
+    """The GGUFInfo a record holds; None for one this reader cannot use (it is then re-read)."""
+    try:
+        meta = {}
+        for k, v in record["metadata"].items():
+            if isinstance(v, dict):
+                count, offset, etype = v["array"]
+                v = _ArrayLen(count, offset=offset, etype=etype)
+            meta[k] = v
+        values = {f.name: record[f.name] for f in fields(GGUFInfo) if f.name not in ("path", "metadata")}
+        values["special_tokens"] = tuple(values["special_tokens"])
+        values["tensors"] = tuple(TensorInfo(n, tuple(d), ty, off, nb) for n, d, ty, off, nb in values["tensors"])
+        return GGUFInfo(path=path, metadata=meta, **values)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _read_info(path: Path) -> GGUFInfo:
     import gguf
 
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileNotFoundError(f"no such file: {path}")
-    if path.is_dir():
-        raise InvalidModelFileError(f"{path} is a directory, not a .gguf file", hint="Give the path of a .gguf file.")
-    size = path.stat().st_size
+    try:
+        if not path.exists():
+            raise ModelFileNotFoundError(f"no such file: {_shorten(str(path))}")
+        if path.is_dir():
+            raise InvalidModelFileError(f"{path} is a directory, not a .gguf file",
+                                        hint="Give the path of a .gguf file.")
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:  # a name too long for the filesystem, no permission, ...: said, not raised as is
+        raise ModelFileNotFoundError(f"cannot read {_shorten(str(path))}: {exc.strerror or exc}",
+                                     hint="Check the path and its permissions.") from None
     if size < 24:
         raise InvalidModelFileError(f"{path.name}: not a GGUF file ({size} bytes is too small for a header)")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -239,6 +328,7 @@ def read_info(path: str | Path) -> GGUFInfo:
         data_start = -(-cur.pos // alignment) * alignment
         n_params = 0
         type_bytes: dict[int, int] = {}
+        infos = []
         for name, dims, ttype, offset in tensors:
             try:
                 block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
@@ -256,6 +346,8 @@ def read_info(path: str | Path) -> GGUFInfo:
                     f"({data_start + offset + nbytes} > {size} bytes)")
             n_params += count
             type_bytes[ttype] = type_bytes.get(ttype, 0) + nbytes
+            infos.append(TensorInfo(name, tuple(dims), gguf.GGMLQuantizationType(ttype).name,
+                                    data_start + offset, nbytes))
 
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
@@ -278,6 +370,10 @@ def read_info(path: str | Path) -> GGUFInfo:
     if quant is None and type_bytes:
         quant = gguf.GGMLQuantizationType(max(type_bytes, key=type_bytes.get)).name
     template = meta.get("tokenizer.chat_template")
+    # An embedding model: an encoder (BERT family), or a GGUF naming a pooling (embedding models
+    # built on a decoder, e.g. Qwen3-Embedding); generative GGUFs name none.
+    pooling = meta.get(f"{arch}.pooling_type")
+    embedding = arch in ENCODER_ARCHS or (isinstance(pooling, int) and pooling != 0)
     return GGUFInfo(
         path=path, size=size, version=version, architecture=arch,
         name=str(meta.get("general.name") or path.stem),
@@ -287,9 +383,92 @@ def read_info(path: str | Path) -> GGUFInfo:
         head_count=n_head, head_count_kv=arch_int("attention.head_count_kv", n_head) or n_head,
         key_length=arch_int("attention.key_length", head_dim) or head_dim,
         value_length=arch_int("attention.value_length", head_dim) or head_dim,
-        context_length=arch_int("context_length"), vocab_size=vocab,
+        context_length=arch_int("context_length"), vocab_size=vocab, embedding_model=embedding,
         tensor_count=len(tensors),
         chat_template=template if isinstance(template, str) and template.strip() else None,
         license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
-        metadata=meta, special_tokens=specials,
+        metadata=meta, special_tokens=specials, tensors=tuple(infos),
     )
+
+
+def tensor_digest(info: GGUFInfo) -> str:
+    """SHA-256 over every tensor's name, type, shape and bytes, in file order.
+
+    What a model computes with, without the metadata: a conversion's result is checked with
+    it, since its metadata block may differ between gguf versions while the weights may not.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(info.path, "rb") as f:
+        for t in info.tensors:
+            h.update(f"{t.name}\0{t.type}\0{','.join(map(str, t.dims))}\0".encode())
+            f.seek(t.offset)
+            left = t.nbytes
+            while left:
+                chunk = f.read(min(left, 4 << 20))
+                if not chunk:
+                    raise InvalidModelFileError(f"{info.path.name}: tensor {t.name} is cut short")
+                h.update(chunk)
+                left -= len(chunk)
+    return h.hexdigest()
+
+
+def vocabulary_digest(path: str | Path) -> str:
+    """A SHA-256 of the vocabulary: the tokenizer model's name and every token's text, as
+    stored in ``tokenizer.ggml.tokens``. Two files with the same digest number the same
+    texts the same way (what comparing their logits needs). Validates the file first."""
+    import hashlib
+
+    info = read_info(path)
+    tokens = info.metadata.get("tokenizer.ggml.tokens")
+    h = hashlib.sha256(str(info.metadata.get("tokenizer.ggml.model", "")).encode())
+    if not isinstance(tokens, _ArrayLen) or tokens.etype != _STRING:
+        h.update(f"no token list; {info.vocab_size} tokens".encode())
+        return h.hexdigest()
+    with open(info.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        cur = _Cursor(buf, info.size, info.path)
+        cur.pos = tokens.offset
+        cur.skip_strings(int(tokens), "tokenizer.ggml.tokens")
+        h.update(int(tokens).to_bytes(8, "little"))
+        h.update(buf[tokens.offset:cur.pos])
+    return h.hexdigest()
+
+
+def read_imatrix(path: str | Path) -> dict:
+    """An importance matrix file (llama-imatrix's GGUF format: ``<tensor>.in_sum2`` and
+    ``<tensor>.counts`` per weight) as {tensor name: float32 values}, normalised as
+    llama-quantize does (the sums over each expert's count; 1 where nothing was counted)."""
+    import gguf
+    import numpy as np
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelFileNotFoundError(f"no such importance matrix file: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != MAGIC:
+            raise InvalidModelFileError(f"{path.name} is not a GGUF importance matrix (the old .dat format is "
+                                        "not read)", hint="Convert it with llama-imatrix --in-file OLD.dat "
+                                                          "-o NEW.gguf, or make one with llama-imatrix.")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # gguf's reader raises ValueError and friends on damage
+        raise InvalidModelFileError(f"{path.name}: not a readable GGUF file ({exc})") from None
+    sums, counts = {}, {}
+    for t in reader.tensors:
+        if t.name.endswith(".in_sum2"):
+            sums[t.name[:-len(".in_sum2")]] = np.asarray(t.data, dtype=np.float32).reshape(-1)
+        elif t.name.endswith(".counts"):
+            counts[t.name[:-len(".counts")]] = np.asarray(t.data, dtype=np.float32).reshape(-1)
+    if not sums or set(sums) != set(counts):
+        raise InvalidModelFileError(f"{path.name}: no importance matrix in it (each weight needs .in_sum2 "
+                                    "and .counts)")
+    out = {}
+    for name, s in sums.items():
+        c = counts[name]
+        per = s.reshape(len(c), -1)
+        values = np.where(c[:, None] > 0, per / np.where(c > 0, c, 1)[:, None], np.float32(1))
+        if not np.all(np.isfinite(values)):
+            raise InvalidModelFileError(f"{path.name}: the importance matrix of {name} has non-finite values")
+        out[name] = values.astype(np.float32).reshape(-1)
+    return out

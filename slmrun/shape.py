@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+# Architectures llama.cpp runs without a KV cache (llama-model.cpp create_memory returns none:
+# every token of a sequence is evaluated in one pass).
+NO_KV_CACHE_ARCHS = frozenset({"bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert", "nomic-bert-moe", "neo-bert",
+                               "eurobert", "modern-bert", "gemma-embedding", "wavtokenizer-dec", "dream", "llada",
+                               "llada-moe", "rnd1"})
+# Of those, the encoders: models for embeddings (or classification), never for generating text.
+ENCODER_ARCHS = frozenset({"bert", "jina-bert-v2", "jina-bert-v3", "nomic-bert", "nomic-bert-moe", "neo-bert",
+                           "eurobert", "modern-bert", "gemma-embedding"})
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelShape:
@@ -24,6 +33,22 @@ class ModelShape:
     # unless {arch}.attention.key_length says otherwise).
     key_length: int = 0
     value_length: int = 0
+    # A model that embeds text and does not generate (BERT family, or a GGUF naming a pooling):
+    # no chat, and no generation speed to estimate.
+    embedding_model: bool = False
+
+    @property
+    def is_embedding_model(self) -> bool:
+        return self.embedding_model
+
+    @property
+    def has_kv_cache(self) -> bool:
+        return self.architecture not in NO_KV_CACHE_ARCHS
+
+    @property
+    def encoder(self) -> bool:
+        """An encoder-only model (BERT family): embeddings, no generation, no KV cache."""
+        return self.architecture in ENCODER_ARCHS
 
     @property
     def head_dim(self) -> int:

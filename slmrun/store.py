@@ -43,6 +43,7 @@ class StoredModel:
     modified: float
     source: str  # "hub:<repo>", "pypi:<package>", "import:<original path>"
     architecture: str | None = None
+    kind: str = "generative"  # or "embedding" (recorded at install; older sidecars lack it)
 
     @property
     def ref(self) -> str:
@@ -59,11 +60,11 @@ def models_dir() -> Path:
 
 
 def model_dir(name: str) -> Path:
-    return models_dir() / name
+    return models_dir() / check_name(name)
 
 
 def staging_dir(name: str) -> Path:
-    path = config.home() / "partial" / name
+    path = config.home() / "partial" / check_name(name)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -110,6 +111,7 @@ def _stored(name: str, model_path: Path) -> StoredModel:
         modified=st.st_mtime,
         source=str(meta.get("source") or "unknown"),
         architecture=meta.get("architecture"),
+        kind=str(meta.get("kind") or "generative"),
     )
 
 
@@ -130,12 +132,13 @@ def list_models() -> list[StoredModel]:
 
 def find(name: str, quant: str | None = None) -> list[StoredModel]:
     """Stored files of a model (all its quants, or the one asked for)."""
-    d = model_dir(name.lower())
+    d = model_dir(name)
+    quant = check_quant(quant) if quant else None
     if not d.is_dir():
         return []
     out = [_stored(d.name, p) for p in sorted(d.glob("*.gguf"))]
     if quant:
-        out = [m for m in out if m.quant == quant.upper()]
+        out = [m for m in out if m.quant == quant]
     return out
 
 
@@ -176,7 +179,7 @@ def remove(name: str, quant: str | None = None) -> list[StoredModel]:
         for m in victims:
             m.path.unlink(missing_ok=True)
             m.path.with_name(m.path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
-    d = model_dir(name.lower())
+    d = model_dir(name)
     with contextlib.suppress(OSError):
         d.rmdir()  # only if empty
     return victims
@@ -193,7 +196,7 @@ def lock(name: str, quant: str, *, timeout: float = 3600.0):
 
     lock_dir = config.home() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    file_lock = FileLock(lock_dir / f"{name}-{quant.lower()}.lock")
+    file_lock = FileLock(lock_dir / f"{check_name(name)}-{check_quant(quant).lower()}.lock")
     try:
         file_lock.acquire(timeout=timeout, poll_interval=0.2)
     except Timeout:
@@ -206,19 +209,51 @@ def lock(name: str, quant: str, *, timeout: float = 3600.0):
 
 
 # A model's name: what a user types, and the name of its directory in the store. The
-# registry's names and aliases and `import --name` are all checked by is_model_name.
+# registry's names and aliases, `import --name`, and every name looked up in the store are
+# checked by this one rule (check_name), before any path is built from it: a name that is
+# too long, has other characters, or would leave the store ("..", "/") is refused as such,
+# never met as an OSError (ENAMETOOLONG) or a file outside the store.
 MODEL_NAME_RULE = "lower-case letters, digits, '.', '_' or '-' (at most 64, not starting with '.', '_' or '-')"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+QUANT_RULE = "letters, digits, '_', '.' or '-' (at most 32), e.g. q4_k_m"
+_QUANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+_SHOWN = 64  # characters of a refused name quoted back
 
 
 def is_model_name(name) -> bool:
     return isinstance(name, str) and _MODEL_NAME.match(name) is not None
 
 
-def check_store_name(name: str) -> str:
-    """A name the user gives to `import --name`: it becomes a directory in the store."""
+def shorten(text: str) -> str:
+    """``text`` for a message, cut when long (a pasted page must not come back whole)."""
+    return text if len(text) <= _SHOWN + 16 else f"{text[:_SHOWN]}... ({len(text)} characters)"
+
+
+def shown(text: str) -> str:
+    """``text`` quoted (repr) for a message, cut when long."""
+    return repr(text) if len(text) <= _SHOWN + 16 else f"{text[:_SHOWN]!r}... ({len(text)} characters)"
+
+
+def check_name(name, *, what: str = "model") -> str:
+    """A name to look up in the store or to create there -> its canonical form (stripped,
+    lower-case). Raises InvalidArgumentError naming the rule; touches no file."""
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"a {what} name must be a string, got {type(name).__name__}")
     cleaned = name.strip().lower()
     if not is_model_name(cleaned):
-        raise InvalidArgumentError(f"invalid model name {name!r}",
-                                   hint=f"Use {MODEL_NAME_RULE}; no '/', no '..'.")
+        raise InvalidArgumentError(f"invalid {what} name {shown(name)}", hint=f"Use {MODEL_NAME_RULE}; no '/', no '..'.")
     return cleaned
+
+
+def check_quant(quant: str) -> str:
+    """The quant part of ``name:quant`` -> upper-case; refused when it cannot name a quant."""
+    cleaned = quant.strip()
+    if not _QUANT.match(cleaned):
+        raise InvalidArgumentError(f"invalid quant {shown(quant)}", hint=f"Use {QUANT_RULE}; `slmrun list` shows "
+                                                                         "the local ones.")
+    return cleaned.upper()
+
+
+def check_store_name(name: str) -> str:
+    """A name the user gives to `import --name`: it becomes a directory in the store."""
+    return check_name(name)

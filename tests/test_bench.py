@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 import subprocess
 
 import pytest
@@ -29,7 +30,7 @@ ROW_KEYS = {"model", "quant", "path", "file_size", "n_threads", "flash_attn", "n
 # ------------------------------------------------------------------ pure logic
 
 def _target():
-    return bench.Target("m", "Q4_0", bench.Path("/x/m.gguf"), 1000)
+    return bench.Target("m", "Q4_0", Path("/x/m.gguf"), 1000)
 
 
 def test_make_row_rates_are_per_repetition_like_llama_bench():
@@ -80,7 +81,7 @@ def test_sweep_threads_and_configs():
 
 def _row(test, tps, threads=2, fa=True, batch=512, quant="Q4_1"):
     n = int(test.lstrip("ptg"))
-    return bench.make_row(bench.Target("m", quant, bench.Path("/m"), 100), bench.BenchConfig(threads, fa, batch),
+    return bench.make_row(bench.Target("m", quant, Path("/m"), 100), bench.BenchConfig(threads, fa, batch),
                           4096, test, n, [n / tps])
 
 

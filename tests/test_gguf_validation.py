@@ -109,3 +109,61 @@ def test_cli_reports_one_line_and_exits_nonzero(case, good, tmp_path):
     assert lines[0].startswith("Error: ") and match.split()[0] in lines[0]
     assert lines[1].startswith("Hint: ")
     assert "Traceback" not in p.stderr and p.stdout == ""
+
+
+# --- the run cache: a file that passed is not walked again until it changes ---------------------
+
+def test_a_validated_header_is_cached_and_answers_the_next_read(tiny_llama, tmp_path, monkeypatch):
+    from slmrun import gguf_info, runcache
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(tiny_llama.read_bytes())
+    first = read_info(path)
+    assert list((runcache.cache_dir() / "gguf").glob("*.json"))
+    walked = []
+    monkeypatch.setattr(gguf_info, "_read_info", lambda p: walked.append(p) or first)
+    again = read_info(path)
+    assert walked == [] and again == first and again.metadata == first.metadata
+    assert again.metadata["tokenizer.ggml.tokens"].offset == first.metadata["tokenizer.ggml.tokens"].offset
+    read_info(path, cache=False)
+    assert walked == [path]
+
+
+def test_a_file_changed_in_place_is_validated_again(tiny_llama, tmp_path):
+    import os
+
+    path = tmp_path / "m.gguf"
+    good = tiny_llama.read_bytes()
+    path.write_bytes(good)
+    read_info(path)
+    st = os.stat(path)
+    # The same size, and the modification time put back: the change time still moves.
+    path.write_bytes(b"GGML" + good[4:])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(InvalidModelFileError, match="wrong magic"):
+        read_info(path)
+
+
+def test_a_replaced_file_a_new_reader_or_a_broken_record_is_read_again(tiny_llama, tmp_path, monkeypatch):
+    from slmrun import gguf_info, runcache
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(tiny_llama.read_bytes())
+    read_info(path)
+    walked = []
+    real = gguf_info._read_info
+    monkeypatch.setattr(gguf_info, "_read_info", lambda p: walked.append(p) or real(p))
+    other = tmp_path / "other.gguf"  # the same bytes renamed over it: another inode
+    other.write_bytes(tiny_llama.read_bytes())
+    other.replace(path)
+    read_info(path)
+    assert len(walked) == 1
+    monkeypatch.setattr(gguf_info, "READER_VERSION", gguf_info.READER_VERSION + 1)
+    read_info(path)
+    assert len(walked) == 2
+    for record in (runcache.cache_dir() / "gguf").glob("*.json"):
+        record.write_text("{not json")
+    assert read_info(path).architecture == "llama"
+    assert len(walked) == 3
+    read_info(path)
+    assert len(walked) == 3  # rewritten by the last read

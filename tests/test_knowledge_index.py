@@ -319,7 +319,7 @@ def test_kb_commands_and_ask_json(docs):
     p = run("kb", "create", "shop", str(docs), "--embed", "none")
     assert p.returncode == 0, p.stderr
     assert f"skipped {docs / 'blob.md'}: not Markdown" in p.stderr and "created shop: 4 documents" in p.stdout
-    assert run("kb", "create", "shop", str(docs), "--embed", "none").returncode == 21
+    assert run("kb", "create", "shop", str(docs), "--embed", "none").returncode == 24
     listed = json.loads(run("kb", "list", "--json").stdout)
     assert [(b["name"], b["documents"], b["embed_model"]) for b in listed] == [("shop", 4, None)]
     shown = run("kb", "show", "shop")
@@ -337,4 +337,4 @@ def test_kb_commands_and_ask_json(docs):
     assert "0 added, 1 updated, 3 unchanged, 1 skipped" in run("kb", "update", "shop").stdout
     assert run("kb", "rm", "shop").returncode == 0
     p = run("ask", "--kb", "shop", "hi")
-    assert p.returncode == 20 and "no knowledge base named 'shop'" in p.stderr and "kb list" in p.stderr
+    assert p.returncode == 23 and "no knowledge base named 'shop'" in p.stderr and "kb list" in p.stderr

@@ -91,12 +91,16 @@ def test_rerank_in_llama_servers_and_jinas_shape(server):
     assert status == 200 and sorted(r["index"] for r in all3["results"]) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"query": "", "documents": ["a"]}, "'query'"),
-    ({"query": "q", "documents": []}, "'documents'"),
+@pytest.mark.parametrize("body, param", [
+    ({"query": "", "documents": ["a"]}, "query"),
+    ({"query": "q", "documents": []}, "documents"),
     ({"query": "q", "documents": ["a", 3]}, "documents[1]"),
-    ({"query": "q", "documents": ["a"], "top_n": 0}, "'top_n'"),
+    ({"query": "q", "documents": ["a", {"text": " "}]}, "documents[1]"),
+    ({"query": "q", "documents": ["a"], "top_n": 0}, "top_n"),
+    ({"documents": ["a"]}, "query"),
 ])
-def test_rerank_refuses_bad_bodies_in_openais_error_shape(server, body, message):
-    status, reply = server.json("POST", "/v1/rerank", body)
-    assert status == 400 and message in reply["error"]["message"]
+def test_rerank_refuses_bad_bodies_in_openais_error_shape(server, body, param):
+    for path in ("/v1/rerank", "/rerank"):
+        status, reply = server.json("POST", path, body)
+        assert status == 400 and reply["error"]["param"] == param, reply
+        assert reply["error"]["message"].startswith(param) and reply["error"]["type"] == "invalid_request_error"

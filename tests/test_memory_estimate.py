@@ -129,6 +129,73 @@ def test_default_model_with_four_slots_within_10_percent(default_model_file):
     _check(default_model_file, 2048, n_parallel=4)
 
 
+# An encoder (BERT): loaded as slmrun.load loads one (its own context, 64 inputs a batch), then
+# one full batch embedded: as many inputs of embed_limit tokens as the batch holds.
+_MEASURE_EMBED = textwrap.dedent("""
+    import json, sys
+
+    def rss():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+
+    path, n_threads = sys.argv[1], int(sys.argv[2])
+    import gguf, llama_cpp, numpy, psutil  # everything imported before the baseline
+    import slmrun, slmrun.api, slmrun.gguf_info, slmrun.hardware, slmrun.planner, slmrun.runtime
+    slmrun.gguf_info.read_info(path)
+    slmrun.hardware.detect()
+    before = rss()
+    model = slmrun.load(path, n_threads=n_threads)
+    word = model.tokenize("the", special=False)[1]
+    n = model.embed_limit
+    out = model.embed([[word] * n for _ in range(model.options.n_batch // n)])
+    after = rss()
+    o = model.options
+    print(json.dumps({"growth": after - before, "tokens": sum(out.n_tokens), "n_ctx": o.n_ctx, "n_batch": o.n_batch,
+                      "n_ubatch": o.n_ubatch, "n_parallel": o.n_parallel, "flash_attn": o.flash_attn}))
+    model.close()
+""")
+
+
+def _check_encoder(path):
+    from slmrun.gguf_info import read_info
+
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_EMBED, str(path), "1"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert m["tokens"] == m["n_batch"]  # a full batch, the estimate's worst case
+    info = read_info(path)
+    est = planner.estimate_memory(planner.spec_from_gguf(info), weights_bytes=info.size, n_ctx=m["n_ctx"],
+                                  n_batch=m["n_batch"], n_ubatch=m["n_ubatch"], flash_attn=m["flash_attn"],
+                                  n_parallel=m["n_parallel"])
+    err = (est.total - m["growth"]) / m["growth"]
+    detail = (f"{path.name} (encoder) batch {m['n_batch']}: estimate {est.total / MiB:.2f} MiB ({est}), "
+              f"measured {m['growth'] / MiB:.2f} MiB, error {err:+.1%}")
+    print(detail)
+    assert est.kv_cache == 0 and abs(err) <= 0.10, detail
+
+
+@pytest.fixture(scope="module")
+def small_bert(tiny_dir):
+    from tinymodels import write_tiny_bert
+    return write_tiny_bert(tiny_dir / "small-bert.gguf", n_embd=256, n_layer=4, n_head=8, n_ff=1024, n_ctx=512,
+                           seed=5)
+
+
+def test_encoder_memory_within_10_percent(small_bert):
+    """An encoder keeps no KV cache; its batch attends within itself."""
+    _check_encoder(small_bert)
+
+
+@pytest.mark.real_model
+def test_minilm_memory_within_10_percent(minilm_store):
+    """all-MiniLM-L6-v2: past its weights, mostly llama.cpp's output buffer (a logits row of 30522
+    floats for every token of the batch, cleared when reserved)."""
+    _check_encoder(minilm_store["F16"].path)
+
+
 _MIB_LINE = r"{}\s*=\s*([0-9.]+) MiB"
 
 

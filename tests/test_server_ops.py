@@ -50,7 +50,7 @@ def test_health_is_503_with_the_reason_when_a_model_could_not_load(home):
             s.json("GET", "/health")), what="the failed load to show")
         assert "tiny:f32 needs about" in body["errors"]["tiny"] and "budget is 1.0 MiB" in body["errors"]["tiny"]
         status, body = s.json("POST", "/v1/chat/completions", {"model": "tiny", "messages": HELLO})
-        assert status == 500 and body["error"]["code"] == "insufficient_memory"
+        assert status == 507 and body["error"]["code"] == "insufficient_memory"
         assert "--memory" in body["error"]["message"]
 
 

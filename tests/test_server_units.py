@@ -12,6 +12,7 @@ from slmrun import config
 from slmrun.chat import fit_history
 from slmrun.errors import InsufficientMemoryError, InvalidArgumentError, QueueFullError
 from slmrun.server import check_exposure, is_loopback
+from slmrun.server import schema as S
 from slmrun.server import translate as T
 from slmrun.server.manager import Resident, plan_unloads
 
@@ -180,7 +181,8 @@ def test_openai_defaults_generate_to_the_end_of_the_context():
     ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream must be true or false"),
     ({"messages": [{"role": "user", "content": "x"}], "model": 5}, "model must be a string"),
     ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 5}}, "logit_bias is not supported"),
-    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}, "response_format must"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}},
+     r"response_format.type must be one of 'text'"),
     ({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "no tools were given"),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "a b"}}]},
      "function.name must be"),
@@ -198,7 +200,7 @@ def test_openai_completion_translation():
 
 
 @pytest.mark.parametrize("body, message", [
-    ({}, "prompt must be a string"), ({"prompt": ["a", "b"]}, "prompt must be"),
+    ({}, "prompt is required"), ({"prompt": ["a", "b"]}, "prompt must be"),
     ({"prompt": [1, "a"]}, "prompt must be"), ({"prompt": "x", "logprobs": 9}, "logprobs must be an integer from 0 to 5"),
     ({"prompt": "x", "suffix": "y"}, "suffix"), ({"prompt": "x", "echo": 1}, "echo must be true or false"),
     ({"prompt": "x", "best_of": 3}, "best_of must be 1"),
@@ -261,4 +263,4 @@ def test_bad_ollama_chat_requests(messages, message):
 @pytest.mark.parametrize("name", ["/etc/passwd", "./model.gguf", "../x", "~/m", "model.gguf", "a/b"])
 def test_names_that_look_like_paths_are_refused(name):
     with pytest.raises(InvalidArgumentError, match="looks like a file path"):
-        T.check_name(name)
+        S.check_model_ref(name)

@@ -27,7 +27,8 @@ def test_import_list_show_rm(tiny_llama):
     assert [(m["name"], m["quant"]) for m in listed] == [("tiny", "F32")]
     assert listed[0]["sha256"] == store.sha256_file(tiny_llama)
     table = cli("list").output.splitlines()
-    assert table[0].split() == ["NAME", "QUANT", "SIZE", "MODIFIED"] and table[1].startswith("tiny")
+    assert table[0].split() == ["NAME", "QUANT", "SIZE", "KIND", "MODIFIED"] and table[1].startswith("tiny")
+    assert table[1].split()[4] == "generative" and listed[0]["kind"] == "generative"
 
     shown = json.loads(cli("show", "tiny", "--json").output)
     assert shown["architecture"] == "llama" and shown["quant"] == "F32" and shown["context_length"] == 512

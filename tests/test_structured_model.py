@@ -135,3 +135,65 @@ def test_classify_bad_labels(smol, default_model_file):
         with pytest.raises(ContextOverflowError, match=r"the classification prompt is \d+ tokens but the context "
                                                        r"holds 128"):
             small.classify("some text " * 100, ["short", "long"])
+
+
+# Texts SmolLM2-135M labels clearly (P(positive) > 0.75 or < 0.25, alone and batched).
+REVIEWS = ["I absolutely loved this film, it was wonderful!", "This was the worst meal I have ever had, disgusting.",
+           "Great service and friendly staff.", "Rude staff and cold food.", "A delightful, moving story."]
+REVIEW_LABELS = ["positive", "negative", "positive", "negative", "positive"]
+
+
+def test_classify_many_matches_one_text_at_a_time(smol):
+    labels = ["positive", "negative"]
+    one = [smol.classify(t, labels) for t in REVIEWS]
+    many = smol.classify_many(REVIEWS, labels)
+    assert [c.label for c in many] == [c.label for c in one] == REVIEW_LABELS
+    # Not bit-identical: a prompt decoded beside another lands at other rows of llama.cpp's
+    # matrix kernels and other KV cells, and the Q8 rounding of activations amplifies the
+    # difference (measured up to ~0.8 in a logit for SmolLM2 Q4_1, at llama.cpp's level).
+    for a, b in zip(many, one):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=0.15)
+
+
+def test_classify_many_evaluates_each_prompt_once_for_all_its_labels(smol):
+    labels = ["positive", "negative", "neutral"]  # one more label: more to share the prompt with
+    sequences = S.label_tokens(labels, lambda s: smol.tokenize(s, special=False, add_bos=False))
+    prompts = [smol.chat_tokens(S.classify_messages(t, labels)) for t in REVIEWS]
+    before = smol.status()["prompt_eval_tokens"]
+    smol.classify_many(REVIEWS, labels)
+    evaluated = smol.status()["prompt_eval_tokens"] - before
+    # Each text: at most its whole prompt once, then per label its tokens and the prompt's last
+    # token again (its logits row); never the prompt once per label.
+    bound = sum(len(p) + sum(len(s) + 1 for s in sequences) for p in prompts)
+    assert 0 < evaluated <= bound
+    assert evaluated < sum(len(p) for p in prompts) * len(labels)
+
+
+def test_classify_stream_reads_texts_only_as_slots_free(smol):
+    from slmrun.runtime.tasks import classify_stream
+
+    read = []
+
+    def texts():
+        for t in REVIEWS:
+            read.append(t)
+            yield t
+    stream = classify_stream(smol, texts(), ["positive", "negative"])
+    first = next(stream)
+    assert first.label == "positive"
+    assert len(read) <= smol.n_parallel + 1  # a window of slots, not the whole input
+    assert len([first, *stream]) == len(REVIEWS)
+
+
+def test_classify_many_stops_at_a_bad_text_and_leaves_nothing_running(smol):
+    import time
+
+    with pytest.raises(InvalidArgumentError, match="the text to classify is empty"):
+        smol.classify_many(REVIEWS[:3] + ["   "] + REVIEWS[3:], ["positive", "negative"])
+    with pytest.raises(InvalidArgumentError, match="one string"):
+        smol.classify_many("just one text", ["positive", "negative"])
+    deadline = time.monotonic() + 30
+    while smol.status()["slots_busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert smol.status()["slots_busy"] == 0 and smol.status()["queue_depth"] == 0
+    assert smol.classify(REVIEWS[0], ["positive", "negative"]).label == "positive"

@@ -32,9 +32,11 @@ EXIT_CODES = (
     (E.StoreLockedError, 13), (E.ChatFormatError, 14), (E.InvalidArgumentError, 2),
     (E.InvalidSchemaError, 2), (E.InvalidGrammarError, 2), (E.UnsupportedSchemaError, 2),
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
-    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19),
-    (E.KnowledgeBaseNotFoundError, 20), (E.KnowledgeBaseExistsError, 21), (E.KnowledgeBaseError, 22),
-    (E.NoDocumentsError, 23),
+    (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19), (E.ModelCapabilityError, 20),
+    (E.QuantizeError, 21),
+    # 22 is ModelInUseError's (another branch); the knowledge bases' start at 23.
+    (E.KnowledgeBaseNotFoundError, 23), (E.KnowledgeBaseExistsError, 24), (E.KnowledgeBaseError, 25),
+    (E.NoDocumentsError, 26),
 )
 
 
@@ -49,11 +51,35 @@ def fail(message: str, hint: str = "", code: int = 1):
     raise typer.Exit(code)
 
 
-def _register() -> None:
-    from . import bench, chat, kb, models, rpc, run, serve, system, tasks  # noqa: F401  (each module adds its commands to `app`)
+@app.callback()
+def _group() -> None:
+    # A group even when one command is registered (see _register): typer runs a lone
+    # command as the whole program, which would read `run` as its first argument.
+    pass
+
+
+# Which module adds each command. A command line that names one imports only that module
+# (and what it imports): `slmrun run` need not import the server's or bench's modules nor
+# have typer build their options (benchmarks/STARTUP.md); anything else imports them all.
+COMMAND_MODULES = {"run": "run", "chat": "chat", "bench": "bench", "embed": "embed", "pull": "models",
+                   "list": "models", "rm": "models", "import": "models", "show": "models", "rpc-server": "rpc", "serve": "serve",
+                   "ps": "serve", "stop": "serve", "hw": "system", "plan": "system", "classify": "tasks",
+                   "extract": "tasks", "eval": "evaluate", "quantize": "quantize", "kb": "kb", "ask": "kb"}
+
+
+def _register(argv: list[str] | None = None) -> None:
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = COMMAND_MODULES.get(argv[0]) if argv else None
+    for name in [wanted] if wanted else sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(f"{__name__}.{name}")  # each module adds its commands to `app`
 
 
 def main() -> None:
+    from .params import install
+
+    install()  # plain values converted without typer's pydantic adapters
     _register()
     try:
         app()

@@ -2,7 +2,7 @@
 
 Parses the options, runs slmrun.bench with a progress display on stderr, and prints a
 ranked table (or --json / --csv / --md). The JSON is the stable interface for
-scripts; its schema is in slmrun/bench.py's docstring.
+scripts; its schema is in the slmrun.bench package's docstring.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from .. import config
 from . import app
 from .output import WordWrap
 from .rpc import rpc_option
-from .run import FORMAT_HELP, format_verbose, load_for_cli
+from .run import FORMAT_HELP, check_sampling, format_verbose, load_for_cli, spec_option
 
 HELP = """Commands:
   /help                 this help
@@ -262,6 +262,7 @@ def chat(
     force: bool = typer.Option(False, "--force", help="Load even if the model does not seem to fit in memory."),
     chat_format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
     rpc: Optional[str] = rpc_option(),
+    spec: str = spec_option(),
     kb: Optional[str] = typer.Option(None, "--kb", help="Answer from this knowledge base, with sources "
                                      "(each message is a question; see `slmrun ask`)."),
 ):
@@ -273,7 +274,9 @@ def chat(
         chat_kb(kb, model, rerank=False, top_k=5)
         return
 
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc)
+    check_sampling(temperature=temperature, seed=seed, max_tokens=max_tokens)
+    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc,
+                     speculative=spec)
     with m:
         session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
         if session.plain:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -56,8 +57,8 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readabl
         return
     from .output import echo_table
 
-    echo_table(("NAME", "QUANT", "SIZE", "MODIFIED"),
-               [(m.name, m.quant, format_bytes(m.size), _ago(m.modified)) for m in models])
+    echo_table(("NAME", "QUANT", "SIZE", "KIND", "MODIFIED"),
+               [(m.name, m.quant, format_bytes(m.size), m.kind, _ago(m.modified)) for m in models])
 
 
 @app.command()
@@ -71,20 +72,26 @@ def rm(model: str = typer.Argument(..., help="NAME (every quant) or NAME:QUANT."
 
 @app.command("import")
 def import_cmd(
-    path: str = typer.Argument(..., help="A .gguf file brought by hand (USB stick, scp, ...)."),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Name in the store (default: from the file name)."),
+    path: str = typer.Argument(..., help="A .gguf file brought by hand (USB stick, scp, ...), or a Hugging Face "
+                                         "model directory of the BERT family to convert."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Name in the store (default: from the file "
+                                                                  "or directory name)."),
     link: bool = typer.Option(False, "--link", help="Symlink instead of copying."),
     prompt_format: Optional[str] = typer.Option(
         None, "--format", help="The prompt format to chat with (chatml, llama3, gemma, zephyr, mistral, phi3, "
                                "phi2, ...), recorded in the store; for a GGUF without a chat template."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="For a model directory: the GGUF type to "
+                                                                    "convert to, f16 (default), f32 or q8_0."),
 ):
-    """Validate a local GGUF and add it to the store, for air-gapped machines."""
+    """Validate a local GGUF and add it to the store, for air-gapped machines; or convert a Hugging Face
+    model directory (BERT, e.g. a sentence-transformers embedding model) into one."""
     from ..api import import_model
     from ..store import read_sidecar
 
-    m = import_model(path, name=name, link=link, prompt_format=prompt_format)
+    m = import_model(path, name=name, link=link, prompt_format=prompt_format, quant=quant)
     recorded = read_sidecar(m.path).get("prompt_format")
-    typer.echo(f"imported {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…): {m.path}"
+    verb = "converted and imported" if Path(path).expanduser().is_dir() else "imported"
+    typer.echo(f"{verb} {m.ref} ({format_bytes(m.size)}, sha256 {m.sha256[:12]}…): {m.path}"
                + (f"; prompt format {recorded}" if recorded else ""))
 
 

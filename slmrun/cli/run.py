@@ -34,22 +34,47 @@ def format_verbose(stats, total_s: float) -> str:
     ])
 
 
+def check_sampling(**params) -> None:
+    """Sampling options, checked before the model loads (a typo costs no load), each named
+    as it was typed (--top-p, not top_p)."""
+    from ..errors import InvalidArgumentError
+    from ..runtime.params import make_params
+
+    try:
+        make_params(**params)
+    except InvalidArgumentError as exc:
+        name = exc.message.split(" ", 1)[0]
+        if name in params:
+            raise InvalidArgumentError("--" + name.replace("_", "-") + exc.message[len(name):],
+                                       hint=exc.hint or None) from None
+        raise
+
+
 FORMAT_HELP = ("Chat with this prompt format instead of the model's own: chatml, llama3, gemma, zephyr, "
                "mistral, phi3, phi2, ... ('none' for plain completion).")
 
 
+SPEC_HELP = ("Prompt-lookup speculative decoding: auto (drafts where this machine's measured step costs say "
+             "they pay), on, or off.")
+
+
+def spec_option():
+    return typer.Option("auto", "--spec", help=SPEC_HELP)
+
+
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
                  force: bool = False, chat_format: Optional[str] = None, announce: bool = True,
-                 rpc: Optional[str] = None):
+                 rpc: Optional[str] = None, n_parallel: Optional[int] = 1, speculative: str = "auto"):
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
     if rpc is not None:
         from .rpc import exit_on_rpc_failure
         exit_on_rpc_failure()  # a server lost mid-reply: one line and the exit code, not a stuck terminal
-    # One person at a terminal sends one request at a time: one slot, no KV cache for others.
+    # One person at a terminal sends one request at a time: one slot, no KV cache for others
+    # (n_parallel=None for bulk commands: the planner's slots).
     m = load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
-             chat_format=chat_format, n_parallel=1, rpc=rpc)
+             chat_format=chat_format, n_parallel=n_parallel, rpc=rpc, speculative=speculative)
     if m.placement is not None:
         typer.echo(f"Split: {describe_placement(m.placement)}", err=True)
     choice = getattr(m, "chat_format", None)
@@ -68,6 +93,11 @@ def run(
     temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 = greedy, deterministic."),
     top_p: float = typer.Option(0.95, "--top-p"),
     top_k: int = typer.Option(40, "--top-k"),
+    repeat_penalty: Optional[float] = typer.Option(None, "--repeat-penalty", help="Penalise recent tokens "
+                                                   "(1.0 = off; default 1.1 for --json-schema/--grammar, else off)."),
+    dry_multiplier: Optional[float] = typer.Option(None, "--dry-multiplier", help="DRY: penalise repeating "
+                                                   "what the reply already said (0 = off; default 0.8 constrained, "
+                                                   "else off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Fix the sampling seed for repeatable output."),
     ctx: Optional[int] = typer.Option(None, "--ctx", help="Context size in tokens (default: the model's, capped)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the performance cores)."),
@@ -81,6 +111,7 @@ def run(
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A grammar file (llguidance's Lark syntax, "
                                            "or GBNF) the reply is constrained to."),
     rpc: Optional[str] = rpc_option(),
+    spec: str = spec_option(),
 ):
     """Answer one prompt, streaming the reply to stdout."""
     t0 = time.perf_counter()
@@ -88,13 +119,16 @@ def run(
         prompt = sys.stdin.read()
     if not prompt.strip():
         fail("the prompt is empty", "Give a prompt, or '-' to read it from stdin.", 2)
-    if max_tokens < 0:
-        fail(f"--max-tokens must be >= 0, got {max_tokens}", code=2)
-    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                  repeat_penalty=repeat_penalty, dry_multiplier=dry_multiplier)
+    check_sampling(**params)
     json_object = chat_format is not None and chat_format.strip().lower() == "json"
     params.update(structured_params(json_schema, grammar, json_object))
+    # --raw never chats: "none" spares the chat template's sandbox worker (a process start
+    # that would contend with the load for the cores).
+    fmt = "none" if raw else (None if json_object else chat_format)
     with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
-                      chat_format=None if json_object else chat_format, announce=not raw, rpc=rpc) as m:
+                      chat_format=fmt, announce=not raw, rpc=rpc, speculative=spec) as m:
         if raw:
             response = m.complete(prompt, **params)
         else:

@@ -60,6 +60,9 @@ def serve(
                                          "e.g. 2G (default: what is available at start, less a reserve)."),
     grace: float = typer.Option(10.0, "--grace", help="On SIGTERM, seconds in-flight requests get to finish."),
     rpc: Optional[str] = rpc_option(),
+    spec: str = typer.Option("auto", "--spec", help="Prompt-lookup speculative decoding for every model: auto "
+                             "(where the measured step costs say it pays), on, off; a request's "
+                             "\"speculative\" field overrides it."),
     kb: Optional[List[str]] = typer.Option(None, "--kb", help="Serve this knowledge base as a model of its name: "
                                            "chat requests naming it get grounded answers (repeatable)."),
 ):
@@ -74,23 +77,35 @@ def serve(
 
     check_exposure(bind_host, key, insecure)
     keep_s = parse_duration(keep_alive if keep_alive is not None else config.keep_alive_default())
-    for name, value, least in (("--parallel", parallel, 1), ("--max-queue", max_queue, 0), ("--ctx", ctx, 16)):
+    import math
+    import os
+
+    from ..api import MAX_CTX, MAX_PARALLEL
+
+    cores = os.cpu_count() or 1
+    for name, value, least, most in (("--parallel", parallel, 1, MAX_PARALLEL), ("--max-queue", max_queue, 0, None),
+                                     ("--ctx", ctx, 16, MAX_CTX), ("--threads", threads, 1, cores)):
         if value is not None and value < least:
             raise InvalidArgumentError(f"{name} must be at least {least}, got {value}")
-    if grace < 0:
-        raise InvalidArgumentError(f"--grace must be >= 0, got {grace}")
+        if value is not None and most is not None and value > most:
+            raise InvalidArgumentError(f"{name} must be at most {most}, got {value}")
+    if not (math.isfinite(grace) and grace >= 0):
+        raise InvalidArgumentError(f"--grace must be a number of seconds >= 0, got {grace}")
     models = tuple(model or ())
+    from ..runtime.speculative import check_mode
+    spec = check_mode(spec)  # a bad value fails now, not at the first load
     _check_models(models)
     if rpc:
         from .. import remote
         remote.endpoints(rpc)  # a malformed list, or a build without RPC: say so now
     settings = Settings(host=bind_host, port=bind_port, models=models, default_model=config.default_model(),
                         api_key=key, insecure=insecure, cors=tuple(cors or ()), keep_alive=keep_s,
-                        max_body=parse_size(max_body or config.max_body_default()),
+                        max_body=_max_body(parse_size(max_body or config.max_body_default())),
                         max_queue=config.max_queue_default() if max_queue is None else max_queue,
                         n_ctx=ctx, n_parallel=parallel, n_threads=threads,
                         memory=parse_size(memory) if memory else None, grace_s=grace,
-                        load_kwargs={"rpc": rpc} if rpc else {}, knowledge=_check_bases(kb or ()))
+                        load_kwargs={**({"rpc": rpc} if rpc else {}), **({"speculative": spec} if spec != "auto" else {})},
+                        knowledge=_check_bases(kb or ()))
     run(settings)
 
 
@@ -101,6 +116,14 @@ def _check_bases(names) -> tuple[str, ...]:
     for name in names:
         knowledge_base(name).close()
     return tuple(names)
+
+
+def _max_body(size: int) -> int:
+    from ..errors import InvalidArgumentError
+
+    if size < 1024:  # smaller refuses any chat request: a typo (--max-body 4 for 4M), not a choice
+        raise InvalidArgumentError(f"--max-body must be at least 1K, got {size} bytes", hint="E.g. --max-body 4M.")
+    return size
 
 
 def _check_models(models: tuple[str, ...]) -> None:

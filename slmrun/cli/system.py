@@ -141,18 +141,44 @@ def plan_cmd(
     the model split across this machine and the servers, each share fitted to its memory."""
     from .. import planner
     from ..api import plan_target
+    from ..evaluate.results import measured_kld
 
     target, ref_quant = plan_target(model)
     hw = _target(profile, ram, cores, arch)
     p = planner.plan(target, hw, n_ctx=ctx, min_speed=min_speed, quant=quant or ref_quant, force=force,
-                     type_k=kv_type, type_v=kv_type, n_parallel=parallel, devices=_rpc_devices(rpc))
+                     type_k=kv_type, type_v=kv_type, n_parallel=parallel, devices=_rpc_devices(rpc),
+                     measured=measured_kld(target))
     if as_json:
         typer.echo(json.dumps(p.to_dict(), indent=2))
         return
     _print_plan(p, hw)
 
 
+def _print_embedding_plan(p, hw) -> None:
+    """An embedding model's plan: memory and fidelity; no generation speed, no KV cache."""
+    from ..planner.embedding import fidelity
+    from .output import echo_table
+
+    typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores): "
+               f"budget {format_bytes(p.budget_bytes)}, texts of up to {p.n_ctx} tokens (an embedding model)")
+    typer.echo("")
+    echo_table(("", "QUANT", "FILE", "MEMORY", "EMBEDDINGS", "FITS"),
+               [("*" if o.quant == p.quant else "", o.quant, ("~" if o.size_is_estimate else "") + format_bytes(o.size),
+                 format_bytes(o.estimated_bytes), fidelity(o.quant), "yes" if o.fits else "no") for o in p.options])
+    typer.echo("")
+    typer.echo(f"Pick: {p.quant} — ~{format_bytes(p.estimated_bytes)}, {p.n_threads} threads; up to {p.n_parallel} "
+               f"text{'s' if p.n_parallel != 1 else ''} of up to {p.n_ctx} tokens in a batch")
+    for reason in p.reasons:
+        typer.echo(f"  - {reason}")
+    for warning in p.warnings:
+        typer.echo(f"Warning: {warning}", err=True)
+    typer.echo("Memory = weights + a batch's work + runtime (estimates; no KV cache). Embeddings = fidelity to the "
+               "F32 model's vectors. No chat and no token rate: the model reads a text once and returns a vector.")
+
+
 def _print_plan(p, hw) -> None:
+    if p.embedding_model:
+        return _print_embedding_plan(p, hw)
     bandwidth = f"{p.bandwidth_gbs:g} GB/s" if p.bandwidth_gbs else "bandwidth unknown"
     typer.echo(f"{p.model} on {hw.name} ({hw.arch}, {hw.performance_cores} performance cores, {bandwidth}): "
                f"budget {format_bytes(p.budget_bytes)}, n_ctx {p.n_ctx}, KV cache {p.type_k}")
@@ -167,11 +193,11 @@ def _print_plan(p, hw) -> None:
             ("~" if o.size_is_estimate else "") + format_bytes(o.size),
             format_bytes(o.estimated_bytes),
             f"{o.estimated_tps:.1f} tok/s" + ("" if o.fast_enough else " (slow)"),
-            f"+{o.ppl_loss:.4f} ppl" if o.ppl_loss is not None else "unknown",
+            f"{o.kld:.4f} {o.quality}" if o.kld is not None else "unknown",
             "yes" if o.fits else "no",
             "fast" if o.fast_kernel else "",
         ))
-    echo_table(("", "QUANT", "FILE", "MEMORY", "SPEED", "QUALITY", "FITS", "KERNEL"), rows)
+    echo_table(("", "QUANT", "FILE", "MEMORY", "SPEED", "KL DIVERGENCE", "FITS", "KERNEL"), rows)
     typer.echo("")
     typer.echo(f"Pick: {p.quant} — ~{format_bytes(p.estimated_bytes)}, ~{p.estimated_tps:.1f} tok/s, "
                f"{p.n_threads} threads; {p.n_parallel} parallel slot{'s' if p.n_parallel != 1 else ''} "
@@ -185,5 +211,11 @@ def _print_plan(p, hw) -> None:
                      format_bytes(s.budget_bytes), "yes" if s.fits else "no") for s in p.split])
     for warning in p.warnings:
         typer.echo(f"Warning: {warning}", err=True)
-    typer.echo("Memory = weights + KV cache + compute + runtime; speed from memory bandwidth "
-               "(estimates; quality = perplexity increase, lower is better).")
+    typer.echo("Memory = weights + KV cache + compute + runtime; speed from memory bandwidth (estimates).")
+    sources = {o.quality for o in p.options}
+    typer.echo("KL divergence = what a quant loses against full precision, nats per token, lower is better: "
+               + ("measured by `slmrun eval`" if "measured" in sources else "")
+               + ("; " if "measured" in sources and sources - {"measured"} else "")
+               + ("scaled: llama.cpp's Llama-3-8B figure times this model's measured loss" if "scaled" in sources
+                  else "borrowed: llama.cpp's figure for Llama-3-8B (`slmrun eval` measures this model's)"
+                  if "borrowed" in sources else "") + ".")

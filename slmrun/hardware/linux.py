@@ -205,7 +205,9 @@ def cpu_facts(root: Path, live: bool) -> dict:
 
 def memory(root: Path, live: bool) -> tuple[int, int, int]:
     """(ram_total, ram_available, swap_total) in bytes; zeros when nothing says."""
-    if live:
+    # On Linux /proc/meminfo is what psutil reads too (MemAvailable, SwapTotal): read it here and
+    # `slmrun run` need not import psutil (~6 ms of its start). psutil for everything else.
+    if live and not (os.path.isfile("/proc/meminfo") and os.access("/proc/meminfo", os.R_OK)):
         try:
             import psutil
             vm, swap = psutil.virtual_memory(), psutil.swap_memory()

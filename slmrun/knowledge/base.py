@@ -43,13 +43,12 @@ class Embedder:
         return np.asarray(self.model.embed(list(texts), normalize=True, truncate=True).vectors, dtype=np.float32)
 
 
-def check_name(name: str) -> str:
-    from ..store import MODEL_NAME_RULE, is_model_name
+def check_name(name) -> str:
+    """A knowledge base's name -> its canonical form, checked before it names a file (the
+    store's rule: no '/', no '..')."""
+    from ..store import check_name as check
 
-    cleaned = (name or "").strip().lower()
-    if not is_model_name(cleaned):
-        raise InvalidArgumentError(f"invalid knowledge base name {name!r}", hint=f"Use {MODEL_NAME_RULE}.")
-    return cleaned
+    return check(name, what="knowledge base")
 
 
 def path_for(name: str) -> Path:
@@ -60,7 +59,11 @@ def list_knowledge_bases() -> list[dict]:
     """Every knowledge base: name, documents, chunks, size on disk, updated."""
     out = []
     folder = config.knowledge_dir()
+    from ..store import is_model_name
+
     for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+        if not is_model_name(path.stem):  # not one of ours (a file put there by hand)
+            continue
         try:
             with knowledge_base(path.stem) as kb:
                 out.append(kb.info())
@@ -71,16 +74,18 @@ def list_knowledge_bases() -> list[dict]:
 
 def knowledge_base(name: str) -> "KnowledgeBase":
     """Open a knowledge base by name (KnowledgeBaseNotFoundError if there is none)."""
+    name = check_name(name)
     path = path_for(name)
     if not path.exists():
-        raise KnowledgeBaseNotFoundError(f"no knowledge base named {check_name(name)!r}")
-    return KnowledgeBase(check_name(name), path)
+        raise KnowledgeBaseNotFoundError(f"no knowledge base named {name!r}")
+    return KnowledgeBase(name, path)
 
 
 def remove_knowledge_base(name: str) -> None:
+    name = check_name(name)
     path = path_for(name)
     if not path.exists():
-        raise KnowledgeBaseNotFoundError(f"no knowledge base named {check_name(name)!r}")
+        raise KnowledgeBaseNotFoundError(f"no knowledge base named {name!r}")
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             p.unlink()

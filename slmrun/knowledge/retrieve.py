@@ -10,7 +10,6 @@ The vectors are read from the database once and kept until the index's generatio
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from . import db
@@ -152,7 +151,7 @@ def signals(question: str, hits: list[Hit], faq: Hit | None) -> Signals:
 
 def rerank(model, question: str, hits: list[Hit], *, weight: float = 1.0) -> list[Hit]:
     """``hits`` reordered by the model's P(yes) that each passage answers the question (its own
-    label probabilities by teacher forcing: Model.classify), scored in parallel on its slots."""
+    label probabilities by teacher forcing: Model.classify_many), scored side by side on its slots."""
     if not hits:
         return hits
     texts = [passage_for_rerank(question, h.heading, h.text) for h in hits]
@@ -169,12 +168,18 @@ def passage_for_rerank(question: str, heading: str | None, text: str) -> str:
 
 
 def score_passages(model, texts: list[str]) -> list[float]:
-    """P(yes) for each text (a question and a passage), on as many threads as the model has slots."""
-    def one(text: str) -> float:
-        return model.classify(text, ["yes", "no"], instruction=RERANK_INSTRUCTION).probabilities["yes"]
+    """P(yes) for each text (a question and a passage): the generative model's own label
+    probabilities, the texts scored side by side on its slots (Model.classify_many)."""
+    if not texts:
+        return []
+    results = model.classify_many(list(texts), ["yes", "no"], instruction=RERANK_INSTRUCTION)
+    return [float(r.probabilities["yes"]) for r in results]
 
-    workers = max(1, min(len(texts), getattr(model, "n_parallel", 1)))
-    if workers == 1:
-        return [one(t) for t in texts]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, texts))
+
+def cosine_scores(model, query: str, documents: list[str]) -> list[float]:
+    """An embedding model's relevance: each document's cosine with the query (a bi-encoder's
+    rerank, for /v1/rerank naming an embedding model)."""
+    import numpy as np
+
+    vecs = np.asarray(model.embed([query, *documents], normalize=True, truncate=True).vectors, dtype=np.float32)
+    return [float(x) for x in vecs[1:] @ vecs[0]]

@@ -8,15 +8,16 @@ from __future__ import annotations
 from ..errors import InsufficientMemoryError, UnknownQuantError
 from ..units import format_bytes
 from .memory import estimate_memory
-from .options import QuantOption, Setting, choose, evaluate, largest_context, max_context_that_fits, option, \
-    quality_key
-from .quants import QUALITY_TOLERANCE, quality_tier
+from .options import NEARLY_AS_GOOD, QuantOption, Setting, choose, evaluate, largest_context, max_context_that_fits, \
+    nearly_as_good, option, quality_key
+from .quants import QUALITY_TOLERANCE
 
 TRADE_MIN_CTX = 512  # the context at which we ask "what could this device run at all"
 
 
 def _ppl(o: QuantOption) -> str:
-    return f"+{o.ppl_loss:.4f} ppl" if o.ppl_loss is not None else "quality unknown"
+    """The quality figure and where it comes from: "KLD 0.0313 borrowed"."""
+    return f"KLD {o.kld:.4f} {o.quality}" if o.kld is not None else "quality unknown"
 
 
 def _capital(text: str) -> str:
@@ -83,23 +84,46 @@ def explain(pick, reached, options, s: Setting, reasons, warnings) -> None:
                        f"{'s' if n_ok != 1 else ''} that fit and reach {s.min_speed:g} tok/s "
                        f"({format_bytes(pick.estimated_bytes)}, ~{pick.estimated_tps:.1f} tok/s at n_ctx {s.n_ctx})")
     else:
-        reasons.append(f"{pick.quant}: no quant that fits reaches {s.min_speed:g} tok/s; the fastest that fits "
-                       f"(~{pick.estimated_tps:.1f} tok/s, {format_bytes(pick.estimated_bytes)})")
+        _explain_slow(pick, fitting, s, reasons)
         warnings.append(f"~{pick.estimated_tps:.1f} tok/s is below {s.min_speed:g} tok/s: replies will be slow; "
                         "a smaller model or context would be faster")
     for o in fitting:
-        if o is not pick and quality_tier(o.quant) == quality_tier(pick.quant) and (o.fast_enough or not reached):
+        if o is not pick and o.tier == pick.tier and (o.fast_enough or not reached):
             why = ("a fast kernel on this CPU" if pick.fast_kernel and not o.fast_kernel
                    else "a smaller, faster file")
-            reasons.append(f"{pick.quant} over {o.quant}: equal quality (within {QUALITY_TOLERANCE} ppl); "
+            reasons.append(f"{pick.quant} over {o.quant}: equal quality (KL divergences within {QUALITY_TOLERANCE}); "
                            f"{pick.quant} has {why}")
-    better = [o for o in options if quality_tier(o.quant) < quality_tier(pick.quant)]
+    better = [o for o in options if o.tier < pick.tier]
     for o in sorted(better, key=quality_key)[:3]:
         if not o.fits:
             reasons.append(f"{o.quant} ({_ppl(o)}) needs {format_bytes(o.estimated_bytes)}: over the budget")
-        elif not o.fast_enough:
+        elif not o.fast_enough and reached:  # (below the target, _explain_slow has said why)
             reasons.append(f"{o.quant} ({_ppl(o)}) fits but ~{o.estimated_tps:.1f} tok/s is below "
                            f"{s.min_speed:g} tok/s")
+
+
+def _explain_slow(pick, fitting, s: Setting, reasons) -> None:
+    """No quant reaches the speed target: why this one, and what the faster ones would cost."""
+    best = min(fitting, key=quality_key)
+    head = f"{pick.quant}: no quant that fits reaches {s.min_speed:g} tok/s, so quality first: "
+    if pick is best:
+        reasons.append(head + f"the best quality that fits ({_ppl(pick)}, ~{pick.estimated_tps:.1f} tok/s, "
+                              f"{format_bytes(pick.estimated_bytes)})")
+    else:
+        reasons.append(head + f"nearly as good as the best that fits ({_ppl(pick)} against {best.quant}'s "
+                              f"{best.kld:.4f}: within {NEARLY_AS_GOOD}) and {pick.estimated_tps / best.estimated_tps - 1:.0%} "
+                              f"faster (~{pick.estimated_tps:.1f} against ~{best.estimated_tps:.1f} tok/s)")
+    near = [o for o in fitting if nearly_as_good(o, best) and o.estimated_tps > pick.estimated_tps]
+    if near:
+        o = max(near, key=lambda x: x.estimated_tps)
+        reasons.append(f"{o.quant} is nearly as good too ({_ppl(o)}) but only {o.estimated_tps / pick.estimated_tps - 1:.0%} "
+                       f"faster: not worth the step down")
+    fastest = max(fitting, key=lambda o: o.estimated_tps)
+    if fastest.estimated_tps > pick.estimated_tps and not nearly_as_good(fastest, best) and fastest.kld is not None \
+            and pick.kld is not None:
+        reasons.append(f"trade not taken: {fastest.quant} would be {fastest.estimated_tps / pick.estimated_tps - 1:.0%} "
+                       f"faster (~{fastest.estimated_tps:.1f} tok/s, still below {s.min_speed:g}) but loses "
+                       f"{fastest.kld - pick.kld:.4f} more nats per token ({_ppl(fastest)})")
 
 
 def context_trade(spec, rows, options, pick, s: Setting) -> list[str]:
@@ -111,7 +135,7 @@ def context_trade(spec, rows, options, pick, s: Setting) -> list[str]:
     if s.n_ctx <= TRADE_MIN_CTX:
         return []
     ideal, _ = choose(evaluate(spec, rows, s.at(n_ctx=TRADE_MIN_CTX)))
-    if ideal is None or quality_tier(ideal.quant) >= quality_tier(pick.quant):
+    if ideal is None or ideal.tier >= pick.tier:
         return []
     best = next(o for o in options if o.quant == ideal.quant)
     why = []

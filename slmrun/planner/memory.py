@@ -13,6 +13,12 @@ defaults as slmrun sets them (mmap on, flash attention on):
               a full context (and, without flash attention, the KQ scores).
     overhead  tokenizer and sampling tables, KV-cell bookkeeping and a fixed runtime part.
 
+A model without a KV cache (an encoder such as BERT: ``ModelSpec.has_kv_cache``) has none of
+the KV terms; each decode attends only within its batch, and since every token of an
+embedding batch is an output, llama.cpp reserves and clears a logits row of n_vocab floats
+for each (llama-context.cpp ``output_reserve``): that buffer is most of such a model's memory
+beyond its weights (``_without_kv_cache``).
+
 Not llama.cpp's compute-buffer size: that is the *reserved* worst case, plain virtual
 memory on a CPU, of which only the pages a real batch writes become resident. The
 constants below are calibrated by measurement: docs/CALIBRATION.md gives the figures and
@@ -67,7 +73,9 @@ def kv_bytes_per_cell(spec: ModelSpec, type_k: str, type_v: str | None) -> float
 def kv_cache_bytes(spec: ModelSpec, n_ctx: int, type_k: str = "f16", type_v: str | None = None) -> int:
     """Bytes of the KV cache at `n_ctx`, as llama.cpp allocates it (its "KV buffer size" line):
     n_cells x n_layer x (n_embd_k_gqa x bytes(type_k) + n_embd_v_gqa x bytes(type_v)),
-    n_cells being n_ctx rounded up to a multiple of 256."""
+    n_cells being n_ctx rounded up to a multiple of 256; 0 for a model without one (an encoder)."""
+    if not spec.has_kv_cache:
+        return 0
     return int(math.ceil(padded_context(n_ctx) * kv_bytes_per_cell(spec, type_k, type_v)))
 
 
@@ -95,6 +103,8 @@ def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch:
         raise InvalidArgumentError(f"n_ctx must be >= 1, got {n_ctx}")
     if n_parallel < 1:
         raise InvalidArgumentError(f"n_parallel must be >= 1, got {n_parallel}")
+    if not spec.has_kv_cache:
+        return _without_kv_cache(spec, int(weights_bytes), n_ctx, n_batch, n_ubatch, flash_attn, n_parallel)
     ub = max(1, min(n_ubatch, n_batch, n_ctx))
     kv = kv_cache_bytes(spec, n_ctx * n_parallel, type_k, type_v)
     n_ctx = padded_context(n_ctx * n_parallel)  # the cells llama.cpp really has
@@ -116,6 +126,27 @@ def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch:
     weights = int(weights_bytes)
     return MemoryEstimate(weights=weights, kv_cache=kv, compute=compute, overhead=overhead,
                           total=weights + kv + compute + overhead)
+
+
+# An encoder's batch, measured (docs/CALIBRATION.md): n_ff + 4 n_embd live floats per token, and
+# ~3 MiB more than its llama.cpp context alone (slmrun's engine thread and state around it).
+ENCODER_FLOATS_FFN = 1
+ENCODER_FLOATS_EMBD = 4
+ENCODER_OVERHEAD = 3 * MiB
+
+
+def _without_kv_cache(spec: ModelSpec, weights: int, n_ctx: int, n_batch: int, n_ubatch: int, flash_attn: bool,
+                      n_parallel: int) -> MemoryEstimate:
+    """An encoder: a decode holds whole sequences (up to n_parallel of n_ctx tokens, at most a
+    micro-batch), attends within them, and outputs every token: a logits row (n_vocab floats)
+    and an embedding each. Measured on BERTs from 21 to 126 MiB: within 4% at a full batch."""
+    ub = max(1, min(n_ubatch, n_batch, n_ctx * n_parallel))
+    per_token = ENCODER_FLOATS_FFN * spec.feed_forward_length + ENCODER_FLOATS_EMBD * spec.embedding_length
+    compute = 4 * ub * per_token + (2 * ub * ub if flash_attn else 4 * ub * ub + 4 * spec.head_count * ub * ub)
+    outputs = 4 * ub * (spec.vocab_size + spec.embedding_length)
+    overhead = FIXED_OVERHEAD + ENCODER_OVERHEAD + VOCAB_BYTES_PER_TOKEN * spec.vocab_size
+    return MemoryEstimate(weights=weights, kv_cache=0, compute=compute + outputs, overhead=overhead,
+                          total=weights + compute + outputs + overhead)
 
 
 def default_reserve(hw) -> int:

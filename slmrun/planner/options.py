@@ -1,17 +1,23 @@
 """Every quant of a model at one setting (memory, speed, quality, fit) and the rules that
 choose among them: within the budget and fast enough, the best quality tier; then a fast
-kernel; then speed.
+kernel; then speed. With no quant fast enough, the best quality that fits, unless a faster
+one is nearly as good (docs/CALIBRATION.md, "The pick").
+
+Quality is the mean KL divergence from full precision per token: measured for this model
+(`slmrun eval`, passed in as ``Setting.measured``) where it was, else llama.cpp's figure for
+Llama-3-8B, scaled by how much more this model's measured quants lose when some were.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from statistics import median
 from typing import Mapping
 
 from ..errors import InvalidArgumentError
 from .memory import MemoryEstimate, estimate_memory
-from .quants import QUANT_FACTS, has_fast_kernel, quality_tier
+from .quants import QUANT_FACTS, has_fast_kernel, tiers
 from .spec import LocalModel, ModelSpec, spec_from_entry, spec_from_gguf
 from .speed import estimate_speed
 
@@ -34,6 +40,9 @@ class QuantOption:
     fast_kernel: bool
     fast_enough: bool
     memory: MemoryEstimate
+    kld: float | None = None  # mean KL divergence from full precision, nats per token
+    quality: str | None = None  # where kld comes from: "measured", "borrowed", "scaled" (borrowed x this model's)
+    tier: int = 0  # quality tier among this plan's options (0 = best)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -54,6 +63,7 @@ class Setting:
     type_k: str
     type_v: str
     flash_attn: bool
+    measured: Mapping[str, float] = field(default_factory=dict)  # quant -> KL divergence measured here
 
     def at(self, **changes) -> "Setting":
         return replace(self, **changes)
@@ -93,7 +103,33 @@ def inputs(model) -> tuple[str, ModelSpec, list[tuple[str, int, bool]]]:
     return name, spec, out
 
 
-def option(spec: ModelSpec, quant: str, size: int, size_is_estimate: bool, s: Setting) -> QuantOption:
+# With no quant at the speed target: a faster quant is "nearly as good" as the best that fits
+# when it loses at most this much more KL divergence (nats per token: Llama-3-8B's whole
+# step from Q8_0 to Q5_K_M); a speed within a factor WORTH_IT of another is "as fast".
+NEARLY_AS_GOOD = 0.01
+WORTH_IT = 1.10
+
+
+def quality_figures(quants, measured: Mapping[str, float] | None = None) -> dict[str, tuple[float | None, str | None]]:
+    """quant -> (KL divergence, source). Measured where given; else the borrowed figure, scaled
+    by the median ratio measured / borrowed of this model's measured quants (small models lose
+    more to the same quant than Llama-3-8B does), or as published when nothing was measured."""
+    measured = {str(q).upper(): float(v) for q, v in (measured or {}).items()}
+    ratios = [v / QUANT_FACTS[q].kld for q, v in measured.items() if q in QUANT_FACTS and QUANT_FACTS[q].kld >= 1e-3]
+    scale = median(ratios) if ratios else None
+    out = {}
+    for q in quants:
+        if q in measured:
+            out[q] = (measured[q], "measured")
+        elif q in QUANT_FACTS:
+            out[q] = (QUANT_FACTS[q].kld * scale, "scaled") if scale else (QUANT_FACTS[q].kld, "borrowed")
+        else:
+            out[q] = (None, None)
+    return out
+
+
+def option(spec: ModelSpec, quant: str, size: int, size_is_estimate: bool, s: Setting,
+           quality: tuple[float | None, str | None] | None = None) -> QuantOption:
     batch = min(s.n_batch, s.n_ctx)
     mem = estimate_memory(spec, weights_bytes=size, n_ctx=s.n_ctx, n_batch=batch, n_ubatch=batch,
                           type_k=s.type_k, type_v=s.type_v, flash_attn=s.flash_attn)
@@ -101,37 +137,49 @@ def option(spec: ModelSpec, quant: str, size: int, size_is_estimate: bool, s: Se
     tps = estimate_speed(spec, weights_bytes=size, hw=s.hw, n_threads=s.n_threads, n_past=s.n_ctx // 2,
                          type_k=s.type_k, type_v=s.type_v)
     fact = QUANT_FACTS.get(quant)
+    kld, source = quality if quality is not None else quality_figures([quant], s.measured)[quant]
     return QuantOption(quant=quant, size=size, size_is_estimate=size_is_estimate, estimated_bytes=mem.total,
                        estimated_tps=tps, ppl_loss=fact.ppl_loss if fact else None, fits=mem.total <= s.budget,
                        fast_kernel=has_fast_kernel(quant, tuple(s.hw.simd or ())),
-                       fast_enough=tps >= s.min_speed, memory=mem)
+                       fast_enough=tps >= s.min_speed, memory=mem, kld=kld, quality=source)
 
 
 def evaluate(spec: ModelSpec, rows, s: Setting) -> list[QuantOption]:
-    options = [option(spec, quant, size, estimated, s) for quant, size, estimated in rows]
-    options.sort(key=lambda o: (o.size, quality_tier(o.quant), o.quant))
+    figures = quality_figures([quant for quant, _, _ in rows], s.measured)
+    options = [option(spec, quant, size, estimated, s, figures[quant]) for quant, size, estimated in rows]
+    tier = tiers({o.quant: o.kld for o in options})
+    options = [replace(o, tier=tier[o.quant]) for o in options]
+    options.sort(key=lambda o: (o.size, o.tier, o.quant))
     return options
 
 
 def quality_key(o: QuantOption):
-    """Best first: quality tier, then a fast kernel, then speed, then the exact ppl loss."""
-    return (quality_tier(o.quant), not o.fast_kernel, -o.estimated_tps,
-            o.ppl_loss if o.ppl_loss is not None else math.inf, o.quant)
+    """Best first: quality tier, then a fast kernel, then speed, then the exact KL divergence."""
+    return (o.tier, not o.fast_kernel, -o.estimated_tps, o.kld if o.kld is not None else math.inf, o.quant)
 
 
-def _speed_key(o: QuantOption):
-    return (-o.estimated_tps,) + quality_key(o)
+def nearly_as_good(o: QuantOption, best: QuantOption) -> bool:
+    return o.kld is not None and best.kld is not None and o.kld - best.kld <= NEARLY_AS_GOOD
 
 
 def choose(options: list[QuantOption]) -> tuple[QuantOption | None, bool]:
-    """(pick, reached_speed) by the rules; (None, False) when nothing fits."""
+    """(pick, reached_speed) by the rules; (None, False) when nothing fits.
+
+    Some quant that fits reaches the speed target: the best quality of those. None does:
+    quality first. Of the quants nearly as good as the best that fits (NEARLY_AS_GOOD), the
+    best quality among those within WORTH_IT of the fastest of them: so a faster quant is
+    taken only when it is nearly as good and clearly faster, and a large quality loss is
+    never traded for speed that stays below the target anyway."""
     fitting = [o for o in options if o.fits]
     if not fitting:
         return None, False
     fast = [o for o in fitting if o.fast_enough]
     if fast:
         return min(fast, key=quality_key), True
-    return min(fitting, key=_speed_key), False
+    best = min(fitting, key=quality_key)
+    near = [o for o in fitting if nearly_as_good(o, best)]
+    top = max(o.estimated_tps for o in near)
+    return min((o for o in near if o.estimated_tps * WORTH_IT >= top), key=quality_key), False
 
 
 def largest_context(ok, upper: int) -> int:

@@ -42,6 +42,9 @@ def choose_parallel(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, hw, n_ba
     while n < upper and need(n + 1) - one <= spare:
         n += 1
     per_slot = format_bytes(kv_cache_bytes(spec, n_ctx, type_k, type_v))
+    if not spec.has_kv_cache:  # an encoder: a slot is a text in the batch, it keeps no cache
+        return ParallelChoice(n, need(n), f"{n} sequence{'s' if n != 1 else ''} of up to {n_ctx} tokens per batch "
+                                          f"(no KV cache: {format_bytes(need(n))} in all)")
     if n == upper:
         reason = (f"{n} parallel slots (the most slmrun sets by itself), each a {n_ctx}-token context "
                   f"with {per_slot} of KV cache: {format_bytes(need(n))} in all")

@@ -8,7 +8,7 @@ a pull or a load uses when none is named.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..errors import InsufficientMemoryError, InvalidArgumentError
 from ..units import format_bytes
@@ -46,6 +46,8 @@ class Plan:
     split: list[DeviceShare] | None = None  # across RPC devices (local CPU first); None: one machine
     n_gpu_layers: int = 0  # with a split: the layers llama.cpp offloads, and their shares
     tensor_split: list[float] | None = None
+    embedding_model: bool = False  # no generation: estimated_tps is 0, n_parallel is texts per batch
+    spec_slope: float | None = None  # speculative.py: a draft token's cost, as a fraction of a step
 
     @property
     def option(self) -> QuantOption:
@@ -70,20 +72,26 @@ class Plan:
             "memory": self.memory.to_dict() if self.memory else None,
             "split": [d.to_dict() for d in self.split] if self.split is not None else None,
             "n_gpu_layers": self.n_gpu_layers, "tensor_split": self.tensor_split,
+            "embedding_model": self.embedding_model,
+            "speculative": {"mode": "auto", "draft_token_cost": self.spec_slope},
         }
 
 
 def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: str | None = None,
          force: bool = False, reserve_bytes: int | None = None, type_k: str = "f16", type_v: str | None = None,
          flash_attn: bool | None = None, n_batch: int = 512, n_parallel: int | None = None,
-         devices: Sequence[RemoteDevice] | None = None, use_local: bool = True) -> Plan:
+         devices: Sequence[RemoteDevice] | None = None, use_local: bool = True,
+         measured: Mapping[str, float] | None = None) -> Plan:
     """Choose how to run `model` (a registry entry, a GGUFInfo, or (ModelSpec, {quant: size})) on `hw`.
 
     Rules: the budget is available memory (cgroup-aware) minus a reserve; among the
-    quants that fit and reach `min_speed` tokens/s, the best quality (perplexity loss);
-    if none is fast enough, the fastest that fits; within a quality tier a fast kernel,
-    then the smaller file. `quant` overrides the choice; `force` returns a plan even when
-    it does not fit (with a warning) instead of raising InsufficientMemoryError.
+    quants that fit and reach `min_speed` tokens/s, the best quality (KL divergence from
+    full precision); if none is fast enough, the best quality that fits unless a faster
+    one is nearly as good; within a quality tier a fast kernel, then the smaller file.
+    `quant` overrides the choice; `force` returns a plan even when it does not fit (with a
+    warning) instead of raising InsufficientMemoryError. ``measured``: {quant: mean KL
+    divergence} this model's quants measured against a full-precision reference (`slmrun
+    eval`, evaluate.results.measured_quality), used in place of the borrowed figures.
 
     ``devices`` (RPC servers' devices, planner.split.RemoteDevice) plans the model split
     across them and this machine (its CPU too unless ``use_local=False``): the budget is
@@ -94,8 +102,8 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     type_v = (type_v or type_k).lower()
     kv_cache_type(type_k), kv_cache_type(type_v)
     flash_attn = effective_flash_attn(flash_attn, type_v)
-    if min_speed < 0:
-        raise InvalidArgumentError(f"min_speed must be >= 0, got {min_speed}")
+    if not min_speed >= 0 or min_speed == float("inf"):  # NaN fails the first test
+        raise InvalidArgumentError(f"min_speed must be a finite number >= 0, got {min_speed}")
     if n_ctx is not None and n_ctx < 16:
         raise InvalidArgumentError(f"n_ctx={n_ctx} is too small", hint="Use at least 16.")
     if n_batch < 1:
@@ -104,7 +112,11 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
     threads = hw.usable_cores
     budget = budget_bytes(hw, reserve_bytes)
     setting = Setting(hw=hw, n_ctx=ctx, budget=budget, min_speed=min_speed, n_threads=threads,
-                      n_batch=n_batch, type_k=type_k, type_v=type_v, flash_attn=flash_attn)
+                      n_batch=n_batch, type_k=type_k, type_v=type_v, flash_attn=flash_attn,
+                      measured=dict(measured or {}))
+    if spec.embedding_model:
+        return _plan_embedding(name, spec, rows, setting, quant=quant, force=force, n_parallel=n_parallel,
+                               devices=devices)
     options = evaluate(spec, rows, setting)
     splits = None
     if devices:
@@ -177,11 +189,39 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
                        "is assumed as fast as this machine")
         warnings.extend(f"{s.device}'s share needs {format_bytes(s.need_bytes)}, over its "
                         f"{format_bytes(s.budget_bytes)} budget" for s in shares if not s.fits)
+    from .speculative import batch_slope, describe_speculative
+
+    slope = batch_slope(hw, spec, weights_bytes=pick.size, threads=threads)
+    reasons.append(describe_speculative(slope))
     return Plan(model=name, hardware=hw.name, quant=pick.quant, n_threads=threads, n_ctx=ctx, type_k=type_k,
                 type_v=type_v, n_batch=min(n_batch, ctx), flash_attn=flash_attn,
                 estimated_bytes=pick.estimated_bytes, estimated_tps=pick.estimated_tps, budget_bytes=setting.budget,
                 min_speed=min_speed, reasons=reasons, options=options, warnings=warnings, memory=pick.memory,
-                bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes, **split_fields)
+                bandwidth_gbs=bandwidth, n_parallel=n_par, parallel_bytes=par_bytes, spec_slope=slope,
+                **split_fields)
+
+
+def _plan_embedding(name, spec, rows, s: Setting, *, quant, force, n_parallel, devices) -> Plan:
+    from .embedding import plan_embedding
+
+    hw = s.hw
+    reserve = hw.memory_available - s.budget
+    limit = f" (cgroup limit {format_bytes(hw.cgroup_limit)})" if hw.cgroup_limit else ""
+    reasons = [f"budget {format_bytes(s.budget)}: {format_bytes(hw.memory_available)} available{limit} "
+               f"minus a {format_bytes(reserve)} reserve"]
+    warnings: list[str] = []
+    if spec.context_length and s.n_ctx > spec.context_length:
+        warnings.append(f"n_ctx {s.n_ctx} is beyond the {spec.context_length} tokens {name} takes; longer texts "
+                        "are cut to it")
+    pick, options, texts, total = plan_embedding(name, spec, rows, s, quant=quant, force=force, n_parallel=n_parallel,
+                                                 devices=devices, reasons=reasons, warnings=warnings)
+    why = "the cgroup's CPU quota" if s.n_threads < max(1, hw.performance_cores) else "the performance cores"
+    reasons.append(f"{s.n_threads} thread{'s' if s.n_threads != 1 else ''}: {why}")
+    return Plan(model=name, hardware=hw.name, quant=pick.quant, n_threads=s.n_threads, n_ctx=s.n_ctx,
+                type_k=s.type_k, type_v=s.type_v, n_batch=min(s.n_batch, s.n_ctx * texts), flash_attn=s.flash_attn,
+                estimated_bytes=pick.estimated_bytes, estimated_tps=0.0, budget_bytes=s.budget, min_speed=s.min_speed,
+                reasons=reasons, options=options, warnings=warnings, memory=pick.memory, bandwidth_gbs=hw.bandwidth_gbs,
+                n_parallel=texts, parallel_bytes=total, embedding_model=True)
 
 
 def _slots(spec, pick, s, n_parallel, reserve_bytes, reasons, warnings) -> tuple[int, int]:
@@ -214,7 +254,7 @@ def offline_default(entry) -> str | None:
     return f.quant if getattr(f, "source", "hub") != "hub" else None
 
 
-def pick_for_this_machine(entry) -> str:
+def pick_for_this_machine(entry, measured: Mapping[str, float] | None = None) -> str:
     """The quant `slmrun pull NAME` / `slmrun.load(NAME)` use when none is named. Never raises.
 
     The plan's pick on hardware.detect() with the cached bandwidth only (it never
@@ -228,9 +268,9 @@ def pick_for_this_machine(entry) -> str:
         from .. import hardware
         hw = hardware.detect()
         try:
-            p = plan(entry, hw)
+            p = plan(entry, hw, measured=measured)
         except InsufficientMemoryError:
-            return plan(entry, hw, force=True).quant
+            return plan(entry, hw, force=True, measured=measured).quant
         keep = offline_default(entry)
         if keep is not None and keep != p.quant:
             choice = next((o for o in p.options if o.quant == keep), None)

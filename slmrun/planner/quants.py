@@ -1,4 +1,4 @@
-"""Facts about quantization types: quality (perplexity cost), size (bits per weight), which
+"""Facts about quantization types: quality (KL divergence, perplexity cost), size (bits per weight), which
 CPU kernels are fast for them, and the KV cache types llama.cpp accepts.
 
 Data only, and the small lookups over it; imports nothing from slmrun but the errors.
@@ -17,34 +17,42 @@ class QuantFact:
     bpw: float  # bits per weight, whole file (measured on Llama-3.1-8B)
     ppl_loss: float  # perplexity increase vs F16-ish reference (Llama-3-8B)
     tensor_type: str  # the ggml type holding most of the weights (what the kernel sees)
+    kld: float  # mean KL divergence from F16 per token, nats (Llama-3-8B): the planner's quality figure
 
 
 # From llama.cpp `tools/quantize`'s table (tests/data/reference.md, "Quantization types"):
 # +ppl on Llama-3-8B and bits per weight on Llama-3.1-8B ("~" values are the table's
 # approximations). BF16 is not in the table: it keeps F16's figure (same 16 bits, wider
 # range). F32 is the reference itself.
+# KL divergence: llama.cpp `tools/perplexity/README.md`, "LLaMA 3 8b Scoreboard", the rows
+# without an importance matrix (tests/data/quality/llama3_8b_kld.md): the mean KL divergence
+# of each quant from the F16 model per token, the most sensitive measure of what a quant
+# loses. F16 is that table's reference (0); BF16 is its "BF16 vs. FP16" comparison; F32 is 0.
+# These are borrowed figures: `slmrun eval` measures a model's own (evaluate/results.py),
+# and the planner uses them in their place (docs/CALIBRATION.md).
 QUANT_FACTS: dict[str, QuantFact] = {
-    "Q2_K": QuantFact(3.16, 3.5199, "Q2_K"),
-    "Q3_K_S": QuantFact(3.64, 1.6321, "Q3_K"),
-    "Q3_K_M": QuantFact(3.9, 0.6569, "Q3_K"),
-    "Q3_K_L": QuantFact(4.30, 0.5562, "Q3_K"),
-    "Q4_0": QuantFact(4.5, 0.4685, "Q4_0"),
-    "Q4_1": QuantFact(5.0, 0.4511, "Q4_1"),
-    "Q4_K_S": QuantFact(4.67, 0.2689, "Q4_K"),
-    "Q4_K_M": QuantFact(4.89, 0.1754, "Q4_K"),
-    "Q5_0": QuantFact(5.5, 0.1316, "Q5_0"),
-    "Q5_1": QuantFact(6.0, 0.1062, "Q5_1"),
-    "Q5_K_S": QuantFact(5.57, 0.1049, "Q5_K"),
-    "Q5_K_M": QuantFact(5.70, 0.0569, "Q5_K"),
-    "Q6_K": QuantFact(6.56, 0.0217, "Q6_K"),
-    "Q8_0": QuantFact(8.50, 0.0026, "Q8_0"),
-    "F16": QuantFact(16.0, 0.0020, "F16"),
-    "BF16": QuantFact(16.0, 0.0020, "BF16"),
-    "F32": QuantFact(32.0, 0.0, "F32"),
+    "Q2_K": QuantFact(3.16, 3.5199, "Q2_K", 0.445132),
+    "Q3_K_S": QuantFact(3.64, 1.6321, "Q3_K", 0.228217),
+    "Q3_K_M": QuantFact(3.9, 0.6569, "Q3_K", 0.101913),
+    "Q3_K_L": QuantFact(4.30, 0.5562, "Q3_K", 0.087176),
+    "Q4_0": QuantFact(4.5, 0.4685, "Q4_0", 0.071940),
+    "Q4_1": QuantFact(5.0, 0.4511, "Q4_1", 0.071683),
+    "Q4_K_S": QuantFact(4.67, 0.2689, "Q4_K", 0.043136),
+    "Q4_K_M": QuantFact(4.89, 0.1754, "Q4_K", 0.031273),
+    "Q5_0": QuantFact(5.5, 0.1316, "Q5_0", 0.022239),
+    "Q5_1": QuantFact(6.0, 0.1062, "Q5_1", 0.018045),
+    "Q5_K_S": QuantFact(5.57, 0.1049, "Q5_K", 0.016595),
+    "Q5_K_M": QuantFact(5.70, 0.0569, "Q5_K", 0.010762),
+    "Q6_K": QuantFact(6.56, 0.0217, "Q6_K", 0.005452),
+    "Q8_0": QuantFact(8.50, 0.0026, "Q8_0", 0.001355),
+    "F16": QuantFact(16.0, 0.0020, "F16", 0.0),
+    "BF16": QuantFact(16.0, 0.0020, "BF16", 0.00002515),
+    "F32": QuantFact(32.0, 0.0, "F32", 0.0),
 }
 
-# Best quality first: by perplexity loss, ties (BF16 and F16) by name.
-QUALITY_ORDER: tuple[str, ...] = tuple(sorted(QUANT_FACTS, key=lambda q: (QUANT_FACTS[q].ppl_loss, q)))
+# Best quality first: by KL divergence, ties (F32 and F16) by more bits.
+QUALITY_ORDER: tuple[str, ...] = tuple(sorted(QUANT_FACTS, key=lambda q: (QUANT_FACTS[q].kld,
+                                                                          -QUANT_FACTS[q].bpw, q)))
 
 
 def quality_rank(quant: str) -> int:
@@ -53,29 +61,35 @@ def quality_rank(quant: str) -> int:
     return QUALITY_ORDER.index(quant) if quant in QUANT_FACTS else len(QUALITY_ORDER)
 
 
-# Quality differences below this many perplexity points are noise (Q8_0 vs F16: 0.0006,
-# Q5_K_S vs Q5_1: 0.0013); such quants form one tier, and within a tier the planner
-# prefers a fast kernel, then the smaller (faster) file.
-QUALITY_TOLERANCE = 0.005
+# KL divergences closer than this (nats per token) are noise: Q8_0 against F16 is 0.0014,
+# Q5_K_S against Q5_1 0.0014, Q4_1 against Q4_0 0.0003 (rounding in llama.cpp's own
+# measurement alone moves a figure ~0.0005). Such quants form one tier, and within a tier
+# the planner prefers a fast kernel, then the smaller (faster) file.
+QUALITY_TOLERANCE = 0.0015
 
 
-def _quality_tiers() -> dict[str, int]:
-    """quant -> tier (0 = best). Single-linkage groups of ppl losses within the tolerance."""
-    tiers, tier, last = {}, -1, None
-    for q in QUALITY_ORDER:
-        loss = QUANT_FACTS[q].ppl_loss
-        if last is None or loss - last > QUALITY_TOLERANCE:
+def tiers(losses: dict[str, float | None]) -> dict[str, int]:
+    """quant -> tier (0 = best): single-linkage groups of losses within QUALITY_TOLERANCE;
+    a quant with no figure is in the last tier."""
+    known = sorted((v, q) for q, v in losses.items() if v is not None)
+    out, tier, last = {}, -1, None
+    for value, q in known:
+        if last is None or value - last > QUALITY_TOLERANCE:
             tier += 1
-        tiers[q] = tier
-        last = loss
-    return tiers
+        out[q] = tier
+        last = value
+    for q, v in losses.items():
+        if v is None:
+            out[q] = tier + 1
+    return out
 
 
-QUALITY_TIER: dict[str, int] = _quality_tiers()
+QUALITY_TIER: dict[str, int] = tiers({q: f.kld for q, f in QUANT_FACTS.items()})
 UNKNOWN_TIER = len(set(QUALITY_TIER.values()))  # quants we know nothing about rank last
 
 
 def quality_tier(quant: str) -> int:
+    """The borrowed figures' tier (plans with measured figures tier their own options)."""
     return QUALITY_TIER.get(quant.upper(), UNKNOWN_TIER)
 
 

@@ -47,12 +47,14 @@ class DecodeSteps:
             chain = h.sampler_chain(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p,
                                     repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
                                     frequency_penalty=p.frequency_penalty, penalty_last_n=PENALTY_LAST_N,
-                                    seed=p.seed, ignore_eos=p.ignore_eos)
-            if p.penalized:  # penalties count the prompt's recent tokens too, as llama.cpp's tools do
-                for t in tokens[-PENALTY_LAST_N:]:
-                    h.sampler_accept(chain, t)
+                                    seed=p.seed, ignore_eos=p.ignore_eos, dry=p.dry, n_ctx=self.n_ctx_seq)
+            # Penalties count the prompt's recent tokens too, as llama.cpp's tools do; not under a
+            # constraint, where the reply copies from the prompt (extract: "Alice is 31" -> 31).
+            if p.penalized and req.constraint is None:
+                h.accept_prompt(chain, tokens[-PENALTY_LAST_N:])
             seq = Seq(req, slot, n_keep, limit, chain,
                        TextAssembler(self._piece_of, req.stops, req.strip_leading))
+            seq.spec = self.spec_mode if p.speculative is None else p.speculative
             slot.busy = True
             self._active.append(seq)
             self.counters["prompt_tokens"] += len(tokens)
@@ -74,7 +76,9 @@ class DecodeSteps:
         outputs: list[tuple[Seq, int]] = []
         taken: list[tuple[Seq, int]] = []
         budget = self.n_batch
-        # Generating sequences first (one token each), then prompt chunks in arrival order.
+        drafts = self._drafts(budget)  # speculative.py: {seq: draft tokens}
+        # Generating sequences first (one token each, and their drafts), then prompt chunks in
+        # arrival order.
         for seq in sorted(self._active, key=lambda s: len(s.pending) > 1):
             if budget <= 0:
                 break
@@ -87,6 +91,9 @@ class DecodeSteps:
                     items.append((seq.pending[j], base + j, sid, complete and j == n - 1))
                 if complete:
                     outputs.append((seq, len(items) - 1))
+                    for j, t in enumerate(drafts.get(seq, ())):  # a logits row at each
+                        items.append((t, base + n + j, sid, True))
+                    budget -= len(drafts.get(seq, ()))
             else:  # teacher forcing: a logits row at every position that predicts a scored token
                 for j in range(n):
                     keep = base + j >= score_from - 1
@@ -99,6 +106,7 @@ class DecodeSteps:
         rc = h.decode(items)
         self._check_broken()
         dt = time.perf_counter() - t0
+        self.step_costs.record(len(items), dt)
         self.counters["steps"] += 1
         if rc != 0:
             what = {1: "no room left in the KV cache", 2: "aborted"}.get(rc, f"error {rc}")
@@ -113,7 +121,9 @@ class DecodeSteps:
             seq.n_past += n
             del seq.pending[:n]
         for seq, index in outputs:
-            if seq.req.score_from is None:
+            if seq in drafts:
+                self._verify(seq, index, drafts[seq])
+            elif seq.req.score_from is None:
                 self._sample(seq, index)
             else:
                 seq.req.state.score_rows.append(row_copy(h.logits(index)))
@@ -157,6 +167,8 @@ class DecodeSteps:
         req = seq.req
         seq.n_gen += 1
         req.state.tokens.append(token)
+        if seq.lookup is not None:  # the draft index (speculative.py) sees every token of the sequence
+            seq.lookup.extend((token,))
         piece, stopped = seq.text.feed(token)
         if piece:
             if seq.t_first is None:
@@ -223,4 +235,5 @@ class DecodeSteps:
                      gen_tps=(seq.n_gen - 1) / gen_s if seq.n_gen > 1 and gen_s > 0 else 0.0,
                      ttft_s=first - req.t_submit, prompt_eval_tokens=evaluated, cached_tokens=seq.cached,
                      prompt_s=seq.prompt_s, gen_s=gen_s, total_s=end - req.t_submit,
-                     queue_s=seq.t_admit - req.t_submit, slot=seq.slot.seq_id, forced_tokens=seq.n_forced)
+                     queue_s=seq.t_admit - req.t_submit, slot=seq.slot.seq_id, forced_tokens=seq.n_forced,
+                     draft_tokens=seq.n_drafted, accepted_tokens=seq.n_accepted)

@@ -29,11 +29,13 @@ from .decoding import DecodeSteps, _Broken
 from .embedding import EmbedJob, EmbedSteps
 from .response import Stats, closed_error
 from .slots import Request, Seq, Slot
+from .speculative import SpecSteps
 
 
-class Engine(DecodeSteps, EmbedSteps):
+class Engine(DecodeSteps, EmbedSteps, SpecSteps):
     def __init__(self, handle, *, n_parallel: int, n_ctx_seq: int, n_batch: int, name: str,
-                 load_s: float = 0.0, max_queue: int | None = None, piece_of=None, on_exit=None):
+                 load_s: float = 0.0, max_queue: int | None = None, piece_of=None, on_exit=None,
+                 speculative: str = "auto", spec_slope: float | None = None):
         self._h = handle
         self._on_exit = on_exit  # frees llama.cpp: run by this thread, after its last use of the context
         self.n_parallel = n_parallel
@@ -56,7 +58,9 @@ class Engine(DecodeSteps, EmbedSteps):
         self._broken: BaseException | None = None  # an RPC server this model is split over failed
         self._stopped = threading.Event()
         self.counters = {"requests": 0, "prompt_tokens": 0, "prompt_eval_tokens": 0, "generated_tokens": 0,
-                         "cancelled": 0, "errors": 0, "steps": 0, "embed_inputs": 0, "embed_tokens": 0}
+                         "cancelled": 0, "errors": 0, "steps": 0, "embed_inputs": 0, "embed_tokens": 0,
+                         "draft_tokens": 0, "accepted_tokens": 0}
+        self._spec_init(speculative, spec_slope)  # speculative.py: the mode and the step costs
         self._thread = threading.Thread(target=self._run, name=f"slmrun-engine[{name}]", daemon=True)
         self._thread.start()
 

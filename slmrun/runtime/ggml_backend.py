@@ -87,9 +87,10 @@ class Ggml:
     """The handful of ggml functions slmrun needs, bound once."""
 
     def __init__(self):
-        import llama_cpp  # loads libllama and, with it, libggml, libggml-base, libggml-rpc
+        from .binding import lib, package_dir
 
-        self.lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        llama_cpp = lib()  # loads libllama and, with it, libggml, libggml-base, libggml-rpc
+        self.lib_dir = package_dir() / "lib"
         ggml = _loaded("ggml", self.lib_dir)
         base = _loaded("ggml-base", self.lib_dir)
         llama_cpp.llama_backend_init()  # ggml_backend_load_all() when nothing is registered yet

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ModelLoadError
+from . import binding
+from .binding import lib
 
 # llama.cpp logs through a C callback; keeping a reference stops it being collected.
 _LOG_CALLBACK = None
@@ -35,7 +37,7 @@ def set_llama_log(enabled: bool) -> None:
     global _LOG_CALLBACK, _log_enabled
     if _log_enabled == enabled:
         return
-    import llama_cpp
+    llama_cpp = lib()
 
     if enabled:
         def _cb(level, text, user_data):
@@ -48,16 +50,36 @@ def set_llama_log(enabled: bool) -> None:
     _log_enabled = enabled
 
 
+def preload() -> None:
+    """Load llama.cpp's libraries now, on the calling (main) thread. `slmrun serve` does so
+    before uvicorn starts: loaded later, from the worker thread of the first model load, a
+    generation still streaming when SIGTERM arrived slowed from ~30 tokens/s to one token
+    every ~2 s (tests/test_server_real.py's SIGTERM test; seen when the server stopped
+    importing the runtime at start-up). Why the loading thread matters is not understood."""
+    binding.lib()
+
+
+def _restore_log() -> None:
+    """llama_cpp's package __init__ (run late, see binding.py) set its own log callback: ours again."""
+    global _log_enabled
+    if _log_enabled is not None:
+        enabled, _log_enabled = _log_enabled, None
+        set_llama_log(enabled)
+
+
+binding.after_init.append(_restore_log)
+
+
 def system_info() -> str:
     """The CPU features this llama.cpp build was compiled to use ("AVX2 = 1 | ...")."""
-    import llama_cpp
+    llama_cpp = lib()
     return llama_cpp.llama_print_system_info().decode("utf-8", "replace")
 
 
 def _ensure_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        import llama_cpp
+        llama_cpp = lib()
         llama_cpp.llama_backend_init()
         _backend_ready = True
 
@@ -99,7 +121,7 @@ class LlamaHandle:
                  verbose: bool = False, model_params_hook=None, guard=None):
         """``guard``: a model split over RPC servers (runtime.rpc.Placement): every step that waits
         on them runs under its watchdog, so a server that stops answering cannot hang us."""
-        import llama_cpp
+        llama_cpp = lib()
 
         self._lib = llama_cpp
         set_llama_log(verbose)
@@ -295,9 +317,10 @@ class LlamaHandle:
 
     def sampler_chain(self, *, temperature: float, top_k: int, top_p: float, min_p: float,
                       repeat_penalty: float, presence_penalty: float, frequency_penalty: float,
-                      penalty_last_n: int, seed: int, ignore_eos: bool = False):
-        """A native sampler chain in llama.cpp's own order (penalties, top-k, top-p, min-p, temperature,
-        then a seeded draw; greedy at temperature 0)."""
+                      penalty_last_n: int, seed: int, ignore_eos: bool = False, dry=None, n_ctx: int = 0):
+        """A native sampler chain in llama.cpp's own order (penalties, DRY, top-k, top-p, min-p,
+        temperature, then a seeded draw; greedy at temperature 0). ``dry``: (multiplier, base,
+        allowed_length, penalty_last_n) or None; a penalty_last_n of -1 looks back ``n_ctx``."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         add = lib.llama_sampler_chain_add
@@ -308,6 +331,13 @@ class LlamaHandle:
         if repeat_penalty != 1.0 or presence_penalty or frequency_penalty:
             add(chain, lib.llama_sampler_init_penalties(self.n_vocab, penalty_last_n, repeat_penalty,
                                                         frequency_penalty, presence_penalty))
+        if dry is not None:
+            from .params import DRY_SEQUENCE_BREAKERS
+
+            multiplier, base, allowed, last_n = dry
+            breakers = (ctypes.c_char_p * len(DRY_SEQUENCE_BREAKERS))(*[b.encode() for b in DRY_SEQUENCE_BREAKERS])
+            add(chain, lib.llama_sampler_init_dry(self.vocab, multiplier, base, allowed,
+                                                  n_ctx if last_n < 0 else last_n, breakers, len(breakers)))
         if temperature <= 0:
             add(chain, lib.llama_sampler_init_greedy())
             return chain
@@ -326,6 +356,16 @@ class LlamaHandle:
 
     def sampler_accept(self, chain, token: int) -> None:
         self._lib.llama_sampler_accept(chain, token)
+
+    def accept_prompt(self, chain, tokens: Sequence[int]) -> None:
+        """Show the prompt's tokens to the chain's repetition penalties only (as llama.cpp's tools
+        count recent prompt tokens), not to DRY: text copied from the prompt (extraction) is no loop."""
+        lib = self._lib
+        for i in range(lib.llama_sampler_chain_n(chain)):
+            sampler = lib.llama_sampler_chain_get(chain, i)
+            if lib.llama_sampler_name(sampler) == b"penalties":
+                for t in tokens:
+                    lib.llama_sampler_accept(sampler, t)
 
     def sampler_free(self, chain) -> None:
         self._lib.llama_sampler_free(chain)

@@ -45,6 +45,8 @@ class LoadOptions:
     n_parallel: int = 1  # sequences decoded together (slots)
     max_queue: int | None = None  # requests allowed to wait for a slot (None: no limit)
     pooling: str | None = None  # embeddings: "mean", "cls", "last" (None: the model's own, else mean)
+    speculative: str = "auto"  # prompt-lookup drafts: "auto" (where the measured step costs say they pay), "on", "off"
+    spec_slope: float | None = None  # a batch's extra cost per token (fraction of a step) until measured
 
 
 _OPEN: "weakref.WeakSet[Model]" = weakref.WeakSet()
@@ -120,7 +122,8 @@ class Model:
         self._closed = False
         self._engine = Engine(self._h, n_parallel=options.n_parallel, n_ctx_seq=options.n_ctx,
                               n_batch=options.n_batch, name=self.name, load_s=self.load_s,
-                              max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free)
+                              max_queue=options.max_queue, piece_of=shared.piece, on_exit=shared.free,
+                              speculative=options.speculative, spec_slope=options.spec_slope)
         if placement is not None:  # a failed server ends this model's requests (rpc_guard's default)
             placement.on_failure = self._engine.fail_broken
         _OPEN.add(self)
@@ -287,7 +290,8 @@ class Model:
             spec = constraint_spec(**structured)  # refused here, before anything is queued
             constraint = self._grammar().constraint(spec)
             stops = ()  # the grammar decides where the value ends; a stop string could cut it
-        p = make_params(**params, stop=extra_stop if spec is None else None, default_seed=self.options.seed)
+        task = "constrained" if spec is not None else ("chat" if strip_leading else "text")  # chat() strips
+        p = make_params(**params, stop=extra_stop if spec is None else None, task=task, default_seed=self.options.seed)
         if not tokens:
             raise InvalidArgumentError("the prompt is empty", hint="Give a prompt with some text.")
         if len(tokens) >= self.n_ctx:
@@ -344,31 +348,30 @@ class Model:
                           truncated=cut, pooling=h.pooling, model=self.name, normalized=normalize)
 
     # --- tasks for small models: answers other programs consume ---------------------------------
-    def classify(self, text: str, labels: Sequence[str], *, instruction: str | None = None,
-                 examples=None):
+    def classify(self, text: str, labels, *, instruction: str | None = None, examples=None,
+                 method: str | None = None, calibrate=False):
         """The label that fits ``text``, and a probability for every label, from the model's own
         log-probabilities of each label's tokens (teacher forcing; see slmrun.structured.classify),
-        not from sampled text. ``examples``: (text, label) pairs shown to the model first."""
-        from .. import structured as st
+        not from sampled text. ``examples``: (text, label) pairs shown to the model first.
+        ``method="embedding"`` (an embedding model's default), ``calibrate``, labels with
+        descriptions ({name: description}): see slmrun.classification."""
+        if method is not None or calibrate or self.is_embedding_model or not isinstance(labels, (list, tuple)):
+            from ..classification import classify
+            return classify(self, text, labels, instruction=instruction, examples=examples, method=method,
+                            calibrate=calibrate)
+        return self.classify_many([text], labels, instruction=instruction, examples=examples)[0]
 
-        labels = st.check_labels(labels)
-        messages = st.classify_messages(text, labels, instruction=instruction, examples=examples)
-        if self.has_chat_format:
-            prompt = self.chat_tokens(messages)
-            label_text = str
-        else:  # plain text: "Text: ... / Label: ..." lines, the labels after a space
-            prompt = self.tokenize(_plain_classify_prompt(messages), special=False)
-            label_text = " {}".format
-        sequences = st.label_tokens(labels, lambda s: self.tokenize(label_text(s), special=False, add_bos=False))
-        st.check_fits(len(prompt), labels, sequences, self.n_ctx)
-        ends = st.end_tokens(labels, self._h.eog_tokens, self._terminator_tokens())
-        # One after another: each reuses the prompt's cells the one before left in its slot.
-        logprobs = []
-        for seq, end in zip(sequences, ends):
-            r = self._submit(list(prompt) + list(seq), {"max_tokens": 0}, stops=(), strip_leading=False,
-                             score_from=len(prompt)).wait()
-            logprobs.append(st.sequence_logprob(r._s.score_rows, seq, end))
-        return st.label_probabilities(labels, logprobs)
+    def classify_many(self, texts: Sequence[str], labels: Sequence[str], *, instruction: str | None = None,
+                      examples=None) -> list:
+        """``classify`` for each of ``texts``, in order; up to ``n_parallel`` texts are scored at
+        once, batched by the engine, each text's prompt evaluated once for all its labels
+        (runtime/tasks.py). A text that fails raises after nothing is left running."""
+        from .tasks import classify_stream
+
+        if isinstance(texts, str):
+            raise InvalidArgumentError("texts must be a list of strings, got one string",
+                                       hint="Use classify(text, labels) for one text, or pass [text].")
+        return list(classify_stream(self, texts, labels, instruction=instruction, examples=examples))
 
     def extract(self, text: str, schema, *, instruction: str | None = None, max_tokens: int | None = 512):
         """The fields of ``schema`` (a JSON Schema dict or string, or a pydantic model class)
@@ -390,9 +393,3 @@ class Model:
             self._terminators = terminator_tokens(self._piece(t) for t in range(self.n_vocab))
         return self._terminators
 
-
-def _plain_classify_prompt(messages: list[dict]) -> str:
-    lines = [messages[0]["content"]]
-    for m in messages[1:]:
-        lines.append(("Text: " if m["role"] == "user" else "Label: ") + m["content"])
-    return "\n".join(lines) + "\nLabel:"

@@ -33,6 +33,8 @@ class Stats:
     queue_s: float = 0.0  # time waiting for a free slot
     slot: int = -1  # the sequence (slot) that served the request
     forced_tokens: int = 0  # of generated_tokens, those a grammar forced (appended without sampling)
+    draft_tokens: int = 0  # speculative decoding: tokens drafted from the sequence's own n-grams
+    accepted_tokens: int = 0  # ... of which the model agreed with (the rest cost a batch row each)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,9 +123,14 @@ class ResponseState:
             self.done = True
             self.cond.notify_all()
             callbacks, self.callbacks = self.callbacks, []
-        self._wake_loops()
-        for cb in callbacks:
-            cb()
+        # Callbacks first: what they hand to an event loop (the server's lease release) is then
+        # queued before the wake-up of the reader that sends the reply, so a client's next
+        # request never finds the model still held by the request that just answered.
+        try:
+            for cb in callbacks:
+                cb()
+        finally:
+            self._wake_loops()
 
     def _wake_loops(self) -> None:
         for loop, event in list(self.loops):

@@ -245,7 +245,8 @@ class Placement:
     on_failure: object = field(default=None, repr=False)  # called with the RpcServerError (rpc_guard)
 
     def __post_init__(self):
-        from llama_cpp import LLAMA_MAX_DEVICES
+        from .binding import lib
+        LLAMA_MAX_DEVICES = lib().LLAMA_MAX_DEVICES
         self._devices_c = (ctypes.c_void_p * (len(self.devices) + 1))(*[d.handle for d in self.devices], None)
         padded = self.tensor_split + [0.0] * max(0, LLAMA_MAX_DEVICES - len(self.tensor_split))
         self._split_c = (ctypes.c_float * len(padded))(*padded)
@@ -270,7 +271,8 @@ class Placement:
     def model_params_fields(self) -> dict:
         """The ``llama_model_params`` fields to set, as ctypes values; the arrays they point
         to belong to this object: keep it alive as long as the model."""
-        import llama_cpp
+        from .binding import lib
+        llama_cpp = lib()
         return {"devices": ctypes.cast(self._devices_c, ctypes.c_void_p).value,  # NULL-terminated
                 "n_gpu_layers": self.n_gpu_layers, "tensor_split": self._split_c,
                 "split_mode": llama_cpp.LLAMA_SPLIT_MODE_LAYER}

@@ -36,7 +36,8 @@ class Seq:
     """A request while it holds a slot (engine thread only)."""
 
     __slots__ = ("req", "slot", "pending", "n_past", "n_gen", "limit", "chain", "text", "in_prompt",
-                 "cached", "prompt_s", "t_admit", "t_first", "stopped", "n_forced")
+                 "cached", "prompt_s", "t_admit", "t_first", "stopped", "n_forced",
+                 "spec", "lookup", "spec_acc", "spec_rej", "n_drafted", "n_accepted")
 
     def __init__(self, req: Request, slot: Slot, n_keep: int, limit: int, chain, text: TextAssembler):
         self.req, self.slot, self.chain, self.text = req, slot, chain, text
@@ -51,6 +52,12 @@ class Seq:
         self.t_first: float | None = None
         self.stopped = False
         self.n_forced = 0
+        # Speculative decoding (speculative.py): the mode, the n-gram index (built on the first
+        # draft), accepted draft tokens and rejected drafts (this sequence's acceptance rate).
+        self.spec = "off"
+        self.lookup = None
+        self.spec_acc = self.spec_rej = 0
+        self.n_drafted = self.n_accepted = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

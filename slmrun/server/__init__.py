@@ -1,5 +1,6 @@
 """`slmrun serve`: OpenAI- and Ollama-compatible HTTP over the engine. The only package
-that imports the web framework (Starlette) and its server (uvicorn), and only when serving.
+that imports the web framework (Starlette), its server (uvicorn) and the request validation
+(pydantic), and only when serving.
 
     app.py          the Starlette app: middleware, /health, /metrics, the chat page, lifespan
     openai_api.py   /v1/chat/completions, /v1/completions, /v1/models
@@ -8,10 +9,13 @@ that imports the web framework (Starlette) and its server (uvicorn), and only wh
     pull.py         /api/pull's progress events over slmrun's own pull
     generation.py   one generation for either API: lease, fit the history, submit
     structured.py   response_format / format and tools
-    translate.py    both APIs' request bodies to the engine's terms, keep_alive durations (pure)
+    schema.py       every request body, declared once (pydantic): types, ranges, unknown fields
+    request.py      parse(request, Body): read, validate, the 400 naming the first bad field
+    translate.py    both APIs' validated bodies to the engine's terms, keep_alive durations (pure)
     messages.py     both APIs' chat messages to the engine's (pure)
     manager.py      which models are loaded: keep_alive, LRU unload, the memory budget
-    http.py         error shapes, middleware (API key, body cap, access log), streaming
+    http.py         error shapes (no paths), middleware (request id + access log, API key, body
+                    cap, the 500 of last resort), streaming
     metrics.py      /metrics in Prometheus' text format
     chat.html       the chat page (one file, no build step, works offline)
 """
@@ -98,7 +102,9 @@ def run(settings: Settings) -> None:
     import sys
 
     from ..runtime.heap import limit_malloc_arenas
+    from ..runtime.llama import preload
     limit_malloc_arenas()  # models load and close on many threads here: keep RSS from ratcheting up
+    preload()
     import uvicorn
 
     from .app import create_app

@@ -17,8 +17,9 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import SlmrunError
-from . import knowledge, ollama_api, openai_api
-from .http import AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, HTTPError, error_response
+from . import embeddings_api, knowledge, ollama_api, openai_api
+from .http import (AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, HTTPError, InternalErrorMiddleware,
+                   error_response, scrub)
 from .manager import ModelManager
 from .metrics import Metrics
 
@@ -86,10 +87,10 @@ async def _preload(state: State) -> None:
             lease.release()
         except SlmrunError as exc:
             log.error("could not load %s: %s%s", ref, exc.message, f" ({exc.hint})" if exc.hint else "")
-            state.preload_errors[ref] = exc.message
+            state.preload_errors[ref] = scrub(exc.message)  # /health is open to anyone who can connect
         except Exception as exc:  # a bug of ours: say so, keep serving the other models
             log.exception("could not load %s", ref)
-            state.preload_errors[ref] = f"{type(exc).__name__}: {exc}"
+            state.preload_errors[ref] = f"internal error ({type(exc).__name__}): the server's log has the details"
     state.ready = True
 
 
@@ -135,11 +136,12 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
     if settings.api_key:
         middleware.append(Middleware(ApiKeyMiddleware, key=settings.api_key))
     middleware.append(Middleware(BodyLimitMiddleware, limit=settings.max_body))
+    middleware.append(Middleware(InternalErrorMiddleware))
     routes = [Route("/", chat_page, methods=["GET", "HEAD"]), Route("/favicon.ico", favicon),
               Route("/health", health), Route("/metrics", metrics),
-              *openai_api.routes, *ollama_api.routes, *knowledge.routes]
+              *openai_api.routes, *ollama_api.routes, *embeddings_api.routes, *knowledge.routes]
+    # Any other exception is a bug: InternalErrorMiddleware logs it once and answers 500.
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={SlmrunError: _on_error, HTTPError: _on_error, HTTPException: _on_http_exception,
-                                        Exception: _on_error})
+                    exception_handlers={SlmrunError: _on_error, HTTPError: _on_error, HTTPException: _on_http_exception})
     app.state.slmrun = state
     return app

@@ -1,13 +1,18 @@
-"""HTTP plumbing shared by both APIs: errors in each API's shape, JSON bodies, the ASGI
-middleware (API key, body cap, access log) and a streaming response that cancels its
-generation the moment the client goes away."""
+"""HTTP plumbing shared by both APIs: errors in each API's shape (with no path of this
+machine in them), the ASGI middleware (request ids and the access log, API key, body cap,
+the last resort for bugs) and a streaming response that cancels its generation the moment
+the client goes away."""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
+import os
+import re
+import sys
 import time
+import uuid
 
 import asyncio
 from starlette.requests import Request
@@ -16,6 +21,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from .. import errors as E
 
 access_log = logging.getLogger("slmrun.server.access")
+log = logging.getLogger("slmrun.server")
 
 
 class HTTPError(Exception):
@@ -32,7 +38,7 @@ STATUS = (
     (E.InvalidSchemaError, 400, "invalid_schema"), (E.UnsupportedSchemaError, 400, "unsupported_schema"),
     (E.InvalidGrammarError, 400, "invalid_grammar"),
     (E.InvalidArgumentError, 400, "invalid_value"),
-    (E.ChatFormatError, 400, "unsupported_model"),
+    (E.ChatFormatError, 400, "unsupported_model"), (E.ModelCapabilityError, 400, "unsupported_model"),
     (E.ModelNotFoundError, 404, "model_not_found"), (E.ModelNotPulledError, 404, "model_not_found"),
     (E.UnknownQuantError, 404, "model_not_found"),
     (E.QueueFullError, 503, "server_busy"), (E.ModelClosedError, 503, "model_unloaded"),
@@ -40,7 +46,13 @@ STATUS = (
     (E.StoreLockedError, 409, "model_busy"),
     (E.DownloadError, 502, "download_failed"), (E.ChecksumMismatchError, 502, "checksum_mismatch"),
     (E.InsufficientDiskSpaceError, 507, "insufficient_storage"),
-    (E.InsufficientMemoryError, 500, "insufficient_memory"),
+    # The request is fine and no retry will make the model fit: not the client's fault (no
+    # 4xx), not a bug (no 500), not a passing overload (503 is QueueFullError's, with
+    # Retry-After). 507 "the server cannot store what the request needs", as for the disk.
+    (E.InsufficientMemoryError, 507, "insufficient_memory"),
+    # A model's output that failed the final check (a tool call cut by a stop string, say):
+    # OpenAI answers this 500 "The model produced invalid content", llama-server 500 when its
+    # tool-call parser fails. A retry samples anew, so 5xx is right; it is logged, not a bug.
     (E.StructuredOutputError, 500, "invalid_output"),
     (E.KnowledgeBaseNotFoundError, 404, "model_not_found"), (E.KnowledgeBaseError, 500, "knowledge_base_error"),
 )
@@ -50,6 +62,8 @@ RETRY_AFTER_S = 1  # a slot frees when any one request ends; small models end th
 def status_of(exc: BaseException) -> tuple[int, str | None, dict]:
     if isinstance(exc, HTTPError):
         return exc.status, exc.code, exc.headers
+    if isinstance(exc, InternalError):
+        return 500, "internal_error", {}
     for cls, status, code in STATUS:
         if isinstance(exc, cls):
             headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else {}
@@ -57,16 +71,56 @@ def status_of(exc: BaseException) -> tuple[int, str | None, dict]:
     return 500, "internal_error", {}
 
 
+class InternalError(Exception):
+    """What a client is told of a bug: nothing but the id of the log line that has the rest."""
+
+    def __init__(self, request_id: str):
+        super().__init__(f"internal error (request id {request_id}): the server's log has the details")
+        self.request_id = request_id
+
+
+def _roots() -> list[tuple[str, str]]:
+    """(directory, what a client is shown instead), longest first: where this machine keeps
+    models and its home, which no client needs to know."""
+    from .. import config
+
+    named = [(config.models_dir(), "<models>"), (config.home(), "<SLMRUN_HOME>"), (sys.prefix, "<python>"),
+             (sys.base_prefix, "<python>"), (os.path.expanduser("~"), "~")]
+    try:
+        named.append((os.getcwd(), "<cwd>"))
+    except OSError:  # the directory it started in is gone
+        pass
+    out = {}
+    for path, label in named:
+        for variant in {str(path), os.path.realpath(path)}:
+            if len(variant.rstrip("/")) > 1:  # never "/" itself
+                out.setdefault(variant.rstrip("/"), label)
+    return sorted(out.items(), key=lambda kv: -len(kv[0]))
+
+
+def scrub(text: str) -> str:
+    """``text`` with every path under this machine's known roots cut to the root's label (the
+    last step before a message leaves: library messages name models, not files, but a file's
+    path can still ride along in an OS error)."""
+    for root, label in _roots():
+        if root in text:
+            text = re.sub(re.escape(root) + r"(?![\w.-])", label, text)  # not /root in /rootfs
+    return text
+
+
 def message_of(exc: BaseException) -> str:
     if isinstance(exc, E.SlmrunError):
-        return f"{exc.message}. {exc.hint}" if exc.hint else exc.message
-    if isinstance(exc, HTTPError):
-        return exc.message
-    return f"internal error: {type(exc).__name__}: {exc}"
+        text = f"{exc.message}. {exc.hint}" if exc.hint else exc.message
+    elif isinstance(exc, (HTTPError, InternalError)):
+        text = str(exc) if isinstance(exc, InternalError) else exc.message
+    else:
+        text = "internal error: the server's log has the details"
+    return scrub(text)
 
 
 def is_openai(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    # /rerank and /reranking: llama-server's aliases of /v1/rerank, answered in its (OpenAI's) shape
+    return path == "/v1" or path.startswith("/v1/") or path in ("/rerank", "/reranking")
 
 
 def error_body(exc: BaseException, path: str) -> tuple[int, dict, dict]:
@@ -76,28 +130,18 @@ def error_body(exc: BaseException, path: str) -> tuple[int, dict, dict]:
     if is_openai(path):
         kind = "server_error" if status >= 500 else (
             "authentication_error" if status == 401 else "invalid_request_error")
-        return status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, headers
+        code = getattr(exc, "code", None) if isinstance(exc, E.InvalidArgumentError) and \
+            getattr(exc, "code", None) else code
+        return status, {"error": {"message": message, "type": kind, "param": getattr(exc, "param", None),
+                                  "code": code}}, headers
     return status, {"error": message}, headers
 
 
 def error_response(exc: BaseException, path: str) -> JSONResponse:
     status, body, headers = error_body(exc, path)
-    if status >= 500 and not isinstance(exc, (E.SlmrunError, HTTPError)):
-        logging.getLogger("slmrun.server").exception("internal error on %s", path, exc_info=exc)
+    if isinstance(exc, E.StructuredOutputError):
+        log.warning("%s: %s", path, exc.message)
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def read_json(request: Request) -> dict:
-    body = await request.body()
-    if not body.strip():
-        raise HTTPError(400, "the request body is empty: send a JSON object", code="invalid_json")
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise HTTPError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise HTTPError(400, "the request body must be a JSON object", code="invalid_json")
-    return data
 
 
 def dumps(obj) -> str:
@@ -215,9 +259,43 @@ class BodyLimitMiddleware:
         return await self.app(scope, limited, send)
 
 
+class InternalErrorMiddleware:
+    """The last resort, innermost: an exception no handler took is a bug. Its traceback goes
+    to the server's log once, with the request id; the client gets a 500 that says only that
+    id (or, when the response had begun, its end)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watch(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            rid = scope.get("slmrun.request_id") or new_request_id()
+            log.error("internal error (request id %s) on %s %s", rid, scope["method"], scope["path"], exc_info=exc)
+            if not started:
+                await error_response(InternalError(rid), scope["path"])(scope, receive, send)
+            else:  # a stream already under way: end it (its client sees the reply stop)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
 class AccessLogMiddleware:
-    """One line per request when its response ends: client, method, path, status, seconds,
-    and what the route noted (model, tokens) in ``scope["slmrun.log"]``; counts for /metrics."""
+    """Gives every request an id (``X-Request-Id`` on its response, ``scope["slmrun.request_id"]``)
+    and writes one line when its response ends: client, method, path, status, seconds, and
+    what the route noted (model, tokens) in ``scope["slmrun.log"]``; counts for /metrics."""
 
     def __init__(self, app, metrics=None):
         self.app, self.metrics = app, metrics
@@ -229,10 +307,12 @@ class AccessLogMiddleware:
         status = [500]
         note: dict = {}
         scope["slmrun.log"] = note
+        rid = scope["slmrun.request_id"] = new_request_id()
 
         async def watch(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(message)
 
         try:
@@ -243,6 +323,8 @@ class AccessLogMiddleware:
             describe = note.pop("_describe", None)
             if describe is not None:
                 note.update(describe())
+            if status[0] >= 500:
+                note["id"] = rid
             extra = "".join(f" {k}={v}" for k, v in note.items())
             path = scope["path"] + (f"?{scope['query_string'].decode()}" if scope.get("query_string") else "")
             access_log.info('%s "%s %s" %d %.3fs%s', client[0], scope["method"], path, status[0], dt, extra)

@@ -212,6 +212,13 @@ class ModelManager:
         fa = effective_flash_attn(kw.get("flash_attn"), None)
         n_ctx = kw.get("n_ctx") or default_context(spec)
         batch = min(512, n_ctx)
+        if api.is_encoder(info):  # an embedding model: its own context, sequences per batch, no cache
+            kw.pop("n_parallel", None)
+            kw.pop("n_ctx", None)
+            n_ctx = min(n_ctx, info.context_length or n_ctx)
+            need = estimate_memory(spec, weights_bytes=info.size, n_ctx=n_ctx, n_batch=max(512, n_ctx),
+                                   n_ubatch=max(512, n_ctx), flash_attn=fa, n_parallel=api.ENCODER_SEQS).total
+            return kw, need, self._details(r, info, n_ctx)
         if kw.get("rpc"):
             kw["n_parallel"] = kw.get("n_parallel") or 1  # a split is for fitting, not throughput
         if not kw.get("n_parallel"):
@@ -222,11 +229,13 @@ class ModelManager:
                                flash_attn=fa, n_parallel=kw["n_parallel"]).total
         if kw.get("rpc"):  # only this machine's share counts against the server's budget
             need = _local_share(info, kw, n_ctx, batch, fa)
-        details = {"family": info.architecture, "parameter_size": _param_size(info.n_params),
-                   "quantization_level": info.quant, "context_length": n_ctx,
-                   "digest": r.stored.sha256 if r.stored is not None else None,
-                   "size": info.size}
-        return kw, need, details
+        return kw, need, self._details(r, info, n_ctx)
+
+    @staticmethod
+    def _details(r, info, n_ctx: int) -> dict:
+        return {"family": info.architecture, "parameter_size": _param_size(info.n_params),
+                "quantization_level": info.quant, "context_length": n_ctx,
+                "digest": r.stored.sha256 if r.stored is not None else None, "size": info.size}
 
     async def _load(self, key: str) -> Loaded:
         from .. import api

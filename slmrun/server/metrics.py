@@ -52,6 +52,7 @@ class Metrics:
         self.generated_tokens = defaultdict(int)
         self.generations = defaultdict(int)  # (model, finish_reason) -> count
         self.ttft = defaultdict(lambda: Histogram(TTFT_BUCKETS))  # model -> histogram
+        self.embedded_inputs = defaultdict(int)  # model -> inputs embedded
         self.request_seconds = Histogram(DURATION_BUCKETS)
 
     def request_done(self, path: str, status: int, seconds: float) -> None:
@@ -74,6 +75,11 @@ class Metrics:
                 if stats.generated_tokens:
                     self.ttft[model].observe(stats.ttft_s)
 
+    def embeddings_done(self, model: str, inputs: int, tokens: int) -> None:
+        with self._lock:
+            self.embedded_inputs[model] += inputs
+            self.prompt_tokens[model] += tokens
+
     def render(self, loaded: list, counters: dict, rss: int | None) -> str:
         """``loaded``: the manager's Loaded entries (their engines give the gauges)."""
         out: list[str] = []
@@ -93,6 +99,8 @@ class Metrics:
                    [("", {"model": m, "finish_reason": r}, n) for (m, r), n in sorted(self.generations.items())])
             family("slmrun_prompt_tokens_total", "counter", "Prompt tokens received (cached ones included).",
                    [("", {"model": m}, n) for m, n in sorted(self.prompt_tokens.items())])
+            family("slmrun_embedded_inputs_total", "counter", "Inputs embedded (texts or token lists).",
+                   [("", {"model": m}, n) for m, n in sorted(self.embedded_inputs.items())])
             family("slmrun_generated_tokens_total", "counter", "Tokens generated.",
                    [("", {"model": m}, n) for m, n in sorted(self.generated_tokens.items())])
             ttft = []
@@ -130,4 +138,5 @@ def _hist_samples(h: Histogram, labels: dict) -> list:
 KNOWN_PATHS = frozenset({
     "/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions",
     "/api/chat", "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version", "/api/pull", "/api/delete",
+    "/v1/embeddings", "/api/embed", "/api/embeddings",
 })

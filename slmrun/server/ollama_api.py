@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import InvalidArgumentError, SlmrunError
-from . import generation, knowledge, structured, translate
-from .http import EngineStream, error_body, ndjson, read_json, wait_or_disconnect
+from ..errors import SlmrunError
+from . import generation, knowledge, schema, structured, translate
+from .http import EngineStream, error_body, ndjson, wait_or_disconnect
 
 log = logging.getLogger("slmrun.server")
 NDJSON = "application/x-ndjson"
@@ -38,16 +38,26 @@ def _done_fields(gen, reason: str) -> dict:
             "eval_count": s.generated_tokens, "eval_duration": ns(s.gen_s)}
 
 
+# Ollama's options that choose how a model is loaded: here the server's command line does.
+LOAD_TIME = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock",
+                       "numa", "low_vram", "vocab_only", "f16_kv", "num_keep", "logits_all"})
+
+
 def _warn_ignored(ignored: list[str]) -> None:
-    if ignored:
-        log.warning("ignoring options %s: the server's command line sets how models load", ", ".join(ignored))
+    load = [k for k in ignored if k in LOAD_TIME]
+    other = [k for k in ignored if k not in LOAD_TIME]
+    if load:
+        log.warning("ignoring options %s: the server's command line sets how models load", ", ".join(load))
+    if other:
+        log.warning("ignoring options %s: not supported here", ", ".join(other))
 
 
-def _name(body: dict) -> str:
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidArgumentError("model is required: a name from /api/tags")
-    return translate.check_name(translate.model_ref(name.strip()))
+def _name(body: schema.NamedRequest) -> str:
+    name = (body.model or body.name or "").strip()
+    if not name:
+        raise schema.RequestError("model is required: a name from /api/tags", param="model",
+                                  code="missing_required_parameter")
+    return translate.model_ref(name)
 
 
 async def _load_or_unload(state, call, empty: dict):
@@ -67,9 +77,9 @@ async def _load_or_unload(state, call, empty: dict):
 
 async def chat(request: Request):
     state = request.app.state.slmrun
-    body = await read_json(request)
-    kb = knowledge.served(request, body.get("model"))
-    if kb is not None and body.get("messages"):  # `serve --kb NAME`: a grounded answer
+    body = await schema.parse(request, schema.OllamaChatRequest)
+    kb = knowledge.served(request, body.model)
+    if kb is not None:  # `serve --kb NAME`: a grounded answer
         return await knowledge.ollama_chat(request, kb, body)
     call, ignored = translate.ollama_chat(body)
     _warn_ignored(ignored)
@@ -117,7 +127,7 @@ def _ollama_message(message: dict, *, text_sent: bool) -> dict:
 
 async def generate(request: Request):
     state = request.app.state.slmrun
-    call, ignored = translate.ollama_generate(await read_json(request))
+    call, ignored = translate.ollama_generate(await schema.parse(request, schema.GenerateRequest))
     _warn_ignored(ignored)
     if not call.prompt and not call.context:
         return await _load_or_unload(state, call, {"response": ""})
@@ -181,8 +191,20 @@ def _tags() -> dict:
                         "digest": m.sha256 or "", "details": _details(m)} for m in store.list_models()]}
 
 
+def _knowledge_tags(bases: dict) -> list[dict]:
+    """`serve --kb`: each knowledge base listed as a model."""
+    return [{"name": name, "model": name, "modified_at": now_iso(info["updated"]), "size": info["size_bytes"],
+             "digest": "", "details": {"parent_model": "", "format": "slmrun-knowledge", "family": "knowledge",
+                                       "families": ["knowledge"], "parameter_size": "", "quantization_level": ""}}
+            for name, info in knowledge.listed(bases)]
+
+
 async def tags(request: Request):
-    return JSONResponse(await asyncio.to_thread(_tags))
+    out = await asyncio.to_thread(_tags)
+    bases = request.app.state.slmrun.knowledge
+    if bases:
+        out["models"] += await asyncio.to_thread(_knowledge_tags, bases)
+    return JSONResponse(out)
 
 
 def _show(ref: str) -> dict:
@@ -205,7 +227,7 @@ def _show(ref: str) -> dict:
 
 
 async def show(request: Request):
-    return JSONResponse(await asyncio.to_thread(_show, _name(await read_json(request))))
+    return JSONResponse(await asyncio.to_thread(_show, _name(await schema.parse(request, schema.NamedRequest))))
 
 
 async def ps(request: Request):
@@ -240,7 +262,7 @@ async def delete(request: Request):
     from .. import api
 
     state = request.app.state.slmrun
-    ref = _name(await read_json(request))
+    ref = _name(await schema.parse(request, schema.NamedRequest))
     removed = await asyncio.to_thread(api.remove, ref)
     gone = {m.ref for m in removed}
     for entry in state.manager.loaded():
@@ -254,9 +276,9 @@ async def pull(request: Request):
     from .pull import pull_events
 
     state = request.app.state.slmrun
-    body = await read_json(request)
+    body = await schema.parse(request, schema.PullRequest)
     ref = _name(body)
-    stream = body.get("stream", True) is not False
+    stream = body.stream is not False
     events = pull_events(ref, on_done=state.manager.forget_names)
     first = await events.__anext__()  # an unknown name fails here, as a 404, before any stream starts
     if not stream:

@@ -1,9 +1,9 @@
 """Requests of both APIs to the engine's terms, and durations: pure functions, no I/O.
 
-OpenAI's and Ollama's bodies are checked here, before a model is touched, and every
-problem is an InvalidArgumentError naming the field (the routes turn it into a 400 in
-each API's error shape). Sampling values themselves are checked once, by the runtime's
-``make_params``, so both APIs give the same messages for them.
+The bodies arrive validated (schema.py declares their types and ranges); what is left here
+is what involves several fields or needs translating (OpenAI's response_format, Ollama's
+options and keep_alive), refused with schema.RequestError naming the field. Each function
+also takes a plain dict, validated first (for tests and Python callers).
 """
 
 from __future__ import annotations
@@ -12,21 +12,24 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ..errors import InvalidArgumentError
-from .messages import bad as _bad, chat_messages
+from . import schema as S
+from .messages import chat_messages
+from .schema import RequestError, bad as _bad
 
 FOREVER = math.inf
 
 # The engine's sampling parameters under OpenAI's names (and llama-server's extensions).
 OPENAI_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                   "frequency_penalty", "seed")
+                   "frequency_penalty", "seed", "dry_multiplier", "dry_base", "dry_allowed_length",
+                   "dry_penalty_last_n", "speculative")
 # Ollama's options that the engine samples with, by Ollama's name.
 OLLAMA_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
                    "repeat_penalty": "repeat_penalty", "presence_penalty": "presence_penalty",
-                   "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop"}
-# Ollama's options that choose how a model is loaded: here the server's command line does.
-OLLAMA_LOAD_TIME = frozenset({"num_ctx", "num_batch", "num_thread", "num_gpu", "main_gpu", "use_mmap", "use_mlock",
-                              "numa", "low_vram", "vocab_only", "f16_kv", "num_keep", "logits_all"})
+                   "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop",
+                   # not Ollama's: llama-server's DRY options, taken here too (Ollama would ignore them)
+                   "dry_multiplier": "dry_multiplier", "dry_base": "dry_base",
+                   "dry_allowed_length": "dry_allowed_length", "dry_penalty_last_n": "dry_penalty_last_n",
+                   "speculative": "speculative"}  # slmrun's own: prompt-lookup drafts, "auto"/"on"/"off"
 
 
 @dataclass
@@ -81,8 +84,8 @@ def parse_duration(value) -> float:
             seconds += float(m.group(1)) * _GO_UNITS[m.group(2)]
             pos = m.end()
         if pos != len(body) or not body:
-            raise InvalidArgumentError(f"keep_alive: cannot read {value!r} as a duration",
-                                       hint='Use seconds (300) or a duration: "5m", "1h30m", "0", "-1" (forever).')
+            raise RequestError(f"keep_alive: cannot read {S.shown(value)} as a duration", param="keep_alive",
+                               hint='Use seconds (300) or a duration: "5m", "1h30m", "0", "-1" (forever).')
     if seconds != seconds:
         raise _bad("keep_alive", "a number", value)
     return FOREVER if sign < 0 and seconds > 0 else seconds
@@ -100,90 +103,52 @@ def format_duration(seconds: float) -> str:
 
 # --- OpenAI -----------------------------------------------------------------------------
 
-def _model_field(body: dict) -> str | None:
-    model = body.get("model")
-    if model is None or model == "":
-        return None  # the server's default model
-    if not isinstance(model, str):
-        raise _bad("model", "a string", model)
-    return model
+def _as(model: type[S.Body], body) -> S.Body:
+    return body if isinstance(body, model) else S.validate(model, body)
 
 
-def _openai_common(body: dict, call: Call) -> None:
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise InvalidArgumentError(f"n must be 1, got {n!r}: one choice per request is served",
-                                   hint="Send several requests (they are batched together).")
-    if body.get("best_of") not in (None, 1):
-        raise _bad("best_of", "1", body.get("best_of"))
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool) and stream is not None:
-        raise _bad("stream", "true or false", stream)
-    call.stream = bool(stream)
-    opts = body.get("stream_options")
-    if opts is not None:
-        if not isinstance(opts, dict):
-            raise _bad("stream_options", "an object", opts)
-        call.include_usage = bool(opts.get("include_usage"))
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None:
-        call.params["max_tokens"] = limit
-    else:
-        call.params["max_tokens"] = None  # to the end of the context, as OpenAI's default
+def _openai_common(req: S.OpenAIRequest, call: Call) -> None:
+    if req.n not in (None, 1):
+        raise RequestError(f"n must be 1, got {req.n!r}: one choice per request is served", param="n",
+                           hint="Send several requests (they are batched together).")
+    if req.best_of not in (None, 1):
+        raise _bad("best_of", "1", req.best_of)
+    call.stream = bool(req.stream)
+    call.include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    # None: to the end of the context, as OpenAI's default
+    call.params["max_tokens"] = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     for name in OPENAI_SAMPLING:
-        if body.get(name) is not None:
-            call.params[name] = body[name]
-    stop = body.get("stop")
-    if stop is not None:
-        if isinstance(stop, list) and len(stop) > 16:
-            raise _bad("stop", "at most 16 strings", len(stop))
-        call.params["stop"] = stop
-    if body.get("logit_bias"):
-        raise InvalidArgumentError("logit_bias is not supported", hint="Leave it out.")
-    if body.get("suffix"):
-        raise InvalidArgumentError("suffix (fill-in-the-middle) is not supported", hint="Leave it out.")
+        if getattr(req, name) is not None:
+            call.params[name] = getattr(req, name)
+    if req.stop is not None:
+        call.params["stop"] = req.stop
+    if req.logit_bias:
+        raise RequestError("logit_bias is not supported", param="logit_bias", hint="Leave it out.")
+    if req.suffix:
+        raise RequestError("suffix (fill-in-the-middle) is not supported", param="suffix", hint="Leave it out.")
 
 
-def response_format(value) -> dict | None:
+def response_format(value: S.ResponseFormat | None) -> dict | None:
     """OpenAI's response_format -> {"type": "json_object"} or {"type": "json_schema", "schema", "name"}."""
-    if value is None:
+    if value is None or value.type == "text":
         return None
-    if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
-        raise _bad("response_format", '{"type": "text" | "json_object" | "json_schema", ...}', value)
-    kind = value["type"]
-    if kind == "text":
-        return None
-    if kind == "json_object":
+    if value.type == "json_object":
         return {"type": "json_object"}
-    spec = value.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-        raise _bad("response_format.json_schema", 'an object with "name" and "schema"', spec)
-    return {"type": "json_schema", "schema": spec.get("schema") or {}, "name": spec.get("name"),
-            "strict": bool(spec.get("strict"))}
+    spec = value.json_schema
+    if spec is None:
+        raise _bad("response_format.json_schema", 'an object with "name" and "schema"')
+    return {"type": "json_schema", "schema": spec.schema_ or {}, "name": spec.name, "strict": bool(spec.strict)}
 
 
-def tools_field(tools) -> list[dict] | None:
-    """OpenAI's (and Ollama's) tools: [{"type": "function", "function": {"name", "description", "parameters"}}]."""
-    if tools is None or tools == []:
+def tools_field(tools: list[S.Tool] | None) -> list[dict] | None:
+    """OpenAI's (and Ollama's) tools -> [{"name", "description", "parameters"}]."""
+    if not tools:
         return None
-    if not isinstance(tools, list):
-        raise _bad("tools", "a list", tools)
-    out = []
-    for i, t in enumerate(tools):
-        fn = t.get("function") if isinstance(t, dict) else None
-        if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(fn, dict):
-            raise _bad(f"tools[{i}]", '{"type": "function", "function": {...}}', t)
-        name = fn.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-            raise _bad(f"tools[{i}].function.name", "1-64 letters, digits, _ . or -", name)
-        params = fn.get("parameters")
-        if params is None:
-            params = {"type": "object", "properties": {}}
-        if not isinstance(params, dict):
-            raise _bad(f"tools[{i}].function.parameters", "a JSON Schema object", params)
-        out.append({"name": name, "description": fn.get("description") or "", "parameters": params})
+    out = [{"name": t.function.name, "description": t.function.description or "",
+            "parameters": {"type": "object", "properties": {}} if t.function.parameters is None
+            else t.function.parameters} for t in tools]
     if len({t["name"] for t in out}) != len(out):
-        raise InvalidArgumentError("tools: two tools have the same name")
+        raise RequestError("tools: two tools have the same name", param="tools")
     return out
 
 
@@ -191,80 +156,65 @@ def tool_choice_field(choice, tools) -> object:
     """"auto" (default), "none", "required", or {"type": "function", "function": {"name"}} -> a name."""
     if choice is None:
         return "auto" if tools else "none"
-    if choice in ("auto", "none", "required"):
+    if isinstance(choice, str):
         if choice == "required" and not tools:
-            raise InvalidArgumentError('tool_choice is "required" but no tools were given')
+            raise RequestError('tool_choice is "required" but no tools were given', param="tool_choice")
         return choice
-    fn = choice.get("function") if isinstance(choice, dict) else None
-    name = fn.get("name") if isinstance(fn, dict) else None
-    if not isinstance(name, str):
-        raise _bad("tool_choice", '"auto", "none", "required" or {"type": "function", "function": {"name"}}',
-                   choice)
+    name = choice.function.name
     if not tools or name not in {t["name"] for t in tools}:
-        raise InvalidArgumentError(f"tool_choice names {name!r}, which is not among the tools")
+        raise RequestError(f"tool_choice names {S.shown(name)}, which is not among the tools", param="tool_choice")
     return {"name": name}
 
 
-def openai_chat(body: dict) -> Call:
-    call = Call(model=_model_field(body), messages=chat_messages(body.get("messages"), api="openai"))
-    _openai_common(body, call)
-    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
-    if logprobs not in (None, True, False):
-        raise _bad("logprobs", "true or false", logprobs)
-    if top is not None and not logprobs:
-        raise InvalidArgumentError("top_logprobs needs logprobs: true")
-    if logprobs:
-        call.logprobs = 0 if top is None else top
+def openai_chat(body) -> Call:
+    req = _as(S.ChatCompletionRequest, body)
+    call = Call(model=req.model or None, messages=chat_messages(req.messages, api="openai"))
+    _openai_common(req, call)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise RequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+    if req.logprobs:
+        call.logprobs = req.top_logprobs or 0
         call.params.update(logprobs=True, top_logprobs=call.logprobs)
-    call.response_format = response_format(body.get("response_format"))
-    call.tools = tools_field(body.get("tools"))
-    call.tool_choice = tool_choice_field(body.get("tool_choice"), call.tools)
+    call.response_format = response_format(req.response_format)
+    call.tools = tools_field(req.tools)
+    call.tool_choice = tool_choice_field(req.tool_choice, call.tools)
     if call.tool_choice == "none":
         call.tools = None
     if call.tools and call.response_format:
-        raise InvalidArgumentError("tools and response_format cannot be combined in one request")
+        raise RequestError("tools and response_format cannot be combined in one request", param="response_format")
     return call
 
 
-def openai_completion(body: dict) -> Call:
-    prompt = body.get("prompt")
+def openai_completion(body) -> Call:
+    req = _as(S.CompletionRequest, body)
+    prompt = req.prompt
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # one prompt in a list (what some clients always send)
-    if isinstance(prompt, list):
-        if not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise _bad("prompt", "a string, or a list of token ids (one prompt per request)")
-    elif not isinstance(prompt, str):
-        raise _bad("prompt", "a string (one prompt per request)", prompt)
-    call = Call(model=_model_field(body), prompt=prompt)
-    _openai_common(body, call)
-    logprobs = body.get("logprobs")
-    if logprobs is not None:
-        if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= 5:
-            raise _bad("logprobs", "an integer from 0 to 5", logprobs)
-        call.logprobs = logprobs
-        call.params.update(logprobs=True, top_logprobs=logprobs)
-    echo = body.get("echo", False)
-    if not isinstance(echo, bool):
-        raise _bad("echo", "true or false", echo)
-    call.echo = echo
-    call.response_format = response_format(body.get("response_format"))
+    if isinstance(prompt, list) and (not prompt or not all(isinstance(t, int) for t in prompt)):
+        raise _bad("prompt", "a string, or a list of token ids (one prompt per request)")
+    call = Call(model=req.model or None, prompt=prompt)
+    _openai_common(req, call)
+    if req.logprobs is not None:
+        call.logprobs = req.logprobs
+        call.params.update(logprobs=True, top_logprobs=req.logprobs)
+    call.echo = bool(req.echo)
+    call.response_format = response_format(req.response_format)
     return call
 
 
 # --- Ollama -------------------------------------------------------------------------------
 
-def ollama_options(options) -> tuple[dict, list[str]]:
-    """Ollama's options -> (engine params, names ignored). num_predict < 0: to the context."""
+def ollama_options(options: S.Options | None) -> tuple[dict, list[str]]:
+    """Ollama's options -> (engine params, the declared options that are ignored here).
+    num_predict < 0: to the end of the context. (Unknown options are logged by schema.parse.)"""
     if options is None:
         return {}, []
-    if not isinstance(options, dict):
-        raise _bad("options", "an object", options)
     params, ignored = {}, []
-    for key, value in options.items():
+    for key in sorted(options.model_fields_set):
+        value = getattr(options, key)
         if key == "num_predict":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise _bad("options.num_predict", "an integer (-1: to the end of the context)", value)
-            params["max_tokens"] = None if value < 0 else value
+            if value is not None:
+                params["max_tokens"] = None if value < 0 else value
         elif key in OLLAMA_SAMPLING:
             if value is not None:
                 params[OLLAMA_SAMPLING[key]] = value
@@ -279,77 +229,52 @@ def ollama_format(value) -> dict | None:
         return None
     if value == "json":
         return {"type": "json_object"}
-    if isinstance(value, dict):
-        return {"type": "json_schema", "schema": value, "name": None, "strict": True}
-    raise _bad("format", '"json" or a JSON Schema object', value)
+    return {"type": "json_schema", "schema": value, "name": None, "strict": True}
 
 
-def _ollama_common(body: dict, call: Call) -> list[str]:
-    stream = body.get("stream", True)
-    if stream is not None and not isinstance(stream, bool):
-        raise _bad("stream", "true or false", stream)
-    call.stream = stream is not False
-    if body.get("keep_alive") is not None:
-        call.keep_alive = parse_duration(body["keep_alive"])
+def _ollama_common(req: S.OllamaRequest, call: Call) -> list[str]:
+    call.stream = req.stream is not False
+    if req.keep_alive is not None:
+        call.keep_alive = parse_duration(req.keep_alive)
     call.params["max_tokens"] = None  # Ollama's num_predict default: -1, to the context
-    params, ignored = ollama_options(body.get("options"))
+    params, ignored = ollama_options(req.options)
     call.params.update(params)
-    call.response_format = ollama_format(body.get("format"))
-    think = body.get("think")
-    if think not in (None, False):
-        raise InvalidArgumentError(f"think={think!r}: the models served here do not think before answering",
-                                   hint="Leave think out (or false).")
+    call.response_format = ollama_format(req.format)
+    if req.think not in (None, False):
+        raise RequestError(f"think={req.think!r}: the models served here do not think before answering",
+                           param="think", hint="Leave think out (or false).")
     return ignored
 
 
-def ollama_chat(body: dict) -> tuple[Call, list[str]]:
-    call = Call(model=_model_field(body), messages=chat_messages(body.get("messages", []), api="ollama"))
-    ignored = _ollama_common(body, call)
-    call.tools = tools_field(body.get("tools"))
+def ollama_chat(body) -> tuple[Call, list[str]]:
+    req = _as(S.OllamaChatRequest, body)
+    call = Call(model=req.model or None, messages=chat_messages(req.messages, api="ollama"))
+    ignored = _ollama_common(req, call)
+    call.tools = tools_field(req.tools)
     call.tool_choice = "auto" if call.tools else "none"
     if call.tools and call.response_format:
-        raise InvalidArgumentError("tools and format cannot be combined in one request")
+        raise RequestError("tools and format cannot be combined in one request", param="format")
     return call, ignored
 
 
-def ollama_generate(body: dict) -> tuple[Call, list[str]]:
-    prompt = body.get("prompt", "")
-    if prompt is None:
-        prompt = ""
-    if not isinstance(prompt, str):
-        raise _bad("prompt", "a string", prompt)
+def ollama_generate(body) -> tuple[Call, list[str]]:
+    req = _as(S.GenerateRequest, body)
+    prompt = req.prompt or ""
     for key, why in (("suffix", "fill-in-the-middle (suffix) is not supported"),
                      ("images", "images are not supported: the models served here read text only"),
                      ("template", "template overrides are not supported (the model's own chat template is used)")):
-        if body.get(key):
-            raise InvalidArgumentError(why, hint="Leave it out; for a prompt you format yourself send raw: true.")
-    raw = body.get("raw", False)
-    if not isinstance(raw, bool):
-        raise _bad("raw", "true or false", raw)
-    call = Call(model=_model_field(body), prompt=prompt, raw=raw)
-    system = body.get("system")
-    if system is not None and not isinstance(system, str):
-        raise _bad("system", "a string", system)
+        if getattr(req, key):
+            raise RequestError(why, param=key,
+                               hint="Leave it out; for a prompt you format yourself send raw: true.")
+    raw = bool(req.raw)
+    call = Call(model=req.model or None, prompt=prompt, raw=raw)
     if not raw:
-        call.messages = ([{"role": "system", "content": system}] if system else []) + \
+        call.messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
             ([{"role": "user", "content": prompt}] if prompt else [])
-    context = body.get("context")
-    if context:
-        if not isinstance(context, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
-            raise _bad("context", "a list of token ids (from a previous answer)", context)
-        call.context = context
-    ignored = _ollama_common(body, call)
+    if req.context:
+        call.context = req.context
+    ignored = _ollama_common(req, call)
     return call, ignored
-
-
-def check_name(name: str) -> str:
-    """A model name from the network: a registry or store name, never a file path."""
-    from ..api import looks_like_path
-
-    if looks_like_path(name):
-        raise InvalidArgumentError(f"{name!r} looks like a file path; only model names are accepted here",
-                                   hint="Use a name from `slmrun list` (import a file first with `slmrun import`).")
-    return name
 
 
 def model_ref(name: str) -> str:

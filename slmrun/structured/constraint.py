@@ -159,6 +159,11 @@ class Constraint:
     def commit_tokens(self, tokens: Sequence[int]) -> bool:
         return self._m.consume_tokens(list(tokens))
 
+    def valid_prefix(self, tokens: Sequence[int]) -> int:
+        """How many of ``tokens``, in order, the grammar would take from here (nothing committed):
+        a speculative draft ends before the first it forbids."""
+        return self._m.validate_tokens(list(tokens))
+
     def forced_tokens(self) -> list[int]:
         """The tokens the grammar forces next, in the model's own tokenization (may be empty).
         Not committed: call ``commit_tokens`` with those the loop appends (all, or as many as

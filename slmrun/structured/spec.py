@@ -28,6 +28,10 @@ from ..errors import (InvalidArgumentError, InvalidGrammarError, InvalidSchemaEr
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 _MESSAGE_LIMIT = 300
+# Objects and arrays within objects and arrays, at most: jsonschema checks a schema (and
+# validates a value) recursively, and ~190 levels exhaust Python's stack (RecursionError,
+# measured with a properties-in-properties schema). Real schemas nest a few levels.
+MAX_SCHEMA_DEPTH = 100
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,11 +101,25 @@ def _canonical_schema(value: Any) -> str:
         raise InvalidSchemaError(
             f"a JSON Schema is an object, got {type(value).__name__}",
             hint="Pass a dict, a JSON string of an object, or a pydantic model class.")
+    if nesting(value) > MAX_SCHEMA_DEPTH:
+        raise UnsupportedSchemaError(f"the JSON Schema nests objects and arrays more than {MAX_SCHEMA_DEPTH} levels deep",
+                                     hint="Flatten it, or name repeated parts under $defs and point $ref at them.")
     try:
         # Key order kept: llguidance generates properties in the order the schema lists them.
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidSchemaError(f"the JSON Schema cannot be written as JSON: {exc}") from None
+
+
+def nesting(value: Any) -> int:
+    """How deep objects and arrays nest in ``value`` (0 for a scalar); no recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 @functools.lru_cache(maxsize=128)
@@ -117,8 +135,11 @@ def _json_schema_spec(kind: str, text: str) -> ConstraintSpec:
     # (merged, our separators would still be required around its flexible whitespace).
     own = schema.get("x-guidance")
     own_layout = isinstance(own, dict) and any(k in own for k in (*JSON_LAYOUT, "whitespace_pattern"))
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(json.loads(text),
-                                                            defaults=None if own_layout else JSON_LAYOUT)
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.loads(text),
+                                                                defaults=None if own_layout else JSON_LAYOUT)
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer past 64 bits: "not JSON serializable"
+        raise UnsupportedSchemaError(f"cannot enforce this JSON Schema: {one_line(str(exc))}") from None
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
         detail = one_line(messages[0])
