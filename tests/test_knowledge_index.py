@@ -157,6 +157,8 @@ def test_hostile_inputs_are_skipped_one_line_each_and_the_rest_indexed(docs, tmp
     (bad / "photo.pdf").write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
     (bad / "blob.md").write_bytes(os.urandom(4096).replace(b"\x00", b"\x01") + b"\x00")
     encrypted_pdf(text_pdf(tmp_path / "plain.pdf", ["x"]), bad / "locked.pdf")
+    (bad / "cut.pdf").write_bytes(text_pdf(tmp_path / "whole.pdf", ["Cut short."]).read_bytes()[:150])  # malformed
+    (bad / "page.html").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300))  # an image named .html
     with open(bad / "huge.txt", "wb") as f:  # 2 GB, sparse: nothing written to disk
         f.truncate(2 << 30)
     (bad / "loop").symlink_to(bad)
@@ -166,12 +168,13 @@ def test_hostile_inputs_are_skipped_one_line_each_and_the_rest_indexed(docs, tmp
     kb = slmrun.create_knowledge_base("shop", [docs], embed=None, on_event=lambda kind, v: events.append((kind, v)))
     with kb:
         skipped = {Path(s.path).name: s.reason for s in kb.last_report.skipped}
-        assert set(skipped) == {"empty", "photo.pdf", "blob.md", "locked.pdf", "huge.txt", "loop", "dangling.md",
-                                "tool.exe"}
+        assert set(skipped) == {"empty", "photo.pdf", "blob.md", "locked.pdf", "cut.pdf", "page.html", "huge.txt",
+                                "loop", "dangling.md", "tool.exe"}
         assert "too large (2.0 GiB" in skipped["huge.txt"] and "symlink loop" in skipped["loop"]
         assert "encrypted" in skipped["locked.pdf"] and "empty folder" == skipped["empty"]
+        assert "PDF" in skipped["cut.pdf"] and "not HTML" in skipped["page.html"]
         assert all("\n" not in s.line() and s.path in s.line() for s in kb.last_report.skipped)
-        assert [k for k, _ in events].count("skip") == 8
+        assert [k for k, _ in events].count("skip") == 10
         assert {d["source"] for d in kb.documents()} == {"docs/faq.csv", "docs/handbook.md", "docs/visit.html",
                                                          "docs/leaflet.pdf"}
 
@@ -195,6 +198,53 @@ def test_names_and_existence(docs):
     slmrun.remove_knowledge_base("x")
     with pytest.raises(KnowledgeBaseNotFoundError):
         slmrun.knowledge_base("x")
+
+
+def test_indexing_streams_a_large_file_in_bounded_memory(tmp_path):
+    """An 8 MiB text file (~15k chunks) is indexed holding a small part of it at a time: chunks go
+    from the parser to the database one embedding batch at a time (Python's own allocations,
+    counted by tracemalloc: SQLite's are its own)."""
+    import random
+    import tracemalloc
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Warm-up: the parsers' modules are imported before measuring.")
+    slmrun.create_knowledge_base("warm", [folder], embed=None).close()
+    rng, words = random.Random(0), "wheel brake chain gear saddle frame tyre pedal spoke hub".split()
+    size = 8 << 20
+    with open(folder / "log.txt", "w") as f:
+        written = 0
+        while written < size:
+            written += f.write(" ".join(rng.choices(words, k=100)) + ".\n\n")
+    tracemalloc.start()
+    try:
+        with slmrun.create_knowledge_base("big", [folder], embed=None) as kb:
+            _, peak = tracemalloc.get_traced_memory()
+            chunks = kb.info()["chunks"]
+    finally:
+        tracemalloc.stop()
+    assert chunks > 10_000
+    assert peak < size / 2, f"peak {peak / 2**20:.1f} MiB while indexing an {size >> 20} MiB file"
+
+
+def test_a_file_that_breaks_after_some_chunks_were_written_leaves_none_of_them(docs):
+    """The CSV reads for 100 entries (one embedding batch written), then a field past the csv
+    module's limit: skipped whole, its written chunks gone, its old version dropped."""
+    from slmrun.knowledge.build import EMBED_BATCH
+
+    rows = [f"Question number {i}?,Answer number {i}." for i in range(EMBED_BATCH + 36)]
+    (docs / "faq.csv").write_text("question,answer\n" + "\n".join(rows) + "\n")
+    with slmrun.create_knowledge_base("shop", [docs], embed=None) as kb:
+        assert kb.search("question number 70", 1, mode="lexical")[0].source == "docs/faq.csv"
+        (docs / "faq.csv").write_text("question,answer\n" + "\n".join(rows) + f'\nBig?,"{"x" * 200_000}"\n')
+        report = kb.update()
+        assert [Path(s.path).name for s in report.skipped] == ["faq.csv"]
+        assert "not a readable CSV" in report.skipped[0].reason and report.removed == 1
+        assert not [h for h in kb.search("question number 70", 5, mode="lexical") if h.source == "docs/faq.csv"]
+        n = kb._conn.execute("SELECT count(*) FROM chunks c LEFT JOIN documents d ON d.id = c.doc_id "
+                             "WHERE d.id IS NULL").fetchone()[0]
+        assert n == 0 and kb.info()["chunks"] == sum(d["chunks"] for d in kb.documents())
 
 
 def test_update_reindexes_only_what_changed_and_drops_what_is_gone(docs):

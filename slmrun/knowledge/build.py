@@ -4,7 +4,10 @@
 or whose content hash changed, parses it (parsers), chunks it (chunking), embeds its chunks in
 batches across files, and writes them; documents whose files are gone are dropped. Unchanged
 files (same size and mtime, or the same hash) cost a stat (or a read for the hash). Memory
-holds one file's chunks plus one embedding batch, whatever the size of the corpus.
+is bounded whatever the size of the corpus or of a file: chunks stream from the parser to the
+writer, which holds one embedding batch (EMBED_BATCH chunks); parsers read text, HTML, CSV,
+JSONL and PDF pages incrementally (a Markdown file is parsed whole: its structure needs it,
+and files are capped by ``max_file_bytes``, 64 MiB by default).
 
 The whole run is one transaction (BEGIN IMMEDIATE: one writer at a time; readers go on reading
 the last committed index): an error or Ctrl-C rolls it back and the index is as before.
@@ -52,37 +55,57 @@ Event = Callable[[str, object], None]  # ("skip", Skip) | ("warn", str) | ("file
 
 
 def read_chunks(found: Found, max_chars: int = MAX_CHARS) -> tuple[list[Chunk], str | None]:
-    """A file's chunks and an optional warning, or Unreadable (the file is skipped)."""
+    """A file's chunks and an optional warning, or Unreadable (the file is skipped). All in a
+    list: for tests and small files; the indexer streams them (stream_chunks)."""
+    chunks: list[Chunk] = []
+    warning = stream_chunks(found, chunks.append, max_chars)
+    return chunks, warning
+
+
+def stream_chunks(found: Found, emit: Callable[[Chunk], None], max_chars: int = MAX_CHARS) -> str | None:
+    """Each of a file's chunks to ``emit`` as it is read; an optional warning, or Unreadable
+    (the file is skipped: what was emitted must be undone by the caller)."""
     from .faq import BadRows
     from .parsers import Unreadable, sections
 
-    chunks: list[Chunk] = []
     warning = None
+    n = 0
     try:
         for chunk in chunk_sections(sections(found.path, found.kind), max_chars):
-            chunks.append(chunk)
+            emit(chunk)
+            n += 1
     except BadRows as exc:
         warning = f"{found.source}: {exc}"
     except Unreadable:
         raise
     except (UnicodeError, RecursionError, MemoryError, ValueError, OSError) as exc:
         raise Unreadable(f"could not be parsed ({type(exc).__name__}: {str(exc)[:100]})") from None
-    if not chunks:
+    if not n:
         raise Unreadable("no text in it")
-    return chunks, warning
+    return warning
 
 
 class _Writer:
-    """Chunks waiting for their embeddings, written a batch at a time."""
+    """Chunks waiting for their embeddings, written a batch at a time: at most EMBED_BATCH
+    chunks are held, whatever the size of a file or of the corpus."""
 
     def __init__(self, conn, embedder, report: Report):
         self.conn, self.embedder, self.report = conn, embedder, report
         self.pending: list[tuple[int, int, Chunk]] = []  # (doc_id, ord, chunk)
+        self.written: dict[int, int] = {}  # doc_id -> chunks added so far (written or pending)
 
-    def add(self, doc_id: int, chunks: list[Chunk]) -> None:
-        self.pending += [(doc_id, i, c) for i, c in enumerate(chunks)]
+    def add(self, doc_id: int, chunk: Chunk) -> None:
+        ord_ = self.written.get(doc_id, 0)
+        self.written[doc_id] = ord_ + 1
+        self.pending.append((doc_id, ord_, chunk))
         if len(self.pending) >= EMBED_BATCH:
             self.flush()
+
+    def forget(self, doc_id: int) -> None:
+        """A document that turned out unreadable: its pending chunks are dropped (its written
+        ones go with its row)."""
+        self.pending = [p for p in self.pending if p[0] != doc_id]
+        self.written.pop(doc_id, None)
 
     def flush(self) -> None:
         if not self.pending:
@@ -142,25 +165,28 @@ def index(conn: sqlite3.Connection, roots: list[Root], embedder=None, *, on_even
                 db.touch_document(conn, old[0], item.size, item.mtime_ns)
                 report.unchanged += 1
                 continue
-            try:
-                chunks, warning = read_chunks(item, max_chars)
+            if old is not None:  # its old version goes whatever the new one holds (unreadable: nothing)
+                db.remove_document(conn, old[0])
+            doc_id = db.add_document(conn, source=item.source, path=str(item.path), kind=item.kind, sha256=digest,
+                                     size=item.size, mtime_ns=item.mtime_ns, n_chunks=0)
+            try:  # streamed: the chunks go to the writer as the parser reads them
+                warning = stream_chunks(item, lambda chunk: writer.add(doc_id, chunk), max_chars)
             except Unreadable as exc:
+                writer.forget(doc_id)
+                db.remove_document(conn, doc_id)
                 skip = Skip(str(item.path), str(exc))
                 report.skipped.append(skip)
                 emit("skip", skip)
-                seen.discard(item.source)  # an old version of it is dropped below: it no longer reads
+                seen.discard(item.source)  # counted as removed below when an old version was indexed
                 continue
+            db.set_chunk_count(conn, doc_id, writer.written.pop(doc_id))
             if warning:
                 report.warnings.append(warning)
                 emit("warn", warning)
             if old is not None:
-                db.remove_document(conn, old[0])
                 report.updated += 1
             else:
                 report.added += 1
-            doc_id = db.add_document(conn, source=item.source, path=str(item.path), kind=item.kind, sha256=digest,
-                                     size=item.size, mtime_ns=item.mtime_ns, n_chunks=len(chunks))
-            writer.add(doc_id, chunks)
             emit("file", item)
         writer.flush()
         for source, (doc_id, *_rest) in existing.items():

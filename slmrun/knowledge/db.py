@@ -53,12 +53,15 @@ each more most other such only own same as up out off again once please tell kno
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
+MAX_TERMS = 64  # a question has far fewer; a pasted page would make an OR of thousands
+
+
 def query_terms(text: str) -> list[str]:
     """The words of a question to search for: lower-cased, deduplicated, stopwords out (unless
-    nothing else is left)."""
+    nothing else is left), the first MAX_TERMS."""
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
     content = [w for w in words if w not in STOPWORDS]
-    return content or words
+    return (content or words)[:MAX_TERMS]
 
 
 def fts_query(terms: list[str]) -> str:
@@ -129,6 +132,10 @@ def add_document(conn, *, source: str, path: str, kind: str, sha256: str, size: 
     cur = conn.execute("INSERT INTO documents(source, path, kind, sha256, size, mtime_ns, n_chunks) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (source, path, kind, sha256, size, mtime_ns, n_chunks))
     return int(cur.lastrowid)
+
+
+def set_chunk_count(conn, doc_id: int, n_chunks: int) -> None:
+    conn.execute("UPDATE documents SET n_chunks = ? WHERE id = ?", (n_chunks, doc_id))
 
 
 def touch_document(conn, doc_id: int, size: int, mtime_ns: int) -> None:
