@@ -23,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from llama_tools import analysis_block, loadavg, log, write_marked  # noqa: E402
+from knowledge_report import write_report  # noqa: E402
+from llama_tools import loadavg, log  # noqa: E402
 
 DATA = HERE / "knowledge_data"
 OUT = HERE / "KNOWLEDGE.md"
@@ -200,7 +201,22 @@ class RandomVectors:
         return type("E", (), {"vectors": v / np.linalg.norm(v, axis=1, keepdims=True)})()
 
 
-REAL_EMBED_MAX = 0  # above this many chunks the speed corpus gets RandomVectors
+REAL_EMBED_MAX = 2000  # above this many chunks the speed corpus gets RandomVectors (hours to embed here)
+
+
+def rss_peak_reset() -> int:
+    """Reset this process's peak RSS (Linux: /proc/self/clear_refs) and return the RSS now, bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def rss_peak() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def _status_kb(field: str) -> int:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
 
 
 def speed(emb, model, sizes, questions, work: Path, thresholds):
@@ -212,11 +228,14 @@ def speed(emb, model, sizes, questions, work: Path, thresholds):
     for n in sizes:
         corpus = work / f"synthetic-{n}"
         synthetic_corpus(corpus / "notes", n)
+        load = loadavg()
+        rss0 = rss_peak_reset()
         t0 = time.perf_counter()
         real = n <= REAL_EMBED_MAX
         kb = slmrun.create_knowledge_base(f"speed-{n}", [corpus / "notes", DATA / "shop"],
                                           embed=emb if real else RandomVectors(emb))
         index_s = time.perf_counter() - t0
+        rss_growth = rss_peak() - rss0
         chunks = kb.info()["chunks"]
         t0 = time.perf_counter()
         kb.search(questions[0]["question"], 5, embed_with=emb)  # the first: reads the vectors
@@ -242,16 +261,37 @@ def speed(emb, model, sizes, questions, work: Path, thresholds):
             kb.ask(q["question"], model=model, embed_with=emb, thresholds=force)
             full.append(time.perf_counter() - t0)
         out.append({"n": chunks, "real": real, "index_s": index_s, "rate": chunks / index_s, "cold": cold, "lat": lat,
-                    "matmul": matmul, "full": (pct(full, 50), pct(full, 95)), "size": kb.info()["size_bytes"]})
+                    "matmul": matmul, "full": (pct(full, 50), pct(full, 95)), "size": kb.info()["size_bytes"],
+                    "rss": rss_growth, "load": (load, loadavg())})
         log(f"{chunks} chunks: indexed {chunks / index_s:.0f}/s, hybrid p50 {lat['hybrid'][0] * 1000:.1f} ms")
         kb.close()
     return out
 
 
-# --- report -------------------------------------------------------------------------------------
+def rerank_rows(kb, held, emb, model, key, fusion, retrieval, name) -> float:
+    """Rows "hybrid + rerank by NAME's P(yes)" (alone, and half and half with the fused order)
+    added to ``retrieval``; the median seconds a passage."""
+    from slmrun.knowledge.decide import fuse_rerank
+    from slmrun.knowledge.retrieve import rerank
 
-def f3(x):
-    return f"{x:.2f}"
+    p_yes, fused, per_passage = {}, {}, []
+    for q in held:
+        if not answerable(q):
+            continue
+        hits = kb.retriever.search(q["question"], 5, embedder=kb.embedder(emb), weights=(fusion[1], 1.0),
+                                   rrf_k=fusion[0])
+        t1 = time.perf_counter()
+        rr = rerank(model, q["question"], hits)
+        per_passage.append((time.perf_counter() - t1) / max(1, len(hits)))
+        fused[q["id"]] = [h.id for h in hits]
+        p_yes[q["id"]] = {h.id: h.rerank for h in rr}
+    for weight in (1.0, 0.5):
+        reordered = {i: fuse_rerank(fused[i], p_yes[i], weight) for i in fused}
+        label = f"hybrid + rerank by {name}'s P(yes)" + ("" if weight == 1.0 else f", weight {weight} with the fused order")
+        retrieval[label] = hit_rates([q for q in held if answerable(q)], {i: (v, v) for i, v in reordered.items()},
+                                     key, lambda lex, den: lex)
+        log(f"{label}: {retrieval[label]['all']}")
+    return statistics.median(per_passage)
 
 
 def main() -> None:
@@ -269,11 +309,11 @@ def main() -> None:
     import slmrun
     from slmrun.knowledge import Thresholds
     from slmrun.knowledge.decide import rrf
-    from slmrun.knowledge.retrieve import rerank
 
     emb = slmrun.load(args.embed)
     model = slmrun.load(args.model, n_parallel=4)
     other = slmrun.load(args.other, n_parallel=4) if args.other else None
+    other_label = args.other_label or (Path(args.other).name if args.other else None)
     load_start = loadavg()
     work = Path(tempfile.mkdtemp(prefix="slmrun-knowledge-"))
     os.environ["SLMRUN_HOME"] = str(work / "home")  # the models above are loaded; bases go here
@@ -298,25 +338,11 @@ def main() -> None:
         f"hybrid, calibrated RRF (k={k}, lexical weight {w})": hit_rates(
             held, lists, key, lambda lex, den: [i for i, _ in rrf([lex, den], k=k, weights=[w, 1.0])]),
     }
-    rerank_s = []
+    rerank_s = {}
     if not args.skip_rerank:
-        p_yes, fused = {}, {}
-        for q in held:
-            if not answerable(q):
-                continue
-            hits = kb.retriever.search(q["question"], 5, embedder=kb.embedder(emb), weights=(w, 1.0), rrf_k=k)
-            t1 = time.perf_counter()
-            rr = rerank(model, q["question"], hits)
-            rerank_s.append((time.perf_counter() - t1) / max(1, len(hits)))
-            fused[q["id"]] = [h.id for h in hits]
-            p_yes[q["id"]] = {h.id: h.rerank for h in rr}
-        from slmrun.knowledge.decide import fuse_rerank
-        for weight in (1.0, 0.5):
-            reordered = {i: fuse_rerank(fused[i], p_yes[i], weight) for i in fused}
-            label = "hybrid + rerank by P(yes)" + ("" if weight == 1.0 else f", weight {weight} with the fused order")
-            retrieval[label] = hit_rates([q for q in held if answerable(q)], {i: (v, v) for i, v in reordered.items()},
-                                         key, lambda lex, den: lex)
-            log(f"{label}: {retrieval[label]['all']}")
+        rerankers = [(Path(args.model).name, model)] + ([(other_label, other)] if other is not None else [])
+        for name, m in rerankers:
+            rerank_s[name] = rerank_rows(kb, held, emb, m, key, (k, w), retrieval, name)
 
     from slmrun.knowledge import retrieve as R
     R.FUSION_K, R.LEXICAL_WEIGHT = k, w  # what kb.ask() fuses with from here on
@@ -327,7 +353,7 @@ def main() -> None:
 
     runs = [(f"{args.model}, extract", model, "extract"), (f"{args.model}, generate", model, "generate")]
     if other is not None:
-        runs.append((f"{args.other_label or Path(args.other).name}, extract", other, "extract"))
+        runs.append((f"{other_label}, extract", other, "extract"))
     results = {}
     for label, m, method in runs:
         rows = answer_run(kb, held, emb, m, method, thresholds)
@@ -337,67 +363,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     speeds = speed(emb, model, sizes, [q for q in held], work, thresholds) if sizes else []
     kb.close()
-    write_report(args, info, index_s, retrieval, (k, w), thresholds, results, speeds, rerank_s, load_start)
-
-
-def write_report(args, info, index_s, retrieval, fusion, thresholds, results, speeds, rerank_s, load_start):
-    cmd = "PYTHONPATH=$PWD .venv/bin/python benchmarks/knowledge.py " + " ".join(sys.argv[1:])
-    lines = ["<!-- knowledge:begin -->", f"`{cmd}` ({time.strftime('%Y-%m-%d')}, load average "
-             f"{load_start:.1f} at the start on 2 shared cores: timings are upper bounds)", "",
-             f"Embedding model: `{args.embed}`; answering model: `{args.model}`. The shop's knowledge base: "
-             f"{info['documents']} documents, {info['chunks']} chunks ({info['faq_entries']} FAQ entries), indexed "
-             f"in {index_s:.1f} s ({info['chunks'] / index_s:.0f} chunks/s, embeddings included).", "",
-             "### Retrieval (held-out questions: FAQ paraphrases and questions answered only in the documents)", "",
-             "| method | FAQ hit@1 | FAQ hit@5 | document hit@1 | document hit@5 | all hit@1 | all hit@5 |",
-             "|---|---|---|---|---|---|---|"]
-    for label, r in retrieval.items():
-        lines.append(f"| {label} | {f3(r['faq'][0])} | {f3(r['faq'][1])} | {f3(r['doc'][0])} | {f3(r['doc'][1])} "
-                     f"| {f3(r['all'][0])} | {f3(r['all'][1])} |")
-    n = next(iter(retrieval.values()))
-    lines += ["", f"{n['faq'][2]} FAQ paraphrases and {n['doc'][2]} document questions held out. A hit: a passage "
-              "from the expected file under the expected heading. "
-              + (f"Reranking cost {statistics.median(rerank_s):.2f} s a passage (median)." if rerank_s else ""), "",
-              f"Calibrated on the other half: fusion k={fusion[0]}, lexical weight {fusion[1]}; verbatim FAQ answer "
-              f"at question similarity >= {thresholds.faq_similarity:.2f}; abstain when the best passage's cosine "
-              f"< {thresholds.min_dense:.2f}.", "",
-              "### Answers (held-out: answerable and unanswerable questions)", "",
-              "| model, method | answered (of answerable) | correct (of answerable) | correct (of answered) "
-              "| right source cited | abstention precision | abstention recall | p50 s | p95 s | how |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, (m, _) in results.items():
-        how = ", ".join(f"{k} {v}" for k, v in sorted(m["by"].items()))
-        lines.append(f"| {label} | {f3(m['answered'])} | {f3(m['correct'])} | {f3(m['correct_of_answered'])} | "
-                     f"{f3(m['cited_right'])} | {f3(m['abst_precision'])} | {f3(m['abst_recall'])} | {m['p50']:.2f} "
-                     f"| {m['p95']:.2f} | {how} |")
-    m0 = next(iter(results.values()))[0]
-    lines += ["", f"{m0['n_an']} answerable and {m0['n_un']} unanswerable held-out questions (off-topic and "
-              "on-topic-but-absent). Correct: the answer contains one of the question's expected facts.", ""]
-    if speeds:
-        lines += ["### Speed (synthetic chunks plus the shop's documents)", "",
-                  "| chunks | indexing chunks/s | database | first query (reads vectors) | lexical p50 / p95 ms "
-                  "| dense p50 / p95 ms | hybrid p50 / p95 ms | exact cosine top-50 ms | full answer p50 / p95 s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        from slmrun.units import format_bytes
-        for s in speeds:
-            lat = s["lat"]
-            lines.append(f"| {s['n']} | {s['rate']:.0f}{'' if s['real'] else ' (no embeddings: random vectors)'} | {format_bytes(s['size'])} | {s['cold'] * 1000:.0f} ms | "
-                         + " | ".join(f"{lat[m][0] * 1000:.1f} / {lat[m][1] * 1000:.1f}" for m in ("lexical", "dense", "hybrid"))
-                         + f" | {s['matmul'] * 1000:.2f} | {s['full'][0]:.2f} / {s['full'][1]:.2f} |")
-        lines += ["", f"Here the vectors are random unit vectors written by the same indexer "
-                  "(embedding 50k chunks on this loaded machine would take hours: the indexing rate with embeddings is "
-                  "the shop's, above); search cost depends on their number, not their values. Query latency includes embedding the question. The full answer forces the model's path "
-                  "(no verbatim FAQ, no abstention) on 6 questions."]
-    lines.append("<!-- knowledge:end -->")
-    block = "\n".join(lines)
-    write_marked(args.out, "<!-- knowledge:begin -->", "<!-- knowledge:end -->", block,
-                 title="# Knowledge bases: retrieval, grounded answers, abstention, speed")
-    text = args.out.read_text()
-    if "<!-- analysis:begin -->" not in text:
-        args.out.write_text(text + "\n## How to read it\n\n" + "\n".join(analysis_block(args.out)))
-    (args.out.with_suffix(".answers.jsonl")).write_text("".join(
-        json.dumps({"run": label, "id": r["q"]["id"], "question": r["q"]["question"], "answer": r["answer"],
-                    "abstained": r["abstained"], "method": r["method"], "seconds": round(r["s"], 3)},
-                   ensure_ascii=False) + "\n" for label, (_, rows) in results.items() for r in rows))
+    write_report(args, info, index_s, retrieval, (k, w), thresholds, results, speeds, rerank_s,
+                 (load_start, loadavg()))
 
 
 if __name__ == "__main__":
