@@ -367,17 +367,16 @@ def import_model(path: str | os.PathLike, *, name: str | None = None, link: bool
     from .gguf_info import read_info
     from .prompt_formats import NONE, get_format
 
-    if os.path.isdir(Path(path).expanduser()):  # False, not an OSError, for a name too long to look up
+    src = _model_path(os.fspath(path))  # must exist; never an OSError (too long, unreadable)
+    if src.is_dir():
         from .sources import convert
-        return convert.import_dir(Path(path).expanduser(), name=name, quant=quant, link=link,
-                                  prompt_format=prompt_format)
+        return convert.import_dir(src, name=name, quant=quant, link=link, prompt_format=prompt_format)
     if quant is not None:
         raise InvalidArgumentError("a quant is chosen when converting a model directory; a .gguf is imported as it is",
                                    hint="Leave out --quant, or re-quantize with llama.cpp's llama-quantize first.")
     if prompt_format is not None:  # a bad name fails before anything is copied
         prompt_format = NONE if prompt_format.strip().lower() == NONE else get_format(prompt_format).name
-    src = Path(path).expanduser()
-    info = read_info(src)  # raises for missing, non-GGUF or corrupt files
+    info = read_info(src)  # raises for non-GGUF or corrupt files
     model_name = store.check_store_name(name or src.stem.split(".")[0])
     quant = info.quant
     filename = src.name if src.name.endswith(".gguf") else src.name + ".gguf"
