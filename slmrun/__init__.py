@@ -24,6 +24,9 @@ _EXPORTS = {
     "Model": "slmrun.runtime", "Response": "slmrun.runtime", "Stats": "slmrun.runtime",
     "Embeddings": "slmrun.runtime",
     "EmbeddingClassifier": "slmrun.classification",
+    "knowledge_base": "slmrun.knowledge", "create_knowledge_base": "slmrun.knowledge",
+    "list_knowledge_bases": "slmrun.knowledge", "remove_knowledge_base": "slmrun.knowledge",
+    "KnowledgeBase": "slmrun.knowledge", "Answer": "slmrun.knowledge",
     # Every error (tests/test_api_surface.py checks that none is missing).
     **dict.fromkeys(("SlmrunError", "ModelNotFoundError", "ModelNotPulledError", "ModelFileNotFoundError",
                      "InvalidModelFileError", "UnsupportedModelError", "ModelLoadError", "ContextOverflowError", "InvalidArgumentError",
@@ -32,9 +35,11 @@ _EXPORTS = {
                      "InsufficientMemoryError", "StoreLockedError", "ChatFormatError", "ModelClosedError",
                      "QueueFullError", "GenerationError", "InvalidSchemaError", "InvalidGrammarError",
                      "UnsupportedSchemaError", "StructuredOutputError", "UnknownPromptFormatError",
-                     "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError", "TemplateOutputError",
-                     "RpcUnavailableError", "RpcServerError", "RpcBindError", "VocabularyMismatchError",
-                     "QuantizeError", "ModelfileError", "InvalidAdapterError", "ModelInUseError"),
+                      "ChatTemplateError", "ModelCapabilityError", "TemplateTimeoutError", "TemplateMemoryError",
+                      "TemplateOutputError", "RpcUnavailableError", "RpcServerError", "RpcBindError",
+                      "VocabularyMismatchError", "QuantizeError", "ModelfileError", "InvalidAdapterError",
+                      "ModelInUseError", "KnowledgeBaseNotFoundError", "KnowledgeBaseExistsError",
+                      "KnowledgeBaseError", "NoDocumentsError"),
                     "slmrun.errors"),
 }
 

@@ -82,6 +82,11 @@ def models_dir() -> Path:
     return home() / "models"
 
 
+def knowledge_dir() -> Path:
+    """Where knowledge bases live: one SQLite file each (slmrun/knowledge/)."""
+    return home() / "knowledge"
+
+
 def debug() -> bool:
     return DEBUG.get().strip().lower() in ("1", "true", "yes", "on")
 

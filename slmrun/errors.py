@@ -262,3 +262,26 @@ class ModelInUseError(SlmrunError, RuntimeError):
     """A model that created models are built on: removing it would break them."""
 
     default_hint = "Remove the models built on it first (`slmrun rm NAME`), or pass --force."
+class KnowledgeBaseNotFoundError(SlmrunError, KeyError):
+    """A knowledge base name with no index under slmrun's home."""
+
+    default_hint = "Run `slmrun kb list` to see them, or `slmrun kb create NAME PATH...` to make one."
+
+
+class KnowledgeBaseExistsError(SlmrunError, FileExistsError):
+    """`kb create` with a name that is already taken."""
+
+    default_hint = "Run `slmrun kb update NAME` to re-index it, or `slmrun kb rm NAME` first, or pick another name."
+
+
+class KnowledgeBaseError(SlmrunError, RuntimeError):
+    """A knowledge base that cannot be read or written: damaged, made by a newer slmrun, or busy."""
+
+    default_hint = "Rebuild it: `slmrun kb rm NAME` then `slmrun kb create NAME PATH...`."
+
+
+class NoDocumentsError(SlmrunError, ValueError):
+    """Nothing indexable in the paths given (every file skipped, or none there)."""
+
+    default_hint = ("Give Markdown, text, HTML, PDF, CSV or JSONL files (or folders holding them); "
+                    "the lines above say why each file was skipped.")

@@ -49,8 +49,10 @@ ROUTES = [
     Route("POST", "/v1/completions", S.CompletionRequest, {"model": "tiny", "prompt": "hello", "max_tokens": 4},
           "openai"),
     Route("POST", "/v1/embeddings", S.EmbeddingsRequest, {"model": "tiny", "input": "hello"}, "openai"),
-    Route("POST", "/v1/rerank", S.RerankRequest, {"model": "tiny", "query": "hello", "documents": ["a", "b"]},
-          "openai"),
+    # /v1/rerank and llama-server's three other paths for it (one handler; each fuzzed, as served)
+    *(Route("POST", path, S.RerankRequest, {"model": "tiny", "query": "hello", "documents": ["a", {"text": "b"}],
+                                            "top_n": 1, "return_documents": True}, "openai")
+      for path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking")),
     Route("GET", "/v1/models", api="openai"),
     Route("GET", "/v1/models/{name}", api="openai", good_status=200, extra={"name": "tiny:f32"}),
     Route("POST", "/api/chat", S.OllamaChatRequest,

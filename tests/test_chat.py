@@ -289,6 +289,7 @@ def test_ctrl_c_stops_an_answer_and_ctrl_d_leaves(default_model_in_store, tmp_pa
     child.expect(">>> ")
     child.sendline("/show")
     child.expect("tokens used")
+    child.expect(">>> ")  # readline is reading again: a Ctrl-D sent earlier could land before it takes the terminal
     child.sendeof()
     child.expect(pexpect.EOF)
     child.close()

@@ -88,6 +88,10 @@ def test_registry_names_with_a_quant_or_latest_still_resolve(tiny_llama):
     (["run", "-m", f"./{LONG}.gguf", "hi"], 4, "File name too long"),
     (["import", f"/{LONG}.gguf"], 4, "File name too long"),
     (["show", "MODEL!!"], 2, "invalid model name 'MODEL!!'"),
+    (["ask", "--kb", LONG, "hi"], 2, "invalid knowledge base name"),
+    (["kb", "show", "../etc"], 2, "invalid knowledge base name '../etc'"),
+    (["kb", "create", "a/b", "."], 2, "invalid knowledge base name 'a/b'"),
+    (["serve", "--kb", "..", "--port", "0"], 2, "invalid knowledge base name '..'"),
 ])
 def test_the_cli_says_one_line_and_a_hint(args, code, message, isolated_home):
     r = subprocess.run([*slmrun_cmd(), *args], capture_output=True, text=True, timeout=120)

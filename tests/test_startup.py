@@ -89,6 +89,10 @@ def test_each_command_is_registered_by_the_module_named_for_it():
     for command in cli.app.registered_commands:
         name = command.name or command.callback.__name__.replace("_", "-")
         by_module[name] = command.callback.__module__.rsplit(".", 1)[1]
+    for group in cli.app.registered_groups:  # `slmrun kb ...`: a group's commands come from its module
+        modules = {c.callback.__module__.rsplit(".", 1)[1] for c in group.typer_instance.registered_commands}
+        assert len(modules) == 1, (group.name, modules)
+        by_module[group.name] = modules.pop()
     assert by_module == cli.COMMAND_MODULES
 
 

@@ -34,6 +34,8 @@ EXIT_CODES = (
     (E.StructuredOutputError, 15), (E.QueueFullError, 16), (E.ModelClosedError, 1), (E.GenerationError, 6),
     (E.RpcUnavailableError, 17), (E.RpcServerError, 18), (E.RpcBindError, 19), (E.ModelCapabilityError, 20),
     (E.QuantizeError, 21), (E.ModelInUseError, 22),
+    (E.KnowledgeBaseNotFoundError, 23), (E.KnowledgeBaseExistsError, 24), (E.KnowledgeBaseError, 25),
+    (E.NoDocumentsError, 26),
 )
 
 
@@ -62,7 +64,7 @@ COMMAND_MODULES = {"run": "run", "chat": "chat", "bench": "bench", "embed": "emb
                    "list": "models", "rm": "models", "import": "models", "show": "models", "rpc-server": "rpc", "serve": "serve",
                    "ps": "serve", "stop": "serve", "hw": "system", "plan": "system", "classify": "tasks",
                    "extract": "tasks", "eval": "evaluate", "quantize": "quantize", "create": "models",
-                   "cp": "models"}
+                   "cp": "models", "kb": "kb", "ask": "kb"}
 
 
 def _register(argv: list[str] | None = None) -> None:

@@ -267,9 +267,16 @@ def chat(
     rpc: Optional[str] = rpc_option(),
     spec: str = spec_option(),
     lora: Optional[List[str]] = lora_option(),
+    kb: Optional[str] = typer.Option(None, "--kb", help="Answer from this knowledge base, with sources "
+                                     "(each message is a question; see `slmrun ask`)."),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
+
+    if kb is not None:
+        from .kb import chat_kb
+        chat_kb(kb, model, rerank=False, top_k=5)
+        return
 
     check_sampling(**{k: v for k, v in dict(temperature=temperature, seed=seed, max_tokens=max_tokens).items()
                       if v is not None})

@@ -68,6 +68,8 @@ def serve(
     spec: str = typer.Option("auto", "--spec", help="Prompt-lookup speculative decoding for every model: auto "
                              "(where the measured step costs say it pays), on, off; a request's "
                              "\"speculative\" field overrides it."),
+    kb: Optional[List[str]] = typer.Option(None, "--kb", help="Serve this knowledge base as a model of its name: "
+                                           "chat requests naming it get grounded answers (repeatable)."),
 ):
     """Serve models over HTTP: OpenAI's API under /v1, Ollama's under /api, a chat page at /."""
     from ..errors import InvalidArgumentError
@@ -115,8 +117,17 @@ def serve(
                         n_ctx=ctx, n_parallel=parallel, n_threads=threads,
                         memory=parse_size(memory) if memory else None, grace_s=grace,
                         load_kwargs={**({"rpc": rpc} if rpc else {}), **({"speculative": spec} if spec != "auto" else {})},
-                        allow_paths=allow_paths, lora=adapters)
+                        allow_paths=allow_paths, lora=adapters, knowledge=_check_bases(kb or ()))
     run(settings)
+
+
+def _check_bases(names) -> tuple[str, ...]:
+    """Knowledge bases that do not exist fail now, with the CLI's message."""
+    from ..knowledge import knowledge_base
+
+    for name in names:
+        knowledge_base(name).close()
+    return tuple(names)
 
 
 def _max_body(size: int) -> int:

@@ -4,6 +4,7 @@ that imports the web framework (Starlette), its server (uvicorn) and the request
 
     app.py          the Starlette app: middleware, /health, /metrics, the chat page, lifespan
     openai_api.py   /v1/chat/completions, /v1/completions, /v1/models
+    knowledge.py    knowledge bases served as models (`--kb`), /v1/rerank
     ollama_api.py   /api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/version, /api/delete
     create.py       /api/create, /api/copy, /api/blobs: models made from Modelfiles (slmrun.custom)
     pull.py         /api/pull's progress events over slmrun's own pull
@@ -48,6 +49,7 @@ class Settings:
     load_kwargs: dict = field(default_factory=dict)  # anything else for slmrun.load()
     allow_paths: bool = False  # /api/create may name files outside the store
     lora: tuple = ()  # (path, scale) LoRA adapters loaded with the -m models
+    knowledge: tuple[str, ...] = ()  # knowledge bases served as models (`--kb NAME`)
 
     def model_load_kwargs(self) -> dict:
         kw = {"n_ctx": self.n_ctx, "n_parallel": self.n_parallel, "n_threads": self.n_threads,

@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import SlmrunError
-from . import create, embeddings_api, ollama_api, openai_api
+from . import create, embeddings_api, knowledge, ollama_api, openai_api
 from .http import (AccessLogMiddleware, ApiKeyMiddleware, BodyLimitMiddleware, HTTPError, InternalErrorMiddleware,
                    error_response, scrub)
 from .manager import ModelManager
@@ -32,6 +32,7 @@ class State:
     manager: ModelManager
     metrics: Metrics
     default_model: str
+    knowledge: dict = field(default_factory=dict)  # name -> KnowledgeBase (`serve --kb`)
     ready: bool = False  # the -m models are loaded
     preload_errors: dict = field(default_factory=dict)
 
@@ -99,6 +100,9 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
                            memory_budget=settings.memory, pinned=tuple(settings.models))
     state = State(settings=settings, manager=manager, metrics=metrics_,
                   default_model=settings.models[0] if settings.models else settings.default_model)
+    if settings.knowledge:
+        from ..knowledge import knowledge_base
+        state.knowledge = {name: knowledge_base(name) for name in settings.knowledge}  # missing: fails now
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -122,6 +126,8 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
             preload.cancel()
             log.info("shutting down: unloading %d model(s)", len(manager.loaded()))
             await manager.close()
+            for kb in state.knowledge.values():
+                kb.close()
 
     middleware = [Middleware(AccessLogMiddleware, metrics=metrics_)]
     if settings.cors:
@@ -134,7 +140,7 @@ def create_app(settings, *, url: str | None = None) -> Starlette:
     middleware.append(Middleware(InternalErrorMiddleware))
     routes = [Route("/", chat_page, methods=["GET", "HEAD"]), Route("/favicon.ico", favicon),
               Route("/health", health), Route("/metrics", metrics),
-              *openai_api.routes, *ollama_api.routes, *embeddings_api.routes, *create.routes]
+              *openai_api.routes, *ollama_api.routes, *embeddings_api.routes, *create.routes, *knowledge.routes]
     # Any other exception is a bug: InternalErrorMiddleware logs it once and answers 500.
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={SlmrunError: _on_error, HTTPError: _on_error, HTTPException: _on_http_exception})

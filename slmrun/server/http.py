@@ -55,6 +55,7 @@ STATUS = (
     # OpenAI answers this 500 "The model produced invalid content", llama-server 500 when its
     # tool-call parser fails. A retry samples anew, so 5xx is right; it is logged, not a bug.
     (E.StructuredOutputError, 500, "invalid_output"),
+    (E.KnowledgeBaseNotFoundError, 404, "model_not_found"), (E.KnowledgeBaseError, 500, "knowledge_base_error"),
 )
 RETRY_AFTER_S = 1  # a slot frees when any one request ends; small models end them quickly
 
@@ -119,7 +120,8 @@ def message_of(exc: BaseException) -> str:
 
 
 def is_openai(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    # /rerank and /reranking: llama-server's aliases of /v1/rerank, answered in its (OpenAI's) shape
+    return path == "/v1" or path.startswith("/v1/") or path in ("/rerank", "/reranking")
 
 
 def error_body(exc: BaseException, path: str) -> tuple[int, dict, dict]:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import SlmrunError
-from . import generation, schema, structured, translate
+from . import generation, knowledge, schema, structured, translate
 from .http import EngineStream, error_body, ndjson, wait_or_disconnect
 
 log = logging.getLogger("slmrun.server")
@@ -77,7 +77,11 @@ async def _load_or_unload(state, call, empty: dict):
 
 async def chat(request: Request):
     state = request.app.state.slmrun
-    call, ignored = translate.ollama_chat(await schema.parse(request, schema.OllamaChatRequest))
+    body = await schema.parse(request, schema.OllamaChatRequest)
+    kb = knowledge.served(request, body.model)
+    if kb is not None:  # `serve --kb NAME`: a grounded answer
+        return await knowledge.ollama_chat(request, kb, body)
+    call, ignored = translate.ollama_chat(body)
     _warn_ignored(ignored)
     empty = {"message": {"role": "assistant", "content": ""}}
     if not call.messages:
@@ -195,8 +199,20 @@ def _tags() -> dict:
     return {"models": models}
 
 
+def _knowledge_tags(bases: dict) -> list[dict]:
+    """`serve --kb`: each knowledge base listed as a model."""
+    return [{"name": name, "model": name, "modified_at": now_iso(info["updated"]), "size": info["size_bytes"],
+             "digest": "", "details": {"parent_model": "", "format": "slmrun-knowledge", "family": "knowledge",
+                                       "families": ["knowledge"], "parameter_size": "", "quantization_level": ""}}
+            for name, info in knowledge.listed(bases)]
+
+
 async def tags(request: Request):
-    return JSONResponse(await asyncio.to_thread(_tags))
+    out = await asyncio.to_thread(_tags)
+    bases = request.app.state.slmrun.knowledge
+    if bases:
+        out["models"] += await asyncio.to_thread(_knowledge_tags, bases)
+    return JSONResponse(out)
 
 
 def _show(ref: str) -> dict:

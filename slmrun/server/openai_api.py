@@ -7,6 +7,7 @@ events ending in ``data: [DONE]``, usage in a last chunk with ``stream_options.i
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -16,7 +17,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import ModelNotFoundError, SlmrunError
-from . import generation, schema, structured, translate
+from . import generation, knowledge, schema, structured, translate
 from .http import EngineStream, error_body, sse, wait_or_disconnect
 
 FINGERPRINT = f"slmrun-{__version__}"
@@ -62,10 +63,10 @@ def completion_logprobs(model, entries, offset: int) -> dict | None:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-async def _begin(request: Request, body: type[schema.Body], translated, prefix: str, kind: str):
-    """The call, its structured-output plan, the generation started, and the fields every
-    reply (or chunk) of it carries."""
-    call = translated(await schema.parse(request, body))
+async def _begin(request: Request, body: schema.Body, translated, prefix: str, kind: str):
+    """The call (from the validated ``body``), its structured-output plan, the generation
+    started, and the fields every reply (or chunk) of it carries."""
+    call = translated(body)
     plan = structured.plan_for(call)
     gen = await generation.start(request.app.state.slmrun, call, request, extra=plan.params)
     base = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
@@ -74,8 +75,11 @@ async def _begin(request: Request, body: type[schema.Body], translated, prefix: 
 
 
 async def chat_completions(request: Request):
-    call, plan, gen, base = await _begin(request, schema.ChatCompletionRequest, translate.openai_chat,
-                                         "chatcmpl", "chat.completion.chunk")
+    body = await schema.parse(request, schema.ChatCompletionRequest)
+    kb = knowledge.served(request, body.model)
+    if kb is not None:  # `serve --kb NAME`: a grounded answer
+        return await knowledge.openai_chat(request, kb, body)
+    call, plan, gen, base = await _begin(request, body, translate.openai_chat, "chatcmpl", "chat.completion.chunk")
     if call.stream:
         return EngineStream(gen.response, _chat_chunks(gen, call, plan, base), media_type="text/event-stream",
                             headers={**SSE_HEADERS, **_dropped_header(gen)})
@@ -119,8 +123,8 @@ async def _chat_chunks(gen, call, plan, base):
 
 
 async def completions(request: Request):
-    call, plan, gen, base = await _begin(request, schema.CompletionRequest, translate.openai_completion, "cmpl",
-                                         "text_completion")
+    call, plan, gen, base = await _begin(request, await schema.parse(request, schema.CompletionRequest),
+                                         translate.openai_completion, "cmpl", "text_completion")
     echo = call.prompt if call.echo and isinstance(call.prompt, str) else ""
     if call.stream:
         return EngineStream(gen.response, _completion_chunks(gen, call, base, echo), media_type="text/event-stream",
@@ -159,26 +163,41 @@ def _model_object(ref: str, created: float) -> dict:
     return {"id": ref, "object": "model", "created": int(created), "owned_by": "slmrun"}
 
 
-def _models() -> list[tuple[str, str, float]]:
-    """(id, bare name, modified) of every stored and created model."""
+def _models(bases: dict) -> list[dict]:
+    """The model objects of every stored and created model, and of each knowledge base served."""
     from .. import store
     from ..custom.catalog import list_rows
 
-    return ([(m.ref, m.name, m.modified) for m in store.list_models()]
-            + [(r["name"], r["name"], r["modified"]) for r in list_rows()])
+    data = [_model_object(m.ref, m.modified) for m in store.list_models()]
+    data += [_model_object(r["name"], r["modified"]) for r in list_rows()]
+    for name, info in knowledge.listed(bases):  # `serve --kb`: a knowledge base answers as a model
+        data.append({**_model_object(name, info["updated"]), "owned_by": "slmrun-knowledge"})
+    return data
 
 
 async def list_models(request: Request):
-    return JSONResponse({"object": "list", "data": [_model_object(ref, t) for ref, _, t in _models()]})
+    data = await asyncio.to_thread(_models, request.app.state.slmrun.knowledge)
+    return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request):
+    from .. import store
+    from ..custom.catalog import list_rows
     from ..store import shown
 
     ref = request.path_params["model"]
-    for model_id, name, modified in _models():
+
+    def stored():
+        return ([(m.ref, m.name, m.modified) for m in store.list_models()]
+                + [(r["name"], r["name"], r["modified"]) for r in list_rows()])
+
+    for model_id, name, modified in await asyncio.to_thread(stored):
         if ref in (model_id, name):
             return JSONResponse(_model_object(ref, modified))
+    kb = knowledge.served(request, ref)
+    if kb is not None:
+        (_, info), = await asyncio.to_thread(knowledge.listed, {kb.name: kb})
+        return JSONResponse({**_model_object(ref, info["updated"]), "owned_by": "slmrun-knowledge"})
     raise ModelNotFoundError(f"no model {shown(ref)} in the store", hint="GET /v1/models lists them.")
 
 

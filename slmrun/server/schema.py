@@ -21,10 +21,9 @@ field's rule in words where pydantic's own message would be vague, as for unions
     async def embeddings(request):
         body = await schema.parse(request, schema.EmbeddingsRequest)  # typed, or a 400 already
 
-The body of /v1/rerank, still to be wired, is declared below too; tests/fuzzing.py lists
-every route with a good request, so the fuzz suite sends it bad ones from the day it is served (and a
-served route missing from that list fails tests/test_server_fuzz.py). request.py does the
-reading and words the errors.
+Every served route's body is declared here; tests/fuzzing.py lists each route with a good
+request, so the fuzz suite sends it bad ones (and a served route missing from that list fails
+tests/test_server_fuzz.py). request.py does the reading and words the errors.
 
 What is checked where: types, required fields and single values' ranges here; what
 involves several fields (top_logprobs needs logprobs, a tool_choice naming a tool) in
@@ -214,6 +213,7 @@ class ChatCompletionRequest(OpenAIRequest):
     tool_choice: Annotated[Optional[Literal["auto", "none", "required"] | ToolChoiceFunction],
                            rule('"auto", "none", "required" or {"type": "function", "function": {"name"}}')] = None
     parallel_tool_calls: Optional[bool] = None
+    footnotes: Optional[bool] = None  # slmrun's own: a served knowledge base's sources in the text too
 
 
 Prompt = Annotated[str | list[str] | TokenIds | list[TokenIds],
@@ -241,12 +241,22 @@ class EmbeddingsRequest(Body):
     user: Optional[str] = None
 
 
+NonEmptyText = Annotated[str, Field(min_length=1, pattern=r"\S"), rule("a non-empty string")]
+
+
+class RerankDocument(Body):
+    text: NonEmptyText
+
+
 class RerankRequest(Body):
-    """POST /v1/rerank (llama-server's and Jina's shape): results[index, relevance_score]."""
+    """POST /v1/rerank (llama-server's and Jina's shape): results[index, relevance_score].
+    A document is a string or Jina's ``{"text": ...}``."""
 
     model: Optional[ModelName] = None
-    query: str
-    documents: list[str]
+    query: NonEmptyText
+    documents: Annotated[list[Annotated[NonEmptyText | RerankDocument,
+                                        rule('a non-empty string or {"text": "..."}')]],
+                         Field(min_length=1), rule("a non-empty list", deep=True)]
     top_n: Optional[Positive] = None
     return_documents: Optional[bool] = None
 
@@ -259,6 +269,7 @@ class Options(Sampling):
     command line here). llama-server's DRY options and slmrun's speculative are taken too."""
 
     num_predict: Optional[Int] = None  # < 0: to the end of the context
+    footnotes: Optional[bool] = None  # slmrun's own: a served knowledge base's sources in the text too
     # accepted, not used
     num_ctx: Any = None
     num_batch: Any = None
@@ -315,6 +326,7 @@ class OllamaMessage(Body):
 class OllamaChatRequest(OllamaRequest):
     messages: Annotated[list[OllamaMessage], rule("a list", deep=True)] = Field(default_factory=list)
     tools: Optional[list[Tool]] = None
+    footnotes: Optional[bool] = None  # slmrun's own: a served knowledge base's sources in the text too
 
 
 class GenerateRequest(OllamaRequest):
