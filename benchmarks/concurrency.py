@@ -116,10 +116,31 @@ def _summary(results) -> dict:
 SLMRUN_RUN = r"""
 import json, sys, threading, time
 import slmrun
+from slmrun.runtime.engine import Engine
 a = json.loads(sys.argv[1])
+# The engine's step timed whole and around llama_decode: the rest is its Python per step.
+clock = {"steps": 0, "step_s": 0.0, "decode_s": 0.0}
+step = Engine._step
+def timed_step(self):
+    h = self._h
+    if not hasattr(h, "timed"):
+        decode = h.decode
+        def timed_decode(items):
+            t = time.perf_counter()
+            try:
+                return decode(items)
+            finally:
+                clock["decode_s"] += time.perf_counter() - t
+        h.decode, h.timed = timed_decode, True
+    t = time.perf_counter()
+    step(self)
+    clock["step_s"] += time.perf_counter() - t
+    clock["steps"] += 1
+Engine._step = timed_step
 with slmrun.load(a["model"], n_ctx=a["ctx"], n_parallel=a["n"], n_threads=a["threads"],
-                 n_threads_batch=a["threads"], flash_attn=True) as m:
+                 n_threads_batch=a["threads"], flash_attn=True, kv_unified=a["kv_unified"]) as m:
     m.complete(a["prompts"][0], max_tokens=16, ignore_eos=True).wait()  # warm-up: page in the weights
+    clock.update(steps=0, step_s=0.0, decode_s=0.0)
     results = [None] * a["n"]
     start = threading.Barrier(a["n"] + 1)
     def client(i):
@@ -138,16 +159,18 @@ with slmrun.load(a["model"], n_ctx=a["ctx"], n_parallel=a["n"], n_threads=a["thr
     for t in threads:
         t.join()
     steps = m.status()["steps"]
-print(json.dumps({"results": results, "steps": steps}))
+print(json.dumps({"results": results, "steps": steps,
+                  "outside_ms": 1000 * (clock["step_s"] - clock["decode_s"]) / max(1, clock["steps"]),
+                  "step_ms": 1000 * clock["step_s"] / max(1, clock["steps"])}))
 """
 
 
-def run_slmrun(model: Path, threads: int, n_streams: int, n_tokens: int, ctx: int) -> dict:
+def run_slmrun(model: Path, threads: int, n_streams: int, n_tokens: int, ctx: int, kv_unified: bool = False) -> dict:
     args = json.dumps({"model": str(model), "threads": threads, "n": n_streams, "tokens": n_tokens, "ctx": ctx,
-                       "prompts": prompts(n_streams)})
+                       "prompts": prompts(n_streams), "kv_unified": kv_unified})
     out = subprocess.run([sys.executable, "-c", SLMRUN_RUN, args], check=True, capture_output=True, text=True)
     data = json.loads(out.stdout.strip().splitlines()[-1])
-    return _summary(data["results"]) | {"steps": data["steps"]}
+    return _summary(data["results"]) | {k: data[k] for k in ("steps", "outside_ms", "step_ms")}
 
 
 # ------------------------------------------------------------------ the run
@@ -180,6 +203,7 @@ def main() -> None:
     ap.add_argument("-n", "--tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=2048, help="context per stream")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kv-unified", action="store_true", help="slmrun with one unified KV cache (llama.cpp's -kvu)")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
     if a.model is None:
@@ -193,7 +217,7 @@ def main() -> None:
             for tool in ("llama-server", "slmrun"):
                 log(f"round {rnd + 1}/{a.rounds}: {tool}, {n} stream(s)")
                 fn = ((lambda: run_llama_server(exe, a.model, a.threads, n, a.tokens, a.ctx)) if tool == "llama-server"
-                      else (lambda: run_slmrun(a.model, a.threads, n, a.tokens, a.ctx)))
+                      else (lambda: run_slmrun(a.model, a.threads, n, a.tokens, a.ctx, a.kv_unified)))
                 r = measure(tool, fn)
                 log(f"  {r['aggregate_tps']:.1f} tok/s aggregate, TTFT p50 {percentile(r['ttft'], .5) * 1000:.0f} ms")
                 runs.setdefault((tool, n), []).append(r)
@@ -207,16 +231,19 @@ def write_report(a, streams, runs) -> None:
         "# Concurrent streams: slmrun's engine vs llama.cpp's llama-server",
         "",
         f"Command: `.venv/bin/python benchmarks/concurrency.py -m {a.model.name} -t {a.threads} "
-        f"--streams {a.streams} -n {a.tokens} --ctx {a.ctx} --rounds {a.rounds}`  ",
+        f"--streams {a.streams} -n {a.tokens} --ctx {a.ctx} --rounds {a.rounds}"
+        f"{' --kv-unified' if a.kv_unified else ''}`  ",
         f"Machine: {os.cpu_count()} cores ({_cpu_name()}); {a.threads} threads, flash attention on, "
         f"{a.tokens} tokens per stream (ignore_eos), temperature 0.8, a seed per stream, {a.ctx} tokens of context "
         f"per stream. llama-server `-np N -c N×{a.ctx}`, streamed `/completion` over loopback; slmrun "
-        f"`load(n_ctx={a.ctx}, n_parallel=N)` and N threads streaming `Model.complete`. {a.rounds} interleaved "
+        f"`load(n_ctx={a.ctx}, n_parallel=N{', kv_unified=True' if a.kv_unified else ''})` (a KV stream per sequence "
+        f"unless unified, as llama-server's) and N threads streaming `Model.complete`. {a.rounds} interleaved "
         f"rounds, each run after a quiet moment; mean ± sample std dev over rounds.",
         "",
         "| streams | llama-server tok/s | slmrun tok/s | slmrun / llama-server | slmrun / its 1 stream | "
-        "TTFT p50 / p95 llama-server | TTFT p50 / p95 slmrun | slmrun step cost per extra sequence |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "TTFT p50 / p95 llama-server | TTFT p50 / p95 slmrun | slmrun step cost per extra sequence | "
+        "slmrun step: outside llama_decode / whole |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in streams:
         ls, sl = agg[("llama-server", n)], agg[("slmrun", n)]
@@ -228,7 +255,9 @@ def write_report(a, streams, runs) -> None:
         extra = (f"{(n / scale - 1) / (n - 1) * 100:+.0f}% of a one-stream step" if n > 1 and one else "-")
         lines.append(f"| {n} | {fmt(ls)} | {fmt(sl)} | **{fmt(ratios, 2)}** | "
                      f"{scale:.2f}× | {percentile(ttft_l, .5) * 1000:.0f} / {percentile(ttft_l, .95) * 1000:.0f} ms | "
-                     f"{percentile(ttft_s, .5) * 1000:.0f} / {percentile(ttft_s, .95) * 1000:.0f} ms | {extra} |")
+                     f"{percentile(ttft_s, .5) * 1000:.0f} / {percentile(ttft_s, .95) * 1000:.0f} ms | {extra} | "
+                     f"{fmt([r['outside_ms'] for r in runs[('slmrun', n)]], 2)} / "
+                     f"{statistics.fmean(r['step_ms'] for r in runs[('slmrun', n)]):.1f} ms |")
     noise = max(r["noise"] for v in runs.values() for r in v)
     lines += ["", f"Most CPU other processes used during a counted run: {noise:.2f} cores.", ""]
     lines += analysis_block(a.out)

@@ -245,7 +245,7 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
          verbose: bool | None = None, force: bool = False, n_parallel: int | None = None,
          max_queue: int | None = None, chat_format: str | None = None, allow_path: bool = True,
          rpc: str | Sequence[str] | None = None, lora: Sequence | None = None, pooling: str | None = None,
-         speculative: bool | str | None = None):
+         speculative: bool | str | None = None, kv_unified: bool = False):
     """Load a model by registry name, ``name:quant``, imported name or ``.gguf`` path.
 
     ``n_ctx`` is each request's context; ``n_parallel`` requests are decoded together
@@ -267,7 +267,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
     say they pay (runtime/speculative.py); a request's ``speculative=`` overrides it.
     ``lora``: LoRA adapters, paths or (path, scale) pairs (after a created model's own),
     checked against the model before llama.cpp loads them; requests choose among them
-    with ``adapters=`` (runtime/lora.py). A created model (`slmrun create`) brings its
+    with ``adapters=`` (runtime/lora.py). ``kv_unified`` shares one KV cache among the
+    sequences (llama.cpp's ``-kvu``) instead of a stream each (runtime/llama.py). A created model (`slmrun create`) brings its
     PARAMETERs (num_ctx unless ``n_ctx`` is given), SYSTEM, MESSAGEs and prompt format.
     """
     from .runtime import LoadOptions, Model
@@ -335,7 +336,8 @@ def load(ref: str | os.PathLike | None = None, *, n_ctx: int | None = None, n_th
         flash_attn=fa, use_mmap=use_mmap, use_mlock=use_mlock, type_k=type_k, type_v=type_v,
         seed=seed, verbose=config.debug() if verbose is None else verbose, n_parallel=n_parallel,
         max_queue=max_queue, pooling=pooling, speculative=spec_mode,
-        spec_slope=batch_slope(hw, spec_from_gguf(info), weights_bytes=info.size, threads=threads))
+        spec_slope=batch_slope(hw, spec_from_gguf(info), weights_bytes=info.size, threads=threads),
+        kv_unified=bool(kv_unified))
     placement = None
     if eps is not None:
         ngl, ts, _ = remote.split_for_load(info, options, hw, devices, name=resolved.name, force=force)

@@ -69,6 +69,21 @@ def test_eight_threads_share_one_model_and_each_gets_its_own_answer(model):
     assert after["slots_busy"] == 0 and after["queue_depth"] == 0
 
 
+@pytest.mark.parametrize("kv_unified", [False, True])
+def test_both_kv_layouts_give_each_request_its_own_greedy_answer_when_slots_free_unevenly(tiny_llama, kv_unified):
+    # Requests of different prompt and output lengths end at different times, so slots in the
+    # middle go idle while later ones decode: with a KV stream per sequence llama.cpp then
+    # decodes a batch in pieces; the answers must not change, whichever layout.
+    lengths = [3, 25, 7, 40, 12, 5, 30, 9]
+    with slmrun.load(tiny_llama, n_ctx=256, n_threads=1, n_parallel=4, kv_unified=kv_unified) as m:
+        want = [m.complete(p, max_tokens=n, temperature=0).text for p, n in zip(PROMPTS, lengths)]
+        before = m.status()
+        got = _in_threads(8, lambda i: m.complete(PROMPTS[i], max_tokens=lengths[i], temperature=0).text)
+        after = m.status()
+    assert [got[i] for i in range(8)] == want
+    assert after["steps"] - before["steps"] < 0.8 * (after["generated_tokens"] - before["generated_tokens"])
+
+
 def test_each_request_keeps_its_own_sampling_parameters(model):
     kinds = [dict(temperature=0), dict(temperature=1.0, seed=7), dict(temperature=1.2, seed=8, top_k=5),
              dict(temperature=0.7, seed=9, top_p=0.5, repeat_penalty=1.3)]

@@ -96,9 +96,10 @@ def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch:
                     n_ubatch: int = 512, type_k: str = "f16", type_v: str | None = "f16",
                     flash_attn: bool = True, n_parallel: int = 1) -> MemoryEstimate:
     """Resident memory a model needs at `n_ctx` per sequence for `n_parallel` sequences (bytes),
-    split as the module docstring explains. The sequences share one unified KV cache of
-    n_ctx x n_parallel cells, which the attention mask spans too; each extra sequence also
-    keeps a logits row and a sampler's candidate array."""
+    split as the module docstring explains. Each sequence has a KV stream of n_ctx cells
+    rounded up to 256 (runtime/llama.py); the estimate's attention mask spans all of them,
+    as a unified cache's does (an upper bound for streams); each extra sequence also keeps a
+    logits row and a sampler's candidate array."""
     if n_ctx < 1:
         raise InvalidArgumentError(f"n_ctx must be >= 1, got {n_ctx}")
     if n_parallel < 1:
@@ -106,8 +107,8 @@ def estimate_memory(spec: ModelSpec, *, weights_bytes: int, n_ctx: int, n_batch:
     if not spec.has_kv_cache:
         return _without_kv_cache(spec, int(weights_bytes), n_ctx, n_batch, n_ubatch, flash_attn, n_parallel)
     ub = max(1, min(n_ubatch, n_batch, n_ctx))
-    kv = kv_cache_bytes(spec, n_ctx * n_parallel, type_k, type_v)
-    n_ctx = padded_context(n_ctx * n_parallel)  # the cells llama.cpp really has
+    n_ctx = padded_context(n_ctx) * n_parallel  # the cells llama.cpp really has
+    kv = kv_cache_bytes(spec, n_ctx, type_k, type_v)
     if spec.architecture in UNGATED_FFN_ARCHS:
         # Up -> activation -> down: two n_ff-wide activations per batch token rather than
         # three; the attention path's buffers are reused by the time the FFN runs.

@@ -89,12 +89,20 @@ class DecodeSteps:
         # With LoRA adapters, only the sequences of the adapter set whose turn it is (runtime/lora.py).
         group = self._step_group()
         drafts = self._drafts(budget, group)  # speculative.py: {seq: draft tokens}
-        # Generating sequences first (one token each, and their drafts), then prompt chunks in
-        # arrival order.
+        # The budget goes to generating sequences first (one token each, and their drafts), then
+        # to prompt chunks in arrival order.
         for seq in sorted(group, key=lambda s: len(s.pending) > 1):
             if budget <= 0:
                 break
             n = min(len(seq.pending), budget)
+            taken.append((seq, n))
+            budget -= n
+            if n == len(seq.pending) and seq.req.score_from is None:
+                budget -= len(drafts.get(seq, ()))
+        # The batch lists them by sequence id: with a KV stream per sequence llama.cpp decodes a
+        # batch in pieces of consecutive ids (llama_batch_allocr::split_equal), so id order keeps
+        # it to as few pieces as the idle slots allow.
+        for seq, n in sorted(taken, key=lambda sn: sn[0].slot.seq_id):
             base, sid = seq.n_past, seq.slot.seq_id
             complete = n == len(seq.pending)
             score_from = seq.req.score_from
@@ -105,15 +113,12 @@ class DecodeSteps:
                     outputs.append((seq, len(items) - 1))
                     for j, t in enumerate(drafts.get(seq, ())):  # a logits row at each
                         items.append((t, base + n + j, sid, True))
-                    budget -= len(drafts.get(seq, ()))
             else:  # teacher forcing: a logits row at every position that predicts a scored token
                 for j in range(n):
                     keep = base + j >= score_from - 1
                     items.append((seq.pending[j], base + j, sid, keep))
                     if keep:
                         outputs.append((seq, len(items) - 1))
-            taken.append((seq, n))
-            budget -= n
         t0 = time.perf_counter()
         rc = h.decode(items)
         self._check_broken()

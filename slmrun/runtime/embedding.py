@@ -110,7 +110,10 @@ class EmbedSteps:
         if not self._embeds or (self._active and not self._embed_turn):
             return None
         seq_ids = self._embed_seq_ids()
-        picks = pack(self._embeds, len(seq_ids), self._embed_budget)
+        # Pooling needs each input whole in one micro-batch; with a KV stream per sequence
+        # llama.cpp splits a batch of unequal inputs across several: one input per step then.
+        room = len(seq_ids) if self._h.encoder_only or self._h.spec.kv_unified else min(1, len(seq_ids))
+        picks = pack(self._embeds, room, self._embed_budget)
         if not picks:
             return None
         for job, i in picks:

@@ -12,8 +12,9 @@ llama-server's slots do: a new request takes the free slot whose cached tokens s
 longest prefix with its prompt, the cells past that prefix are removed at once
 (``llama_memory_seq_rm``), and only the rest of the prompt is evaluated. That is what
 makes a chat's follow-up turn cost only its new tokens. A cancelled request's cells are
-removed at once. Each slot holds at most ``n_ctx_seq`` cells of a unified cache of
-``n_parallel x n_ctx_seq``, so a cache left behind never denies another slot room.
+removed at once. Each slot holds at most ``n_ctx_seq`` cells (its own KV stream, or its
+share of a unified cache of ``n_parallel x n_ctx_seq``), so a cache left behind never
+denies another slot room.
 """
 
 from __future__ import annotations

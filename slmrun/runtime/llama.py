@@ -1,12 +1,14 @@
 """The one small place that touches llama.cpp's C API: model and context, tokens, batches, samplers.
 
 Everything above this module (the engine, Model) speaks Python lists and ints. The
-context is created for ``n_seq`` parallel sequences over one *unified* KV cache
-(``kv_unified``): any mix of sequences fits one micro-batch, so a step can decode one
-token for every generating sequence plus a prompt chunk in a single ``llama_decode``.
-(With per-sequence streams llama.cpp splits a batch into equal-length, consecutive-id
-pieces, which loses the batching whenever a slot in the middle is idle.) Each
-sequence's share of the cache is enforced by the engine, not by llama.cpp.
+context is created for ``n_seq`` parallel sequences, each in its own KV stream by default,
+as llama-server's ``-np N`` does: a token attends only to its own sequence's cells, which
+made decoding 8 streams ~8% faster than one unified cache on this machine's two cores
+(benchmarks/CONCURRENCY.md). llama.cpp then decodes a batch in pieces of consecutive
+sequence ids with equal token counts (``split_equal``), so the engine lists a batch by
+sequence id. ``kv_unified=True`` (llama.cpp's ``-kvu``) shares one cache instead: any mix
+of sequences is then one micro-batch. Either way the engine keeps each sequence within
+its ``n_ctx_seq`` cells.
 
 Thread safety: tokenizing reads only the vocabulary and may run on any thread while the
 engine decodes (llama-server does the same); everything that touches the context runs on
@@ -107,6 +109,7 @@ class ContextSpec:
     type_k: str | None = None
     type_v: str | None = None
     pooling: str | None = None  # embeddings' pooling (POOLING names); None: the model's own, else "mean"
+    kv_unified: bool = False  # one KV cache for all sequences, not a stream per sequence (module docstring)
 
 
 # llama.cpp's enum llama_pooling_type, by the names the API uses.
@@ -158,7 +161,7 @@ class LlamaHandle:
         cparams.n_threads_batch = spec.n_threads_batch
         cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if spec.flash_attn
                                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        cparams.kv_unified = True
+        cparams.kv_unified = spec.kv_unified
         cparams.no_perf = True
         cparams.embeddings = self.encoder_only
         if spec.pooling is not None:

@@ -48,6 +48,7 @@ class LoadOptions:
     pooling: str | None = None  # embeddings: "mean", "cls", "last" (None: the model's own, else mean)
     speculative: str = "auto"  # prompt-lookup drafts: "auto" (where the measured step costs say they pay), "on", "off"
     spec_slope: float | None = None  # a batch's extra cost per token (fraction of a step) until measured
+    kv_unified: bool = False  # one KV cache shared by the sequences (llama.cpp's -kvu) instead of a stream each
 
 
 _OPEN: "weakref.WeakSet[Model]" = weakref.WeakSet()
@@ -115,7 +116,8 @@ class Model(Tasks):
         spec = ContextSpec(n_ctx=options.n_ctx * options.n_parallel, n_seq=options.n_parallel,
                            n_batch=options.n_batch, n_ubatch=options.n_ubatch, n_threads=options.n_threads,
                            n_threads_batch=options.n_threads_batch, flash_attn=options.flash_attn,
-                           type_k=options.type_k, type_v=options.type_v, pooling=options.pooling)
+                           type_k=options.type_k, type_v=options.type_v, pooling=options.pooling,
+                           kv_unified=options.kv_unified)
         t0 = time.perf_counter()
         self._h = LlamaHandle(self.path, spec, use_mmap=options.use_mmap, use_mlock=options.use_mlock,
                               verbose=options.verbose, model_params_hook=model_params_hook or placement,
