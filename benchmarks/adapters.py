@@ -22,7 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import mean_sd as fmt  # noqa: E402
 from llama_tools import (BUILD, HERE, analysis_block, build_tools, cpu_snapshot, free_port, log,  # noqa: E402
                          others_cores, wait_http_ready, wait_quiet)
 
@@ -207,10 +207,6 @@ def measure(fn, retries: int = 3):
     raise AssertionError("unreachable")
 
 
-def fmt(values, digits: int = 1) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:

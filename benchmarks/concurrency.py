@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import mean_sd as fmt  # noqa: E402
 from llama_tools import (HERE, analysis_block, build_tools, cpu_snapshot, free_port, log, others_cores,  # noqa: E402
                          wait_http_ready, wait_quiet)
 
@@ -189,10 +190,6 @@ def measure(tool: str, fn, retries: int = 3) -> dict:
     raise AssertionError("unreachable")
 
 
-def fmt(values, digits: int = 1) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:

@@ -187,3 +187,11 @@ def wait_http_ready(port: int, proc: subprocess.Popen, *, timeout: float, what: 
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not become ready within {timeout:g} s")
         time.sleep(0.2)
+
+
+def mean_sd(values, digits: int = 1) -> str:
+    """"mean ± sample std dev" of per-round figures (the value alone for one round)."""
+    import statistics
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"

@@ -22,7 +22,6 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import mean_sd as fmt  # noqa: E402
 from llama_tools import (HERE, analysis_block, build_tools, cpu_snapshot, free_port, log, others_cores,  # noqa: E402
                          wait_http_ready, wait_quiet)
 
@@ -244,10 +244,6 @@ def main() -> None:
     write_report(a, loads, streams, runs, same)
 
 
-def fmt(values, digits=1) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def write_report(a, loads, streams, runs, same) -> None:

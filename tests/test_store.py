@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import slmrun
-from slmrun import api, store
+from slmrun import api, resolution, store
 from slmrun.cli import _register, app
 from slmrun.errors import InvalidArgumentError, InvalidModelFileError, ModelNotFoundError, StoreLockedError
 
@@ -109,7 +109,7 @@ def test_a_name_without_quant_uses_the_best_local_quant_that_fits(tiny_llama, mo
     small.write_bytes(tiny_llama.read_bytes())
     store.install(small, name="tinyllama", filename=entry.file("Q2_K").filename, quant="Q2_K",
                   sha256=store.sha256_file(tiny_llama), source="test")
-    monkeypatch.setattr(api, "choose_quant", lambda e: "Q4_K_M")  # the planner's pick is not local
+    monkeypatch.setattr(resolution, "choose_quant", lambda e: "Q4_K_M")  # the planner's pick is not local
     roomy = hardware.profile("laptop-16gb")
     monkeypatch.setattr(hardware, "detect", lambda **kw: roomy)
     assert api.resolve("tinyllama").quant == "Q8_0"  # it fits: the better quality
