@@ -244,5 +244,8 @@ def test_load_unload_cycles_keep_rss_flat(home):
             rss.append(int(float(next(ln.split()[1] for ln in data.splitlines()
                                      if ln.startswith("process_resident_memory_bytes")))))
         assert 'slmrun_model_loads_total 40' in data and 'slmrun_model_unloads_total 40' in data
-        growth = (rss[-1] - rss[9]) / 30
-        assert growth < 0.2 * (1 << 20), [r >> 20 for r in rss]  # under 0.2 MB a cycle after the first ten
+        # RSS is bimodal from cycle to cycle (62 or 74 MB here, as glibc trims freed arenas or not), so one
+        # sample against another measures the allocator; the high-water mark of ten cycles against that of
+        # ten cycles twenty later measures a leak: under 0.2 MB a cycle after the first ten.
+        growth = (max(rss[30:]) - max(rss[10:20])) / 20
+        assert growth < 0.2 * (1 << 20), [r >> 20 for r in rss]
