@@ -103,6 +103,10 @@ a = json.loads(sys.argv[1])
 with slmrun.load(a["model"], n_parallel=a["n"], n_threads=a["threads"], n_threads_batch=a["threads"],
                  n_ctx=2048) as m:
     m.complete("Hello", max_tokens=4).wait()  # warm-up: page in the weights
+    if any(p[1] for p in a["prompts"]):
+        # and build the grammar tokenizer (~0.3 s once per process, as llama-server sets itself
+        # up before it listens); each measured schema is still compiled inside its request
+        m.chat([{"role": "user", "content": "Hi"}], json_schema={"type": "object"}, max_tokens=1).wait()
     m._engine.call(lambda h: m._engine.forget_cache())
     out = [None] * a["n"]
     start = threading.Barrier(a["n"] + 1)

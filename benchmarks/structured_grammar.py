@@ -297,7 +297,7 @@ def main() -> None:
         h = model._h
         n_vocab = model.n_vocab
         eog = [t for t in range(n_vocab) if h.is_eog(t)]
-        tokenizer = GrammarTokenizer.from_llama_vocab(h.vocab, eos_tokens=eog)
+        tokenizer = GrammarTokenizer.from_vocab_table(h.vocab_table(), eos_tokens=eog)
         row = np.zeros(n_vocab, dtype=np.float32)
         # The first matcher on a vocabulary does one-time set-up: not a schema's compile time.
         from slmrun.structured import constraint_spec

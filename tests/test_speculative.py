@@ -8,7 +8,7 @@ import pytest
 
 import slmrun
 from slmrun.errors import InvalidArgumentError
-from slmrun.runtime.speculative import K_ON, Lookup, StepCosts, check_mode, choose_k
+from slmrun.runtime.speculative import K_ON, Lookup, StepCosts, check_mode, choose_k, drafts_allowed
 
 
 # --- the n-gram index ---------------------------------------------------------------------------
@@ -80,6 +80,13 @@ def test_on_always_drafts_off_never_and_a_busy_batch_needs_more_to_pay():
     alone = choose_k(0.8, x86, 1, 1.0, 8, "auto")
     busy = choose_k(0.8, x86, 4, 4.0, 8, "auto")  # 4 streams: a draft's rows cost the same, yield a quarter
     assert alone > 0 and busy < alone
+
+
+@pytest.mark.parametrize("mode, n_active, allowed", [
+    ("auto", 1, True), ("auto", 2, False), ("auto", 8, False),
+    ("on", 1, True), ("on", 4, True), ("off", 1, False), ("off", 4, False)])
+def test_auto_drafts_only_for_a_sequence_decoded_alone(mode, n_active, allowed):
+    assert drafts_allowed(mode, n_active) is allowed
 
 
 def test_modes():

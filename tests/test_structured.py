@@ -165,7 +165,7 @@ def test_the_tokenizer_is_built_once_per_model_and_released(tiny):
     model, tok = tiny
     assert model._grammar() is tok
     assert tok.n_vocab == model.n_vocab and set(tok.eos_tokens) == set(model._h.eog_tokens)
-    other = S.tokenizer_for("another key", model._h.vocab)
+    other = S.tokenizer_for("another key", model._h.vocab_table)
     S.release_tokenizer("another key")
     S.release_tokenizer("another key")  # twice is fine
     assert other.closed
@@ -250,9 +250,30 @@ def test_forced_tokens_fork_and_the_end_state(tiny):
     assert not d.is_accepting()  # the fork moved on alone
 
 
+def test_the_tokenizer_equals_llguidances_own_reading_of_the_vocab(tiny):
+    """GrammarTokenizer reads the vocabulary through the runtime instead of
+    llguidance.llamacpp (which imports llama_cpp's whole package): the same bytes, the same
+    special tokens, the same tokenization of text."""
+    import warnings
+
+    import llguidance.llamacpp
+
+    model, ours = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        theirs = llguidance.llamacpp.lltokenizer_from_vocab(model._h.vocab)
+    mine = ours.llguidance_tokenizer
+    every = list(range(model.n_vocab))
+    assert [mine.decode_bytes([t]) for t in every] == [theirs.decode_bytes([t]) for t in every]
+    assert [mine.is_special_token(t) for t in every] == [theirs.is_special_token(t) for t in every]
+    assert any(mine.is_special_token(t) for t in every)
+    text = "Ada Lovelace, 36, wrote {\"notes\": [1, 2]} in 1843."
+    assert mine.tokenize_str(text) == theirs.tokenize_str(text)
+
+
 def test_forced_tokens_refuse_once_the_model_is_gone(tiny):
     model, _ = tiny
-    tok = S.GrammarTokenizer.from_llama_vocab(model._h.vocab)
+    tok = S.GrammarTokenizer.from_vocab_table(model._h.vocab_table())
     c = tok.constraint(S.constraint_spec(json_schema=PERSON))
     tok.close()
     with pytest.raises(InvalidArgumentError, match="was closed"):

@@ -310,7 +310,7 @@ class Model(Tasks):
         with shared.lock:
             self._check_open()
             if shared.grammar is None:
-                shared.grammar = tokenizer_for(id(shared), self._h.vocab, eos_tokens=self._h.eog_tokens)
+                shared.grammar = tokenizer_for(id(shared), self._h.vocab_table, eos_tokens=self._h.eog_tokens)
             return shared.grammar
 
     def _submit(self, tokens: list[int], params: dict, *, stops: Sequence[str], strip_leading: bool,

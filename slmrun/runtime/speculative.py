@@ -19,10 +19,17 @@ it is decoded; forced tokens are decoded first, the draft after them.
 Whether a draft pays depends on the device: on a memory-bound one (a Raspberry Pi) a batch
 of k+1 tokens costs about one step, on this machine's two x86 cores each extra token costs a
 good part of one. ``StepCosts`` keeps what this engine's own ``llama_decode`` calls cost by
-batch size; in "auto" mode (the default) a sequence drafts k tokens only when the expected
-tokens per second, (tokens the step yields + the expected accepted drafts) / cost(batch + k),
-beat the step without them (``choose_k``), with the acceptance rate learnt per sequence.
-"on" drafts whenever there is a match; "off" never.
+batch size; in "auto" mode (the default) a sequence drafts k tokens only when it is the one
+sequence the step decodes (``drafts_allowed``) and the expected tokens per second, (tokens
+the step yields + the expected accepted drafts) / cost(batch + k), beat the step without them
+(``choose_k``), with the acceptance rate learnt per sequence. "on" drafts whenever there is a
+match; "off" never.
+
+Why only alone: benchmarks/SPECULATIVE.md measured drafts beside other sequences losing on
+this CPU for slmrun and for llama-server's ngram-simple alike (0.69-0.95 of the speed without),
+and with a KV stream per sequence llama.cpp splits a batch into ubatches of equal tokens per
+sequence, so one sequence's draft rows cost a ubatch of their own, which the per-size costs
+do not see.
 """
 
 from __future__ import annotations
@@ -117,6 +124,11 @@ class StepCosts:
         return max(one * (1 + self.slope * (b - 1)), 1e-9) if above is None else ema[above] * b / above
 
 
+def drafts_allowed(mode: str, n_active: int) -> bool:
+    """Whether a sequence in ``mode`` may draft in a step that decodes ``n_active`` sequences."""
+    return mode == "on" or (mode == "auto" and n_active == 1)
+
+
 def choose_k(p: float, costs: StepCosts, batch: int, yielded: float, available: int, mode: str) -> int:
     """Draft tokens for one sequence: the k (<= available) that maximises expected tokens per
     second of the step, (yielded + p + p^2 + ... + p^k) / cost(batch + k), in "auto" only if
@@ -152,7 +164,7 @@ class SpecSteps:
         decodes, when LoRA adapter sets take turns; default all)."""
         active = self._active if group is None else group
         gen = [s for s in active if s.req.score_from is None and not s.in_prompt and s.pending
-               and s.spec != "off"]
+               and drafts_allowed(s.spec, len(active))]
         if not gen:
             return {}
         batch = min(budget, sum(len(s.pending) for s in active))

@@ -2,7 +2,7 @@
 
 - ``constraint_spec(json_schema=... | grammar=... | json_object=True)`` -> ConstraintSpec:
   checked and compiled once, refused before generation when it cannot be enforced.
-- ``tokenizer_for(key, vocab_ptr, eos_tokens=...)`` -> GrammarTokenizer, one per loaded model;
+- ``tokenizer_for(key, vocab_table, eos_tokens=...)`` -> GrammarTokenizer, one per loaded model;
   ``release_tokenizer(key)`` when the model closes.
 - ``tokenizer.constraint(spec)`` -> Constraint, one per sequence: ``apply_mask(logits)``,
   ``commit(token)``, ``forced_tokens()``, ``is_stopped()``, ``is_accepting()``, ``error``;

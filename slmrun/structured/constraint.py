@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 from ..errors import InvalidArgumentError, StructuredOutputError, UnsupportedSchemaError
 from .spec import ConstraintSpec, one_line
@@ -40,19 +40,20 @@ class GrammarTokenizer:
         self._closed = False
 
     @classmethod
-    def from_llama_vocab(cls, vocab_ptr, *, eos_tokens: Sequence[int] | None = None) -> "GrammarTokenizer":
-        """From a ``llama_vocab *`` (llama_model_get_vocab). ``eos_tokens``: every token that ends
-        generation (llama.cpp's end-of-generation set, e.g. <|im_end|> and <|endoftext|>); the
-        mask allows them once the grammar is complete. Default: the vocab's EOS alone."""
-        import warnings
+    def from_vocab_table(cls, table: dict, *, eos_tokens: Sequence[int] | None = None) -> "GrammarTokenizer":
+        """From the runtime's ``vocab_table()`` (each token's bytes and llama_token_attr flags,
+        the vocab and the address of ``llama_tokenize``, which llguidance calls to tokenize
+        forced text). ``eos_tokens``: every token that ends generation (llama.cpp's
+        end-of-generation set, e.g. <|im_end|> and <|endoftext|>); the mask allows them once
+        the grammar is complete. Default: the vocab's EOS alone. This is what
+        llguidance.llamacpp.lltokenizer_from_vocab does, without its ``import llama_cpp`` of
+        the whole Python package (~150 ms of a process's first constrained request)."""
+        from llguidance import LLTokenizer
 
-        import llguidance.llamacpp
-
-        with warnings.catch_warnings():
-            # It reads each token's attributes with a call llama-cpp-python 0.3.36 marks deprecated.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            tok = llguidance.llamacpp.lltokenizer_from_vocab(
-                vocab_ptr, eos_token=list(eos_tokens) if eos_tokens else None)
+        tokens = [b"\xff" + p if _is_special(p, a) else p for p, a in zip(table["pieces"], table["attrs"])]
+        tok = LLTokenizer.from_llamacpp(tokens=tokens, vocab_ptr=table["vocab_ptr"],
+                                        tokenize_fptr=table["tokenize_fptr"],
+                                        eos_token=list(eos_tokens) if eos_tokens else table["eos"], slices=None)
         return cls(tok, n_vocab=tok.vocab_size)
 
     @property
@@ -266,18 +267,30 @@ def _executor():
         return _EXECUTOR
 
 
+_ATTR_CONTROL, _ATTR_USER_DEFINED = 1 << 3, 1 << 4  # llama_token_attr
+
+
+def _is_special(piece: bytes, attrs: int) -> bool:
+    """A control token, or a user-defined one that looks like one (<...>): llguidance marks
+    both with a 0xff prefix so grammar text never matches them by their spelling."""
+    return bool(attrs & _ATTR_CONTROL or (attrs & _ATTR_USER_DEFINED and piece.startswith(b"<")
+                                          and piece.endswith(b">")))
+
+
 # --- one tokenizer per loaded model ------------------------------------------------------------
 _TOKENIZERS: dict[Hashable, GrammarTokenizer] = {}
 _TOKENIZERS_LOCK = threading.Lock()
 
 
-def tokenizer_for(key: Hashable, vocab_ptr, *, eos_tokens: Sequence[int] | None = None) -> GrammarTokenizer:
-    """The grammar tokenizer of the model ``key`` names, built on first use from its
-    ``llama_vocab *``. Call ``release_tokenizer(key)`` before the model is freed."""
+def tokenizer_for(key: Hashable, vocab_table: Callable[[], dict], *,
+                  eos_tokens: Sequence[int] | None = None) -> GrammarTokenizer:
+    """The grammar tokenizer of the model ``key`` names, built on first use from
+    ``vocab_table()`` (the runtime's reading of its vocabulary). Call
+    ``release_tokenizer(key)`` before the model is freed."""
     with _TOKENIZERS_LOCK:
         tok = _TOKENIZERS.get(key)
         if tok is None:
-            tok = _TOKENIZERS[key] = GrammarTokenizer.from_llama_vocab(vocab_ptr, eos_tokens=eos_tokens)
+            tok = _TOKENIZERS[key] = GrammarTokenizer.from_vocab_table(vocab_table(), eos_tokens=eos_tokens)
         return tok
 
 
