@@ -98,7 +98,8 @@ def quantize(src: str, to: str, *, allow_requantize: bool = False, name: str | N
     store; default: its file name up to the first dot). ``imatrix``: an importance matrix
     (llama-imatrix's GGUF) to weight the rounding by. ``force`` replaces a stored file of
     that quant. ``progress(done, total, tensor)``; ``warn(message)`` (default: warnings.warn)."""
-    from .gguf_info import read_imatrix, read_info
+    from .gguf_contents import read_imatrix
+    from .gguf_info import read_info
     from .runtime.quantize import quantize_file
 
     source = _source(src, name)

@@ -70,7 +70,7 @@ class FileSource:
     convert: str | None = None  # the converter, "bert"
     weights_sha256: str | None = None  # of <member>/model.safetensors, checked before converting
     weights_size: int | None = None
-    tensors_sha256: str | None = None  # gguf_info.tensor_digest of the result, checked after
+    tensors_sha256: str | None = None  # gguf_contents.tensor_digest of the result, checked after
     model_name: str | None = None  # the GGUF's general.name
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import slmrun
-from slmrun.gguf_info import read_info, tensor_digest
+from slmrun.gguf_contents import tensor_digest
+from slmrun.gguf_info import read_info
 from slmrun.sources.convert import convert
 from tinymodels import HF_BERT_SPECIALS, bert_tensors, bert_vocab, hf_bert_vocab, write_tiny_hf_bert
 

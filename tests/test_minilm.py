@@ -11,7 +11,8 @@ import pytest
 
 import slmrun
 from slmrun import hardware, planner, store
-from slmrun.gguf_info import read_info, tensor_digest
+from slmrun.gguf_contents import tensor_digest
+from slmrun.gguf_info import read_info
 from slmrun.registry import load_registry
 
 pytestmark = pytest.mark.real_model

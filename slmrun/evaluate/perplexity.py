@@ -60,7 +60,7 @@ def _resolve(ref: str) -> Loaded:
 
 def check_same_vocabulary(model: Loaded, reference: Loaded) -> None:
     """Refuse a reference whose vocabulary is not the model's, before loading either."""
-    from ..gguf_info import vocabulary_digest
+    from ..gguf_contents import vocabulary_digest
 
     a, b = model.info, reference.info
     if a.vocab_size != b.vocab_size or vocabulary_digest(a.path) != vocabulary_digest(b.path):

@@ -50,4 +50,4 @@ def describe_speculative(slope: float, k: int = 4) -> str:
             "drafts pay where the reply copies its input (extraction, passage answers)" if gain >= 1.15 else
             "drafts rarely pay; auto keeps them off unless measured otherwise")
     return (f"prompt lookup, auto: a step with a {k}-token draft costs ~{cost:.1f} steps here; "
-            f"up to {gain:.1f}x on copied text; {when}")
+            f"up to {gain:.1f}x on copied text; {when} (a lone stream only)")

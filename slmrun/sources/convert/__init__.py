@@ -34,7 +34,7 @@ class Converted:
     embedding_length: int
     pooling: str | None
     n_tensors: int
-    tensors_sha256: str  # gguf_info.tensor_digest: names, types, shapes and bytes of every tensor
+    tensors_sha256: str  # gguf_contents.tensor_digest: names, types, shapes and bytes of every tensor
 
 
 def out_type(value: str | None) -> str:
@@ -56,7 +56,8 @@ def estimated_size(d, quant: str) -> int:
 
 def verify(path: Path, written, *, quant: str, n_ctx: int, config: dict, pooling: str | None) -> Converted:
     """Re-read the written GGUF and check it is what was planned; return its description."""
-    from ...gguf_info import read_info, tensor_digest
+    from ...gguf_contents import tensor_digest
+    from ...gguf_info import read_info
 
     info = read_info(path)  # header, every key, every tensor in bounds
 
