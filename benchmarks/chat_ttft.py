@@ -21,6 +21,9 @@ import slmrun  # noqa: E402
 from slmrun.chat import ChatSession  # noqa: E402
 from slmrun.runtime import measure  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llama_tools import analysis_block  # noqa: E402
+
 QUESTIONS = ["What is 2+2?", "Name a color.", "What is the capital of France?", "Say hello.",
              "Count to three.", "What is water made of?", "Name an animal.", "What day follows Monday?",
              "What is 10 minus 3?", "Say goodbye."]
@@ -73,6 +76,7 @@ def main() -> None:
     r_full = results[False][-1]["ttft_s"] / results[False][0]["ttft_s"]
     lines += ["", f"**Turn {args.turns} / turn 1 TTFT: {r_reuse:.2f}× with KV reuse** (goal ≤ 1.2×); "
               f"{r_full:.2f}× when every turn re-evaluates the history.", ""]
+    lines += analysis_block(Path(args.out))
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 
