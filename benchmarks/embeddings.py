@@ -11,7 +11,8 @@ texts (~10-20 tokens) and of 8 long ones (~250 tokens). Contenders, each in its 
 - slmrun's library: ``Model.embed(texts)`` timed inside a worker process (no HTTP).
 
 Rounds interleave the contenders (their order rotates), each waits for a quiet machine;
-every workload is timed ``--reps`` times per round and the median kept. Reports texts/s and
+every workload is timed ``--reps`` times per round (more for short requests: at least ~0.5 s of
+them) and the median kept. Reports texts/s and
 tokens/s (mean over rounds, with the spread), the ratio to llama-server, each process's peak
 RSS (VmHWM), and the cosine between slmrun's and llama-server's vectors; writes
 benchmarks/EMBEDDINGS.md.
@@ -159,8 +160,10 @@ def measure(embedder, reps: int) -> dict:
         times, vectors, tokens = [], None, 0
         # An untimed pass of the workload first: a batch shape's first decode allocates (in every
         # contender alike), and with 3 timed passes of a 4-10 ms request one cold pass moved the median.
-        embedder.embed(texts)
-        for _ in range(reps):
+        # Short requests are timed more often (at least ~0.5 s of them): a 4-ms request's median
+        # of 5 swung by a third between rounds.
+        first = embedder.embed(texts)[0]
+        for _ in range(max(reps, int(0.5 / max(first, 1e-4)))):
             dt, tokens, vectors = embedder.embed(texts)
             times.append(dt)
         med = statistics.median(times)
