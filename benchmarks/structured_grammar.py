@@ -283,7 +283,6 @@ def main() -> None:
     import numpy as np
 
     import slmrun
-    from slmrun.structured import GrammarTokenizer
 
     files = sorted(args.data.glob("*---*.json"))
     if args.limit:
@@ -293,11 +292,8 @@ def main() -> None:
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0]
     with slmrun.load(args.model, n_ctx=256) as model:
-        # Until the engine exposes the model's grammar tokenizer: its end-of-generation tokens, as the runtime knows them.
-        h = model._h
         n_vocab = model.n_vocab
-        eog = [t for t in range(n_vocab) if h.is_eog(t)]
-        tokenizer = GrammarTokenizer.from_vocab_table(h.vocab_table(), eos_tokens=eog)
+        tokenizer = model._grammar()  # the engine's own: its end-of-generation tokens as the runtime knows them
         row = np.zeros(n_vocab, dtype=np.float32)
         # The first matcher on a vocabulary does one-time set-up: not a schema's compile time.
         from slmrun.structured import constraint_spec

@@ -256,13 +256,11 @@ class LlamaHandle:
         their text), its llama_token_attr flags, the vocab, the address of ``llama_tokenize``
         and the EOS token; read here so the structured package needs neither llama_cpp's
         Python package nor ctypes."""
-        lib, vocab, buf = self._lib, self.vocab, self._piece_buf
-        pieces, attrs = [], []
-        for token in range(lib.llama_vocab_n_tokens(vocab)):
-            n = lib.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
-            pieces.append(buf.raw[:n] if n >= 0 else self.piece(token, special=True))
-            attrs.append(lib.llama_vocab_get_attr(vocab, token))
-        return {"pieces": pieces, "attrs": attrs, "vocab_ptr": vocab, "eos": lib.llama_vocab_eos(vocab),
+        lib, vocab = self._lib, self.vocab
+        every = range(lib.llama_vocab_n_tokens(vocab))
+        return {"pieces": [self.piece(t, special=True) for t in every],
+                "attrs": [lib.llama_vocab_get_attr(vocab, t) for t in every],
+                "vocab_ptr": vocab, "eos": lib.llama_vocab_eos(vocab),
                 "tokenize_fptr": ctypes.cast(lib._lib.llama_tokenize, ctypes.c_void_p).value}
 
     def token_text(self, token: int) -> str:
