@@ -136,6 +136,17 @@ def test_a_long_input_is_cut_or_refused_with_the_numbers(bert):
         bert.embed([long], truncate=False)
 
 
+def test_embed_future_checks_at_once_and_resolves_to_what_embed_gives(bert):
+    future = bert.embed_future(TEXTS)
+    assert np.allclose(future.result(timeout=30).vectors, bert.embed(TEXTS).vectors, atol=1e-6)
+    assert bert.embed_future([]).result(timeout=5).vectors.shape == (0, 32)
+    # bad input raises in the caller, before anything is queued: nothing to wait for
+    with pytest.raises(InvalidArgumentError, match="outside the vocabulary"):
+        bert.embed_future([[bert.n_vocab]])
+    with pytest.raises(ContextOverflowError, match="embeds at most 64"):
+        bert.embed_future([" ".join(["the bike shop is open"] * 30)], truncate=False)
+
+
 def test_no_inputs_no_rows(bert):
     e = bert.embed([])
     assert e.vectors.shape == (0, 32) and e.n_tokens == []

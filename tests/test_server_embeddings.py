@@ -61,6 +61,19 @@ def close(a, b) -> bool:
         and a.shape == b.shape
 
 
+def test_short_and_long_requests_embed_alike(ol, reference):
+    """Short inputs are tokenized on the event loop, long ones in a worker thread
+    (embeddings_api.INLINE_CHARS): both give the library's vectors."""
+    from slmrun.server.embeddings_api import INLINE_CHARS
+
+    filler = "x " * (INLINE_CHARS // 2)
+    assert sum(map(len, TEXTS)) < INLINE_CHARS < sum(map(len, TEXTS)) + len(filler)
+    short = ol.embed(model="bert-tiny", input=TEXTS).embeddings
+    long = ol.embed(model="bert-tiny", input=[*TEXTS, filler]).embeddings  # the filler is cut to fit
+    assert close(short, reference[0])
+    assert close(long[:3], reference[0]) and len(long) == 4
+
+
 # --- OpenAI ---------------------------------------------------------------------------------------
 
 def test_the_openai_client_embeds_unchanged(oa, reference):

@@ -216,6 +216,29 @@ def fit_tokens(tokens: list[int], limit: int, *, end: int | None) -> tuple[list[
     return tokens[:limit], True
 
 
+def input_tokens(items: list, tokenize, *, n_vocab: int, limit: int, end: int | None, truncate: bool,
+                 name: str) -> tuple[list[list[int]], list[bool]]:
+    """Each input's tokens (a string tokenized, token ids checked against the vocabulary), fit
+    to ``limit``: (tokens, whether each was cut). Raises before anything reaches the engine."""
+    from ..errors import ContextOverflowError, InvalidArgumentError
+
+    tokens, cut = [], []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            toks = tokenize(item)
+        else:
+            if not all(0 <= t < n_vocab for t in item):
+                raise InvalidArgumentError(f"input {i} has a token id outside the vocabulary (0 to {n_vocab - 1})")
+            toks = item
+        if len(toks) > limit and not truncate:
+            raise ContextOverflowError(f"input {i} is {len(toks)} tokens; {name} embeds at most {limit}",
+                                       hint="Shorten it, or pass truncate=True to embed its first tokens.")
+        toks, was_cut = fit_tokens(toks, limit, end=end)
+        tokens.append(toks)
+        cut.append(was_cut)
+    return tokens, cut
+
+
 def stack_rows(rows: list, n_embd: int, *, normalize: bool):
     """The rows as a float32 (n, n_embd) array, L2-normalised if asked (as sentence-transformers'
     Normalize and llama-server's default: a zero vector stays zero)."""

@@ -362,34 +362,42 @@ class Model(Tasks):
         Inputs decode together on the engine, each pooled by llama.cpp; an input longer than
         ``embed_limit`` tokens is cut (``truncate=True``) or refused (ContextOverflowError).
         Blocks until done; safe from any number of threads at once."""
-        from .embedding import EmbedJob, Embeddings, fit_tokens, split_inputs, stack_rows
+        return self.embed_future(inputs, normalize=normalize, truncate=truncate).result()
+
+    def embed_future(self, inputs, *, normalize: bool = True, truncate: bool = True):
+        """``embed`` without the wait: the inputs are checked and tokenized here (errors raise
+        now), and a ``concurrent.futures.Future`` of the ``Embeddings`` is returned. For an
+        event loop (``asyncio.wrap_future``): no worker thread between it and the engine."""
+        from concurrent.futures import Future
+
+        from .embedding import EmbedJob, Embeddings, input_tokens, split_inputs, stack_rows
 
         self._check_open()
         if self._h.pooling in ("none", "rank"):
             raise ModelCapabilityError(f"{self.name} gives no embeddings (its pooling is {self._h.pooling!r})",
                                        hint="Load it with pooling='mean', 'cls' or 'last', or use an embedding model.")
-        items = split_inputs(inputs)
-        h, limit = self._h, self.embed_limit
+        h = self._h
         end = h.sep if h.add_sep else (h.eos if h.add_eos else None)
-        tokens, cut = [], []
-        for i, item in enumerate(items):
-            if isinstance(item, str):
-                toks = self.tokenize(item, special=False)
-            else:
-                if not all(0 <= t < h.n_vocab for t in item):
-                    raise InvalidArgumentError(f"input {i} has a token id outside the vocabulary "
-                                               f"(0 to {h.n_vocab - 1})")
-                toks = item
-            if len(toks) > limit and not truncate:
-                raise ContextOverflowError(f"input {i} is {len(toks)} tokens; {self.name} embeds at most {limit}",
-                                           hint="Shorten it, or pass truncate=True to embed its first tokens.")
-            toks, was_cut = fit_tokens(toks, limit, end=end)
-            tokens.append(toks)
-            cut.append(was_cut)
-        rows = []
-        if tokens:
-            job = EmbedJob(tokens)
-            self._engine.submit_embed(job)
-            rows = job.future.result()
-        return Embeddings(stack_rows(rows, h.n_embd, normalize=normalize), n_tokens=[len(t) for t in tokens],
-                          truncated=cut, pooling=h.pooling, model=self.name, normalized=normalize)
+        tokens, cut = input_tokens(split_inputs(inputs), lambda text: self.tokenize(text, special=False),
+                                   n_vocab=h.n_vocab, limit=self.embed_limit, end=end, truncate=truncate,
+                                   name=self.name)
+
+        def finish(rows) -> Embeddings:
+            return Embeddings(stack_rows(rows, h.n_embd, normalize=normalize), n_tokens=[len(t) for t in tokens],
+                              truncated=cut, pooling=h.pooling, model=self.name, normalized=normalize)
+
+        out: Future = Future()
+        if not tokens:
+            out.set_result(finish([]))
+            return out
+        job = EmbedJob(tokens)
+
+        def done(f: Future) -> None:  # on the engine's thread: stacking a few rows is cheap
+            try:
+                out.set_result(finish(f.result()))
+            except BaseException as exc:  # noqa: BLE001 — the caller's, through the future
+                out.set_exception(exc)
+
+        job.future.add_done_callback(done)
+        self._engine.submit_embed(job)
+        return out

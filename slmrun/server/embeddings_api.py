@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from .. import config
 from . import schema, translate
+from .http import FastJSONResponse
 from .request import RequestError
 
 
@@ -44,9 +45,23 @@ def _check_dimensions(value, model) -> None:
                            hint=f"Leave dimensions out, or send {model.n_embd}.")
 
 
+INLINE_CHARS = 2048  # inputs up to this many characters in all are tokenized on the event loop
+
+
+def _short(inputs) -> bool:
+    if isinstance(inputs, str):
+        return len(inputs) <= INLINE_CHARS
+    total = 0
+    for item in inputs:
+        total += len(item) if isinstance(item, (str, list)) else 1
+        if total > INLINE_CHARS:
+            return False
+    return True
+
+
 async def _embed(request: Request, ref: str, inputs, *, normalize: bool, truncate: bool,
                  keep_alive: float | None = None, dimensions=None):
-    """Lease the model, embed in a worker thread, release; (lease, Embeddings, seconds)."""
+    """Lease the model, embed on its engine, release; (lease, Embeddings, seconds)."""
     state = request.app.state.slmrun
     lease = await state.manager.lease(ref, keep_alive=keep_alive)
     note = request.scope.get("slmrun.log", {})
@@ -54,7 +69,12 @@ async def _embed(request: Request, ref: str, inputs, *, normalize: bool, truncat
     try:
         _check_dimensions(dimensions, lease.model)
         t0 = time.perf_counter()
-        e = await asyncio.to_thread(lease.model.embed, inputs, normalize=normalize, truncate=truncate)
+        model = lease.model
+        if _short(inputs):  # tokenizing a few hundred characters costs less than a thread hop
+            future = model.embed_future(inputs, normalize=normalize, truncate=truncate)
+        else:  # long inputs tokenize in a worker, off the event loop
+            future = await asyncio.to_thread(model.embed_future, inputs, normalize=normalize, truncate=truncate)
+        e = await asyncio.wrap_future(future)
         seconds = time.perf_counter() - t0
     finally:
         lease.release()
@@ -77,9 +97,9 @@ async def openai_embeddings(request: Request):
     if fmt == "base64":  # what the openai client asks for by default: little-endian float32 bytes
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in e.vectors]
     else:
-        data = e.tolist()
+        data = list(e.vectors)  # rows as float32 arrays: FastJSONResponse writes them directly
     n = sum(e.n_tokens)
-    return JSONResponse({"object": "list", "model": lease.entry.key,
+    return FastJSONResponse({"object": "list", "model": lease.entry.key,
                          "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)],
                          "usage": {"prompt_tokens": n, "total_tokens": n}})
 
@@ -103,9 +123,9 @@ async def ollama_embed(request: Request):
     lease, e, _ = await _embed(request, _model(body.model), body.input, normalize=True,
                                truncate=body.truncate is not False, keep_alive=_keep_alive(body),
                                dimensions=body.dimensions)
-    return JSONResponse({"model": lease.entry.key, "embeddings": e.tolist(),
-                         "total_duration": _ns(time.perf_counter() - t0), "load_duration": _ns(lease.load_s),
-                         "prompt_eval_count": sum(e.n_tokens)})
+    return FastJSONResponse({"model": lease.entry.key, "embeddings": e.vectors,
+                             "total_duration": _ns(time.perf_counter() - t0), "load_duration": _ns(lease.load_s),
+                             "prompt_eval_count": sum(e.n_tokens)})
 
 
 async def ollama_embeddings(request: Request):
@@ -115,7 +135,7 @@ async def ollama_embeddings(request: Request):
         return JSONResponse({"embedding": []})
     _, e, _ = await _embed(request, _model(body.model), body.prompt, normalize=False, truncate=True,
                            keep_alive=_keep_alive(body))
-    return JSONResponse({"embedding": e.tolist()[0]})
+    return FastJSONResponse({"embedding": e.vectors[0]})
 
 
 routes = [

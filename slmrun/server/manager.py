@@ -131,9 +131,9 @@ class ModelManager:
         from .. import api
 
         now = time.monotonic()
-        hit = self._resolved.get(ref)
-        if hit and now - hit[0] < self._resolve_ttl:
-            return hit[1]
+        hit = self._cached(ref)
+        if hit is not None:
+            return hit
         try:
             r = api.resolve(ref, allow_path=False)
         except ModelNotFoundError as exc:  # the library's hint speaks of the command line
@@ -149,8 +149,14 @@ class ModelManager:
         self._resolved.clear()
 
     # --- leases ------------------------------------------------------------------------------
+    def _cached(self, ref: str) -> str | None:
+        hit = self._resolved.get(ref)
+        return hit[1] if hit and time.monotonic() - hit[0] < self._resolve_ttl else None
+
     async def lease(self, ref: str, *, keep_alive: float | None = None) -> Lease:
-        key = await asyncio.to_thread(self.resolve, ref)
+        # A name resolved moments ago needs no worker thread: the hop costs more than a short
+        # embedding request's whole decode (benchmarks/EMBEDDINGS.md).
+        key = self._cached(ref) or await asyncio.to_thread(self.resolve, ref)
         entry = self._models.get(key)
         if entry is not None and entry.model.broken is not None:  # an RPC server it was split over failed
             log.warning("%s lost an RPC server (%s); loading it again", key, entry.model.broken)
