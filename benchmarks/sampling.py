@@ -12,6 +12,10 @@
    this benchmark), one reply each, at most 256 tokens: the share that end by themselves, the
    share caught in a loop (a 4-token sequence repeated 4 or more times in the reply) and the
    reply's distinct-2 ratio (unique token pairs / pairs; lower is more repetitive).
+3. Facts (``--task facts``): benchmarks/data/fact_prompts.jsonl (short factual questions written
+   for this benchmark), one reply each, at most 64 tokens: the share whose reply contains an
+   expected answer (a word match, case-insensitive). What a penalty costs: a reply repeats its
+   question's words.
 
 Each setting is a named set of sampling parameters (SETTINGS); rows are appended to a JSON-lines
 file as they finish (``--rows``), and ``--report`` writes the tables into benchmarks/STRUCTURED.md (its "sampling" block).
@@ -39,6 +43,7 @@ from structured_grammar import DATA, e2e_messages  # noqa: E402
 ROWS = HERE / "data" / "sampling_rows.jsonl"
 OUT = HERE / "STRUCTURED.md"
 CHAT_PROMPTS = HERE / "data" / "chat_prompts.txt"
+FACT_PROMPTS = HERE / "data" / "fact_prompts.jsonl"
 
 # Each value passes explicitly (so a setting means the same whatever the library's defaults are);
 # "library default" passes only the temperature, and measures what a caller gets.
@@ -145,6 +150,35 @@ def run_chat(model, setting: str, max_tokens: int, workers: int, emit) -> None:
         t.join()
 
 
+def answered(text: str, answers: list[str]) -> bool:
+    import re
+    return any(re.search(r"(?<![\w.])" + re.escape(a.lower()) + r"(?![\w])", text.lower()) for a in answers)
+
+
+def run_facts(model, setting: str, max_tokens: int, workers: int, emit) -> None:
+    cases = [json.loads(line) for line in FACT_PROMPTS.read_text().splitlines() if line.strip()]
+    params = SETTINGS[setting]
+    queue, lock = collections.deque(enumerate(cases)), threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                i, case = queue.popleft()
+            r = model.chat([{"role": "user", "content": case["question"]}], max_tokens=max_tokens, **params).wait()
+            with lock:
+                emit({"task": "facts", "setting": setting, "prompt": i, "finish": r.finish_reason,
+                      "correct": answered(r.text, case["answers"]), "tokens": r.stats.generated_tokens,
+                      "text": r.text[:120]})
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def load_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -182,16 +216,26 @@ def report(rows: list[dict]) -> str:
             loops = sum(r["looping"] for r in rs)
             lines.append(f"| {setting} | {n} | {ended} ({ended / n:.0%}) | {loops} ({loops / n:.0%}) | "
                          f"{sum(r['distinct2'] for r in rs) / n:.2f} | {sum(r['tokens'] for r in rs) / n:.0f} |")
+    facts = [r for r in rows if r["task"] == "facts"]
+    if facts:
+        lines += ["", "### Short factual questions", "", "| setting | questions | reply holds the answer | "
+                  "ended by themselves | mean tokens |", "|---|---|---|---|---|"]
+        for setting in [s for s in SETTINGS if any(r["setting"] == s for r in facts)]:
+            rs = [r for r in facts if r["setting"] == setting]
+            n, ok = len(rs), sum(r["correct"] for r in rs)
+            ended = sum(r["finish"] == "stop" for r in rs)
+            lines.append(f"| {setting} | {n} | {ok} ({ok / n:.0%}) | {ended} ({ended / n:.0%}) | "
+                         f"{sum(r['tokens'] for r in rs) / n:.0f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--task", choices=["json", "chat"], default="json")
+    ap.add_argument("--task", choices=["json", "chat", "facts"], default="json")
     ap.add_argument("--sample", choices=["dev", "heldout"], default="dev")
     ap.add_argument("--settings", default="greedy")
     ap.add_argument("--model", default=None)
-    ap.add_argument("--max-tokens", type=int, default=None, help="512 for json, 256 for chat")
+    ap.add_argument("--max-tokens", type=int, default=None, help="512 for json, 256 for chat, 64 for facts")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (1 holds up best on a busy machine)")
     ap.add_argument("--rows", type=Path, default=ROWS)
@@ -214,8 +258,10 @@ def main() -> None:
                 t0, load0 = time.perf_counter(), os.getloadavg()[0]
                 if a.task == "json":
                     run_json(model, setting, sample_files(a.sample), a.sample, a.max_tokens or 512, a.workers, emit)
-                else:
+                elif a.task == "chat":
                     run_chat(model, setting, a.max_tokens or 256, a.workers, emit)
+                else:
+                    run_facts(model, setting, a.max_tokens or 64, a.workers, emit)
                 print(f"{setting}: {time.perf_counter() - t0:.0f} s, load {load0:.1f} -> {os.getloadavg()[0]:.1f}",
                       file=sys.stderr)
     body = report(load_rows(a.rows))

@@ -29,6 +29,20 @@ def test_constrained_output_is_penalised_by_default():
     assert p.penalized and p.dry == (0.8, 1.75, 2, -1)
 
 
+@pytest.mark.parametrize("task, counted", [("text", True), ("chat", False), ("constrained", False)])
+def test_only_a_raw_continuation_penalises_the_prompts_words(task, counted):
+    # a reply repeats its question ("What is 2+2?" -> "2+2 is 4"): chat and constrained replies are
+    # penalised for repeating themselves only (benchmarks/STRUCTURED.md, "Short factual questions")
+    assert make_params(task=task, seed=1).penalize_prompt is counted
+    assert make_params(task=task, seed=1, repeat_penalty=1.3).penalize_prompt is counted
+
+
+def test_chat_replies_are_penalised_by_default():
+    p = make_params(task="chat", seed=1)
+    assert p.repeat_penalty == 1.1 and p.dry is None  # Ollama's default; DRY measured no better on chat
+    assert not make_params(task="text", seed=1).penalized  # llama.cpp's own defaults for a continuation
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"dry_multiplier": -1}, "dry_multiplier"), ({"dry_multiplier": float("nan")}, "dry_multiplier"),
     ({"dry_base": 0.5}, "dry_base"), ({"dry_allowed_length": -1}, "dry_allowed_length"),
@@ -60,8 +74,8 @@ def _longest_repeat(tokens: list[int], n: int = 4) -> int:
 def test_dry_breaks_the_default_models_greedy_loop(default_model_file):
     msgs = [{"role": "user", "content": "Count from one to twenty in words."}]
     with slmrun.load(str(default_model_file), n_parallel=1) as m:
-        plain = m.chat(msgs, temperature=0, max_tokens=64, dry_multiplier=0.0).wait()
-        dry = m.chat(msgs, temperature=0, max_tokens=64, dry_multiplier=0.8).wait()
+        plain = m.chat(msgs, temperature=0, max_tokens=64, dry_multiplier=0.0, repeat_penalty=1.0).wait()
+        dry = m.chat(msgs, temperature=0, max_tokens=64, dry_multiplier=0.8, repeat_penalty=1.0).wait()
     assert _longest_repeat(plain.tokens) >= 4  # "123456789123456789...": the loop DRY is for
     assert _longest_repeat(dry.tokens) < _longest_repeat(plain.tokens)
 

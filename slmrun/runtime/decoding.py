@@ -58,9 +58,10 @@ class DecodeSteps:
                                     repeat_penalty=p.repeat_penalty, presence_penalty=p.presence_penalty,
                                     frequency_penalty=p.frequency_penalty, penalty_last_n=last_n,
                                     seed=p.seed, ignore_eos=p.ignore_eos, dry=p.dry, n_ctx=self.n_ctx_seq)
-            # Penalties count the prompt's recent tokens too, as llama.cpp's tools do; not under a
-            # constraint, where the reply copies from the prompt (extract: "Alice is 31" -> 31).
-            if p.penalized and last_n and req.constraint is None:
+            # Penalties count the prompt's recent tokens too, as llama.cpp's tools do, for a raw
+            # continuation only: a reply copies from its prompt (extract: "Alice is 31" -> 31; chat:
+            # "What is 2+2?" -> "2+2 is 4"), which is no loop (params.TASK_DEFAULTS).
+            if p.penalized and last_n and p.penalize_prompt and req.constraint is None:
                 h.accept_prompt(chain, tokens[-last_n:])
             seq = Seq(req, slot, n_keep, limit, chain,
                        TextAssembler(self._piece_of, req.stops, req.strip_leading))
