@@ -10,7 +10,8 @@ import pytest
 import slmrun
 from conftest import slmrun_cmd
 from slmrun.errors import InvalidArgumentError
-from slmrun.runtime.params import TASK_DEFAULTS, make_params
+from slmrun.runtime import params as P
+from slmrun.runtime.params import TASK_DEFAULTS, make_params, penalty_prefilter
 from slmrun.server import translate as T
 
 
@@ -63,6 +64,42 @@ def test_the_dry_sampler_runs_deterministically(tiny_llama):
         runs = [m.complete("a b a b a b", temperature=0, max_tokens=24, ignore_eos=True, dry_multiplier=3.0,
                            dry_allowed_length=1, repeat_penalty=1.2).tokens for _ in range(2)]
         assert len(runs[0]) == 24 and runs[0] == runs[1]
+
+
+BASE = dict(temperature=0.8, top_k=40, repeat_penalty=1.1, presence_penalty=0.0, frequency_penalty=0.0,
+            penalty_last_n=64, dry=False, n_vocab=49152)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, 104),                                            # top-40 after penalties lies in the top 40 + 64
+    ({"temperature": 0}, 65),                             # greedy: the top one
+    ({"repeat_penalty": 1.0}, None),                      # no penalty, nothing to save
+    ({"repeat_penalty": 1.0, "presence_penalty": 0.5}, 104),
+    ({"dry": True}, None),                                # DRY can lower any number of tokens
+    ({"repeat_penalty": 0.9}, None),                      # raises logits: a token from below could rise
+    ({"frequency_penalty": -0.5}, None), ({"presence_penalty": -0.1}, None),
+    ({"top_k": 0}, None),                                 # no top-k: every candidate may be drawn
+    ({"penalty_last_n": 0}, None),
+    ({"n_vocab": 300}, None),                             # the cut would keep most of a small vocabulary
+])
+def test_the_penalty_prefilter_keeps_what_the_penalties_could_reach(change, expected):
+    assert penalty_prefilter(**{**BASE, **change}) == expected
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=0.8, seed=7), dict(temperature=1.5, seed=3,
+                                                                                       top_k=5, presence_penalty=0.7)])
+def test_the_prefilter_changes_no_draw(tiny_llama, monkeypatch, kw):
+    """Strong penalties over a short window on a random tiny model: the same tokens with and
+    without the cut before the penalties."""
+    with slmrun.load(str(tiny_llama)) as m:
+        def run():
+            return m.complete("a b a b a b", max_tokens=48, ignore_eos=True, repeat_penalty=1.5, repeat_last_n=8,
+                              dry_multiplier=0.0, **kw).tokens
+        assert penalty_prefilter(**{**BASE, "top_k": 40, **{k: v for k, v in kw.items() if k != "seed"},
+                                    "repeat_penalty": 1.5, "penalty_last_n": 8, "n_vocab": m.n_vocab}) is not None
+        cut = run()
+        monkeypatch.setattr(P, "penalty_prefilter", lambda **_: None)
+        assert run() == cut and len(cut) == 48
 
 
 def _longest_repeat(tokens: list[int], n: int = 4) -> int:
