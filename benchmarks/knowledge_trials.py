@@ -102,7 +102,7 @@ def main() -> None:
         rows[q["id"]] = scored
     per_passage = (time.perf_counter() - t0) / max(1, n)
     row("hybrid (fused order)", rows, lambda r: r[1])
-    row(f"hybrid top 5 by {a.model}'s log P(question | passage)", rows, lambda r: r[3])
+    row(f"hybrid top 5 by {a.model}'s log P(question given passage)", rows, lambda r: r[3])
     best = max((0.5, 1, 2, 4, 8, 16), key=lambda w: hit1(cal, rows, lambda r: r[3] + w * r[2])["all"])
     row(f"... + {best} x cosine (w calibrated)", rows, lambda r: r[3] + best * r[2])
     print("\n".join(lines))
