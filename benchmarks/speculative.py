@@ -114,7 +114,10 @@ with slmrun.load(a["model"], n_parallel=a["n"], n_threads=a["threads"], n_thread
         messages, schema = a["prompts"][i]
         start.wait()
         t0 = time.perf_counter()
-        r = m.chat(messages, json_schema=schema, temperature=0, max_tokens=a["tokens"], speculative=a["spec"])
+        # llama-server's sampling: greedy, no penalty (slmrun's chat and constrained defaults add a
+        # repetition penalty, and DRY under a schema: other text, other work)
+        r = m.chat(messages, json_schema=schema, temperature=0, max_tokens=a["tokens"], speculative=a["spec"],
+                   repeat_penalty=1.0, dry_multiplier=0.0)
         r.wait()
         s = r.stats
         out[i] = [t0, time.perf_counter(), s.generated_tokens, s.draft_tokens, s.accepted_tokens, r.text]
