@@ -76,7 +76,6 @@ def run_json(model, setting: str, files: list[Path], sample: str, max_tokens: in
     from slmrun.structured import constraint_spec, parse_json
 
     params = SETTINGS[setting]
-    queue, lock = collections.deque(files), threading.Lock()
 
     def one(path: Path) -> dict:
         case = json.loads(path.read_text())
@@ -100,13 +99,21 @@ def run_json(model, setting: str, files: list[Path], sample: str, max_tokens: in
         return {**row, "status": status, "tokens": r.stats.generated_tokens, "finish": r.finish_reason,
                 "tail": r.text[-80:]}
 
+    run_pool(files, one, workers, emit)
+
+
+def run_pool(items, one, workers: int, emit) -> None:
+    """``emit(one(item))`` for every item, ``workers`` at a time (the model's slots); emits one
+    at a time, in the order they finish."""
+    queue, lock = collections.deque(items), threading.Lock()
+
     def worker():
         while True:
             with lock:
                 if not queue:
                     return
-                path = queue.popleft()
-            row = one(path)
+                item = queue.popleft()
+            row = one(item)
             with lock:
                 emit(row)
 
@@ -128,26 +135,15 @@ def loop_stats(tokens: list[int]) -> tuple[bool, float]:
 def run_chat(model, setting: str, max_tokens: int, workers: int, emit) -> None:
     prompts = [p.strip() for p in CHAT_PROMPTS.read_text().splitlines() if p.strip() and not p.startswith("#")]
     params = SETTINGS[setting]
-    queue, lock = collections.deque(enumerate(prompts)), threading.Lock()
 
-    def worker():
-        while True:
-            with lock:
-                if not queue:
-                    return
-                i, prompt = queue.popleft()
-            r = model.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens, **params).wait()
-            looping, distinct = loop_stats(r.tokens)
-            with lock:
-                emit({"task": "chat", "setting": setting, "prompt": i, "finish": r.finish_reason,
-                      "tokens": r.stats.generated_tokens, "looping": looping, "distinct2": distinct,
-                      "tail": r.text[-80:]})
+    def one(item) -> dict:
+        i, prompt = item
+        r = model.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens, **params).wait()
+        looping, distinct = loop_stats(r.tokens)
+        return {"task": "chat", "setting": setting, "prompt": i, "finish": r.finish_reason,
+                "tokens": r.stats.generated_tokens, "looping": looping, "distinct2": distinct, "tail": r.text[-80:]}
 
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_pool(enumerate(prompts), one, workers, emit)
 
 
 def answered(text: str, answers: list[str]) -> bool:
@@ -158,25 +154,15 @@ def answered(text: str, answers: list[str]) -> bool:
 def run_facts(model, setting: str, max_tokens: int, workers: int, emit) -> None:
     cases = [json.loads(line) for line in FACT_PROMPTS.read_text().splitlines() if line.strip()]
     params = SETTINGS[setting]
-    queue, lock = collections.deque(enumerate(cases)), threading.Lock()
 
-    def worker():
-        while True:
-            with lock:
-                if not queue:
-                    return
-                i, case = queue.popleft()
-            r = model.chat([{"role": "user", "content": case["question"]}], max_tokens=max_tokens, **params).wait()
-            with lock:
-                emit({"task": "facts", "setting": setting, "prompt": i, "finish": r.finish_reason,
-                      "correct": answered(r.text, case["answers"]), "tokens": r.stats.generated_tokens,
-                      "text": r.text[:120]})
+    def one(item) -> dict:
+        i, case = item
+        r = model.chat([{"role": "user", "content": case["question"]}], max_tokens=max_tokens, **params).wait()
+        return {"task": "facts", "setting": setting, "prompt": i, "finish": r.finish_reason,
+                "correct": answered(r.text, case["answers"]), "tokens": r.stats.generated_tokens,
+                "text": r.text[:120]}
 
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_pool(enumerate(cases), one, workers, emit)
 
 
 def load_rows(path: Path) -> list[dict]:

@@ -147,15 +147,13 @@ def penalty_prefilter(*, temperature: float, top_k: int, repeat_penalty: float, 
     Penalties that only lower logits (repeat_penalty >= 1, presence and frequency >= 0) lower at
     most ``penalty_last_n`` distinct tokens, so whatever the top-k (or, greedy, the top one) is
     after them lies among the top k + penalty_last_n before them: cutting to those first leaves
-    every draw unchanged (up to the order of exactly equal logits). Not with DRY (it can lower any number of tokens) or a penalty that
-    raises logits, nor when the cut would keep most of the vocabulary anyway."""
+    every draw unchanged (up to the order of exactly equal logits). Not with DRY (it can lower
+    any number of tokens), a penalty that raises logits, no top-k (every candidate may be
+    drawn), or when the cut would keep most of the vocabulary anyway."""
     penalized = repeat_penalty != 1.0 or presence_penalty or frequency_penalty
     if not penalized or dry or repeat_penalty < 1.0 or presence_penalty < 0 or frequency_penalty < 0:
         return None
-    if penalty_last_n <= 0:
+    if penalty_last_n <= 0 or (temperature > 0 and top_k <= 0):
         return None
     keep = (1 if temperature <= 0 else top_k) + penalty_last_n
-    if temperature > 0 and top_k <= 0:
-        return None  # no top-k: every candidate may be drawn
     return keep if keep * 4 <= n_vocab else None
-
