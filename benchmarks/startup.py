@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVED = "`slmrun run --raw -n 1 -m smollm2-135m`, answered by a running `slmrun serve` that has it loaded"
+NO_SERVER = "the same with `--no-server` (start, load, 1 token)"
 BUILD = ROOT / "benchmarks" / "_build" / "llama.cpp-build" / "bin"
 
 
@@ -58,27 +60,25 @@ def main() -> None:
         cases["`llama-completion -n 1` (start, load, 1 token)"] = [
             str(completion), "-m", path, "-n", "1", "-t", t, "-fa", "on", "-p", "Hello", "-no-cnv",
             "--no-warmup", "--simple-io"]
-    # What `slmrun run` would cost answered by a running `slmrun serve` that has the model loaded
-    # (as `ollama run` does): Python, the CLI's imports, one HTTP request to loopback.
+    # `slmrun run` answered by a running `slmrun serve` that has the model loaded (as `ollama run`
+    # asks its server), against the same command loading the model itself (--no-server).
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from llama_tools import free_port, wait_http_ready
     port = free_port()
     server = subprocess.Popen([slmrun, "serve", "-m", "smollm2-135m", "--port", str(port), "--threads", t],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    via = ("import json, urllib.request, slmrun.cli, slmrun.cli.run; "
-           f"r = urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:{port}/api/generate', "
-           "json.dumps({'model': %r, 'prompt': 'Hello', 'raw': True, 'stream': False, "
-           "'options': {'num_predict': 1}}).encode(), {'Content-Type': 'application/json'})); "
-           "print(json.loads(r.read())['response'])" % "smollm2-135m")
-    cases["the same through a running `slmrun serve` (Python, the CLI's imports, one loopback request)"] = [
-        sys.executable, "-c", via]
+    served_env = {**env, "SLMRUN_HOST": f"127.0.0.1:{port}"}
+    by_name = [slmrun, "run", "--raw", "-m", "smollm2-135m", "-n", "1", "Hello"]
+    cases[SERVED] = by_name
+    cases[NO_SERVER] = by_name[:2] + ["--no-server"] + by_name[2:]
+    envs = {SERVED: served_env, NO_SERVER: served_env}
     wait_http_ready(port, server, timeout=120, what="slmrun serve")
-    for cmd in cases.values():
-        wall(cmd, env)  # warm-up: page cache, pyc files
+    for k, cmd in cases.items():
+        wall(cmd, envs.get(k, env))  # warm-up: page cache, pyc files
     times = {k: [] for k in cases}
     for _ in range(args.runs):
         for k, cmd in cases.items():
-            times[k].append(wall(cmd, env))
+            times[k].append(wall(cmd, envs.get(k, env)))
     server.terminate()
     server.wait(timeout=30)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -95,6 +95,9 @@ def main() -> None:
     if b in med:
         lines += ["", f"**slmrun / llama-completion, start + load + one token: {med[a] / med[b]:.2f}×** "
                   f"({(med[a] - med[b]) * 1000:+.0f} ms); load average at the end {os.getloadavg()[0]:.2f}."]
+        lines += ["", f"**Answered by a running `slmrun serve`: {med[SERVED] / med[b]:.2f}× llama-completion, "
+                  f"{med[SERVED] / med[NO_SERVER]:.2f}× the same command with --no-server** "
+                  f"({(med[SERVED] - med[NO_SERVER]) * 1000:+.0f} ms)."]
     lines += [""] + analysis_block(out)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -165,6 +165,13 @@ class ChatSession:
         self.dropped_total = 0
         self.last_dropped = 0  # turns dropped to fit the context by the last send()
 
+    def _drop(self, dropped: int) -> None:
+        """Forget the ``dropped`` oldest turns, left out of the prompt to fit the context."""
+        if dropped:
+            del self.conversation.turns[:dropped]
+            self.dropped_total += dropped
+        self.last_dropped = dropped
+
     @property
     def plain(self) -> bool:
         """No chat template and no prompt format: the turns are continued as plain text."""
@@ -190,14 +197,14 @@ class ChatSession:
                 self.last.wait()
             except SlmrunError:  # that reply failed; its error was the caller's to see
                 pass
-        n_ctx = self.model.n_ctx
-        reserve = min(self.params.get("max_tokens") or 256, n_ctx // 4)
-        messages, dropped = fit_history(self.conversation.messages(text), self.count_tokens,
-                                        n_ctx=n_ctx, reserve=reserve, quantum=n_ctx // 4)
-        if dropped:
-            del self.conversation.turns[:dropped]
-            self.dropped_total += dropped
-        self.last_dropped = dropped
+        if getattr(self.model, "fits_history", False):  # a server's model: the server drops old turns
+            messages, dropped = self.conversation.messages(text), 0  # by this rule; record() learns how many
+        else:
+            n_ctx = self.model.n_ctx
+            reserve = min(self.params.get("max_tokens") or 256, n_ctx // 4)
+            messages, dropped = fit_history(self.conversation.messages(text), self.count_tokens,
+                                            n_ctx=n_ctx, reserve=reserve, quantum=n_ctx // 4)
+        self._drop(dropped)
         if self.plain:
             response = self.model.complete(self.plain_text(messages), **self.params)
         else:
@@ -208,6 +215,7 @@ class ChatSession:
 
         def record(r) -> None:
             reply["content"] = r.seen_text if r.cancelled else r.text_so_far
+            self._drop(getattr(r, "history_dropped", 0))
 
         response.add_done_callback(record)
         self.last = response

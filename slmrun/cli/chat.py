@@ -15,7 +15,8 @@ from .. import config
 from . import app
 from .output import WordWrap
 from .rpc import rpc_option
-from .run import FORMAT_HELP, check_sampling, format_verbose, load_for_cli, lora_option, spec_option
+from .run import (FORMAT_HELP, check_sampling, format_verbose, load_for_cli, lora_option, no_server_option,
+                  served_or_none, spec_option)
 
 HELP = """Commands:
   /help                 this help
@@ -77,7 +78,8 @@ class ChatUI:
         out.write("\n")
         out.flush()
         if self.show_stats:
-            self.say(format_verbose(response.stats, time.perf_counter() - t0))
+            served = getattr(self.session.model, "url", None)
+            self.say(format_verbose(response.stats, time.perf_counter() - t0, served))
 
     # --- slash commands ---------------------------------------------------------------
     def command(self, line: str) -> bool:
@@ -99,6 +101,10 @@ class ChatUI:
             self.say("Set the system prompt." if arg else "Removed the system prompt.")
         elif cmd == "/set":
             self._set(arg)
+        elif cmd == "/show" and getattr(s.model, "url", None):
+            self.say(f"model:    {s.model.name}, served by slmrun serve at {s.model.url}\n"
+                     f"context:  {s.model.n_ctx} tokens (the server's)\n"
+                     f"sampling: {json.dumps({**s.model.defaults, **s.params})}")
         elif cmd == "/show":
             m = s.model
             messages = s.conversation.messages()
@@ -150,6 +156,10 @@ class ChatUI:
         from ..api import load
         from ..errors import SlmrunError
         old = self.session.model
+        if getattr(old, "url", None):
+            self.say(f"The server at {old.url} chose this model's context: restart `slmrun chat` with "
+                     f"--no-server --ctx {n_ctx} to load one of your own.")
+            return
         if old.placement is not None:  # its servers serve one client: no second copy while this one lives
             self.say("A model split over RPC servers keeps its context: restart `slmrun chat` with --ctx.")
             return
@@ -269,6 +279,7 @@ def chat(
     lora: Optional[List[str]] = lora_option(),
     kb: Optional[str] = typer.Option(None, "--kb", help="Answer from this knowledge base, with sources "
                                      "(each message is a question; see `slmrun ask`)."),
+    no_server: bool = no_server_option(),
 ):
     """Chat with a model. Reads one message per line when stdin is not a terminal."""
     from ..chat import ChatSession
@@ -280,10 +291,14 @@ def chat(
 
     check_sampling(**{k: v for k, v in dict(temperature=temperature, seed=seed, max_tokens=max_tokens).items()
                       if v is not None})
-    m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc,
-                     speculative=spec, lora=lora)
+    m = served_or_none(model, spec, no_server=no_server, ctx=ctx, threads=threads, force=force, rpc=rpc, lora=lora,
+                       chat_format=chat_format)
+    extra = {"speculative": spec} if m is not None else {}  # a load option here, a request's option there
+    if m is None:
+        m = load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force, chat_format=chat_format, rpc=rpc,
+                         speculative=spec, lora=lora)
     with m:
-        session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens)
+        session = ChatSession(m, system=system, temperature=temperature, seed=seed, max_tokens=max_tokens, **extra)
         if session.plain:
             typer.echo(f"Note: {m.name} has no chat template and no prompt format fits it; using plain "
                        "completion (each message continues the text). --format NAME chooses a format.", err=True)

@@ -14,13 +14,14 @@ from . import app, fail
 from .rpc import describe_placement, rpc_option
 
 
-def format_verbose(stats, total_s: float) -> str:
-    """What Ollama's --verbose prints after a reply."""
+def format_verbose(stats, total_s: float, served_by: str | None = None) -> str:
+    """What Ollama's --verbose prints after a reply (and which server answered, if one did)."""
     def dur(s: float) -> str:
         return f"{s * 1000:.2f}ms" if s < 1 else f"{s:.3f}s"
 
     eval_s = stats.gen_s
     return "\n".join([
+        *([f"served by:            slmrun serve at {served_by}"] if served_by else []),
         f"total duration:       {dur(total_s)}",
         f"load duration:        {dur(stats.load_s)}",
         f"prompt eval count:    {stats.prompt_eval_tokens} token(s)"
@@ -84,6 +85,28 @@ def parse_lora(values) -> list[tuple[str, float]]:
     return out
 
 
+NO_SERVER_HELP = "Load the model here even when a running `slmrun serve` (at $SLMRUN_HOST) has it loaded."
+
+
+def no_server_option():
+    return typer.Option(False, "--no-server", help=NO_SERVER_HELP)
+
+
+def served_or_none(model: Optional[str], spec: str, **given):
+    """The model as a running `slmrun serve` on this machine has it loaded, when none of the
+    options ``given`` needs a model of one's own (client.why_local); else None: load it.
+    ``spec`` (--spec) is checked here, as a load would check it."""
+    from ..client.discover import why_local
+    from ..runtime.speculative import check_mode
+
+    check_mode(spec)
+    if why_local(**given) is not None:
+        return None
+    from ..client import served_model
+
+    return served_model(model)
+
+
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
                  force: bool = False, chat_format: Optional[str] = None, announce: bool = True,
                  rpc: Optional[str] = None, n_parallel: Optional[int] = 1, speculative: str = "auto", lora=None):
@@ -138,8 +161,10 @@ def run(
     rpc: Optional[str] = rpc_option(),
     spec: str = spec_option(),
     lora: Optional[List[str]] = lora_option(),
+    no_server: bool = no_server_option(),
 ):
-    """Answer one prompt, streaming the reply to stdout."""
+    """Answer one prompt, streaming the reply to stdout. When a `slmrun serve` on this machine
+    has the model loaded, it answers (no load here), as `ollama run` asks its server."""
     t0 = time.perf_counter()
     if prompt == "-":
         prompt = sys.stdin.read()
@@ -154,8 +179,12 @@ def run(
     # --raw never chats: "none" spares the chat template's sandbox worker (a process start
     # that would contend with the load for the cores).
     fmt = "none" if raw else (None if json_object else chat_format)
-    with load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
-                      chat_format=fmt, announce=not raw, rpc=rpc, speculative=spec, lora=lora) as m:
+    served = served_or_none(model, spec, no_server=no_server, ctx=ctx, threads=threads, force=force, rpc=rpc, lora=lora,
+                            chat_format=None if raw else chat_format, grammar=grammar)
+    if served is not None:
+        params["speculative"] = spec  # a load option here, a request's option there
+    with served or load_for_cli(model, ctx=ctx, threads=threads, seed=seed, force=force,
+                                chat_format=fmt, announce=not raw, rpc=rpc, speculative=spec, lora=lora) as m:
         if "max_tokens" not in params and "max_tokens" not in m.defaults:
             params["max_tokens"] = 512
         if raw:
@@ -165,7 +194,7 @@ def run(
         stream_to(response, sys.stdout)
         response.check()  # a constrained reply cut short or not valid is an error, never a quiet success
     if verbose:
-        typer.echo(format_verbose(response.stats, time.perf_counter() - t0), err=True)
+        typer.echo(format_verbose(response.stats, time.perf_counter() - t0, served and served.url), err=True)
 
 
 def structured_params(json_schema: Optional[Path], grammar: Optional[Path], json_object: bool = False) -> dict:

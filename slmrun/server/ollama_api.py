@@ -35,7 +35,10 @@ def _done_fields(gen, reason: str) -> dict:
     return {"done": True, "done_reason": reason if reason in ("stop", "length") else "stop",
             "total_duration": ns(s.total_s + gen.load_s), "load_duration": ns(gen.load_s),
             "prompt_eval_count": s.prompt_tokens, "prompt_eval_duration": ns(s.prompt_s),
-            "eval_count": s.generated_tokens, "eval_duration": ns(s.gen_s)}
+            "eval_count": s.generated_tokens, "eval_duration": ns(s.gen_s),
+            # not Ollama's (its clients ignore it): the engine's Stats, and the oldest turns left out
+            # to fit the context, for `slmrun run` and `slmrun chat` answered by this server (slmrun/client)
+            "slmrun": {"stats": s.to_dict(), "dropped": gen.dropped}}
 
 
 # Ollama's options that choose how a model is loaded: here the server's command line does.
@@ -273,7 +276,10 @@ async def ps(request: Request):
                     "slmrun": {"slots": st["n_parallel"], "slots_busy": st["slots_busy"],
                                "queue_depth": st["queue_depth"], "in_flight": m.in_flight,
                                "keep_alive": translate.format_duration(m.keep_alive),
-                               "loaded_at": now_iso(m.loaded_at)}})
+                               "loaded_at": now_iso(m.loaded_at),
+                               # serve --lora's adapters, applied by default: a `slmrun run` of its own differs
+                               "lora": [{"path": str(path), "scale": scale} for path, scale in manager.lora]
+                               if m.key in manager.lora_keys else []}})
     return JSONResponse({"models": out})
 
 
