@@ -129,7 +129,9 @@ def resolve(ref: str, *, allow_path: bool = True) -> Resolved:
         if not local:
             raise ModelNotPulledError(f"{entry.name} is not downloaded yet",
                                       hint=f"Run `slmrun pull {entry.name}` first (or `slmrun import PATH`).")
-        wanted = choose_quant(entry)
+        # One quant here: it is the answer whatever the planner would pick (and planning costs
+        # ~30 ms of imports and detection on every `slmrun run`).
+        wanted = choose_quant(entry) if len(local) > 1 else local[0].quant
         pick = next((m for m in local if m.quant == wanted), None)
         if pick is None:  # the planner's pick is not here: the best of what is here that fits
             pick = _best_local(entry, local)

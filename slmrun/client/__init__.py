@@ -14,6 +14,12 @@ of the interpreter and its first request.
 """
 
 from .discover import local_address, served_model, why_local
-from .served import ServedModel
 
 __all__ = ["ServedModel", "local_address", "served_model", "why_local"]
+
+
+def __getattr__(name: str):  # served.py (http.client, the runtime's Response) only once a server answers
+    if name == "ServedModel":
+        from .served import ServedModel
+        return ServedModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,9 +20,20 @@
                  `slmrun rpc-server`, slmrun's own short queries to servers, ggml through ctypes
 """
 
-from .embedding import Embeddings
-from .llama import set_llama_log, system_info
-from .model import LoadOptions, Model
-from .response import Response, Stats
 
-__all__ = ["Embeddings", "LoadOptions", "Model", "Response", "Stats", "set_llama_log", "system_info"]
+# Names load on first use (PEP 562): `runtime.params` or `runtime.response` alone (a command
+# checking its options, a client of a running server) need not import the engine.
+_LAZY = {"Embeddings": "embedding", "LoadOptions": "model", "Model": "model", "Response": "response",
+         "Stats": "response", "set_llama_log": "llama", "system_info": "llama"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
