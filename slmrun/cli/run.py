@@ -109,7 +109,8 @@ def served_or_none(model: Optional[str], spec: str, **given):
 
 def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[int], seed: Optional[int],
                  force: bool = False, chat_format: Optional[str] = None, announce: bool = True,
-                 rpc: Optional[str] = None, n_parallel: Optional[int] = 1, speculative: str = "auto", lora=None):
+                 rpc: Optional[str] = None, n_parallel: Optional[int] = 1, speculative: str = "auto", lora=None,
+                 kv_unified: bool = False):
     from ..api import load
     if force:
         typer.echo("Warning: --force skips the memory check; the model may not fit.", err=True)
@@ -119,7 +120,8 @@ def load_for_cli(model: Optional[str], *, ctx: Optional[int], threads: Optional[
     # One person at a terminal sends one request at a time: one slot, no KV cache for others
     # (n_parallel=None for bulk commands: the planner's slots).
     m = load(model or config.default_model(), n_ctx=ctx, n_threads=threads, seed=seed, force=force,
-             chat_format=chat_format, n_parallel=n_parallel, rpc=rpc, speculative=speculative, lora=parse_lora(lora))
+             chat_format=chat_format, n_parallel=n_parallel, rpc=rpc, speculative=speculative, lora=parse_lora(lora),
+             kv_unified=kv_unified)
     if m.placement is not None:
         typer.echo(f"Split: {describe_placement(m.placement)}", err=True)
     choice = getattr(m, "chat_format", None)

@@ -110,7 +110,11 @@ def classify(
         method = "embedding"
     else:
         one = text is not None and text != "-"  # one text, one slot; many are scored side by side
-        m = load_for_cli(model, ctx=ctx, threads=threads, seed=None, n_parallel=1 if one else parallel)
+        # Many short prompts side by side: one unified KV cache. With a stream per sequence llama.cpp
+        # splits a step of unequal prompts into ubatches of equal tokens per sequence, which undoes
+        # the batching (benchmarks/CLASSIFY_BULK.md: 1.00x one at a time with streams, 1.26x unified).
+        m = load_for_cli(model, ctx=ctx, threads=threads, seed=None, n_parallel=1 if one else parallel,
+                         kv_unified=not one)
         method = None
     with m:
         if method == "embedding" and not m.is_embedding_model:

@@ -103,9 +103,14 @@ def quality_tier(quant: str) -> int:
 #    gets none of them.
 #  - ggml/src/ggml-cpu/amx/common.h, qtype_has_amx_kernels(): with AMX-INT8, Q4_0, Q4_1,
 #    Q8_0, Q4_K, Q5_K, Q6_K and IQ4_XS.
+#  - ggml/src/ggml-cpu/llamafile/sgemm.cpp, llamafile_sgemm(): llamafile's tinyBLAS multiplies
+#    a batch as a matrix: F32, F16 and, with AVX2, Q8_0, Q4_0, Q5_0 and IQ4_NL (x86; on ARM
+#    its Q0 path needs dotprod, already covered above). benchmarks/KERNELS.md measures it on
+#    an AVX2 machine: a 64-token batch runs 3.9x (Q8_0) and 5.1x (F16) the tokens/s of one token,
+#    against 2.1x for Q4_1 and 1.8x for Q5_1, which have neither path.
 # Names are those of slmrun.hardware (cpuinfo) and of llama_print_system_info() (lower-cased).
 FAST_KERNELS: dict[str, frozenset[str]] = {
-    "avx2": frozenset({"Q4_0", "Q4_K", "IQ4_NL"}),
+    "avx2": frozenset({"Q4_0", "Q4_K", "IQ4_NL", "Q8_0", "Q5_0", "F16", "F32"}),
     "avx512f": frozenset({"Q2_K"}),
     "avx512": frozenset({"Q2_K"}),
     "dotprod": frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL"}),
@@ -116,7 +121,8 @@ FAST_KERNELS: dict[str, frozenset[str]] = {
 
 
 def has_fast_kernel(quant: str, simd: Iterable[str]) -> bool:
-    """Whether the bulk of a `quant` file's weights get a repacked/AMX kernel on a CPU with `simd`."""
+    """Whether the bulk of a `quant` file's weights get a batched (repacked, AMX or tinyBLAS) kernel on a CPU
+    with `simd`."""
     fact = QUANT_FACTS.get(quant.upper())
     ttype = fact.tensor_type if fact else quant.upper()
     return any(ttype in FAST_KERNELS.get(f.lower(), ()) for f in simd)
