@@ -1,17 +1,21 @@
 """Record llama-perplexity's own figures on the tiny test models (and on the default model),
 for tests/test_evaluate_recorded.py to compare `slmrun eval` with.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/record_perplexity.py
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/record_perplexity.py [--out FILE]
 
 Writes the tiny models (tests/tinymodels.py, fixed seeds; the quantized one made by
 llama.cpp's quantizer through slmrun.runtime.quantize), runs llama-perplexity (built from
 the llama.cpp vendored in the installed llama-cpp-python, benchmarks/llama_tools.py) on
-them, and writes tests/data/quality/llama_perplexity.json: for each run its command line,
-the SHA-256 of every file it read, and the figures it printed (as printed, as text).
+them, and writes tests/data/quality/llama_perplexity.json (or --out): for each run its command
+line, the SHA-256 of every file it read, and the figures it printed (as printed, as text), and
+the CPU features llama.cpp was built for (``cpu``): the last digits depend on which SIMD kernels
+ran, so the tests compare exactly with a recording of the same features (record one per kind
+of machine the tests run on, as llama_perplexity.<features>.json) and within 0.5% with another.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -137,9 +141,16 @@ def record_real(exe: Path, folder: Path) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args()
+    from slmrun.runtime.llama import cpu_features
+
     exe = build_tools("llama-perplexity")["llama-perplexity"]
+    shown_out = a.out.resolve().relative_to(ROOT) if a.out.resolve().is_relative_to(ROOT) else a.out
     record = {"note": " ".join(__doc__.split("\n\n")[0].split()), "command": "PYTHONPATH=$PWD .venv/bin/python "
-              "benchmarks/record_perplexity.py", "tiny": TINY, "text_chars": TEXT_CHARS, "files": {}, "runs": {}}
+              f"benchmarks/record_perplexity.py --out {shown_out}", "cpu": cpu_features(),
+              "tiny": TINY, "text_chars": TEXT_CHARS, "files": {}, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = tiny_files(folder)
@@ -159,8 +170,8 @@ def main() -> None:
                                     "commands": [shown(cmd, tmp) for cmd in cmds],
                                     "printed": parse(output)}
         record["real"] = record_real(exe, folder)
-    OUT.write_text(json.dumps(record, indent=2) + "\n")
-    log(f"wrote {OUT}")
+    a.out.write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,12 @@ What must agree:
 - without it (slmrun's default: both models' logits in float), the perplexities equal
   llama-perplexity's perplexity runs, and KL divergence and top-1 agreement its KL run
   within 0.5% (the 16-bit rounding is the only difference).
-The tolerance for "equal" is 1e-4 relative: floating-point order (other SIMD kernels, the
-order of sums) moves the last printed digits, nothing more.
+The tolerance for "equal" is 1e-4 relative: floating-point order (the order of sums) moves the
+last printed digits, nothing more, on a machine with the same CPU features as the recording's.
+Other SIMD kernels (AVX2 only against AVX-512, say) round differently and move the figures by up
+to ~0.1%: each recording names the features llama.cpp was built for (``cpu``), the tests take
+the one that matches this machine, and with none that does, compare within 0.5% (the issue's
+bound where the method's rounding differs) and say so.
 """
 
 from __future__ import annotations
@@ -28,9 +32,22 @@ import pytest
 from slmrun.evaluate.perplexity import evaluate_perplexity, read_text
 
 DATA = Path(__file__).resolve().parent / "data" / "quality"
-RECORD = json.loads((DATA / "llama_perplexity.json").read_text())
-EQUAL = 1e-4  # relative: floating-point order
 CLOSE = 5e-3  # the issue's bound where the method's rounding differs
+
+
+def _recording() -> tuple[dict, bool]:
+    """(the recording made with this machine's CPU features, True), else (the first, False)."""
+    from slmrun.runtime.llama import cpu_features
+
+    records = [json.loads(p.read_text()) for p in sorted(DATA.glob("llama_perplexity*.json"))]
+    mine = cpu_features()
+    same = next((r for r in records if r.get("cpu") == mine), None)
+    return (same, True) if same is not None else (records[0], False)
+
+
+RECORD, SAME_CPU = _recording()
+EXTREMES = ("kld_max", "kld_p99")  # single tokens' figures
+EQUAL = 1e-4 if SAME_CPU else CLOSE  # relative: floating-point order; else other kernels' rounding
 
 from tinymodels import RECORDED_TINY, recorded_tiny_files
 
@@ -68,6 +85,18 @@ def _mine(row) -> dict:
             "same_top_pct": None if f.get("top1_agreement") is None else 100 * f["top1_agreement"]}
 
 
+def _figure_equal(key: str, mine: float, printed: str) -> bool:
+    """A printed figure, equal within EQUAL. Across CPUs: ln(PPL ratio) is a difference of two logs,
+    each off by up to CLOSE, so it is compared by its absolute error; the largest and 99th-percentile
+    KL divergence are single tokens' extremes, which other rounding moves by a few percent (SmolLM2's
+    maximum: 2.631 on AVX2 against 2.537 recorded elsewhere), so within 10%."""
+    if not SAME_CPU and key == "ln_ratio":
+        return abs(mine - float(printed)) <= 2 * CLOSE
+    if not SAME_CPU and key in EXTREMES:
+        return _equal(mine, printed, 0.1)
+    return _equal(mine, printed, EQUAL)
+
+
 def _equal(mine: float, printed: str, rel: float) -> bool:
     want = float(printed)
     last = 10.0 ** -len(printed.partition(".")[2])  # one unit of the last digit printed
@@ -91,7 +120,7 @@ def test_kl_divergence_with_llama_compat_equals_every_printed_figure(recorded_fi
     assert set(printed) == {"ppl_q", "ppl_base", "ln_ratio", "kld_mean", "kld_max", "kld_p99", "kld_median",
                             "same_top_pct"}
     for key, value in printed.items():
-        assert _equal(mine[key], value, EQUAL), (key, mine[key], value)
+        assert _figure_equal(key, mine[key], value), (key, mine[key], value)
 
 
 @pytest.mark.parametrize("name", ["kld_q4km_c128_b512", "kld_other_c128_b64"])
@@ -142,6 +171,7 @@ def test_the_default_model_and_a_q2_k_of_it(default_model_file, tmp_path):
     printed = dict(kl_run["printed"])
     assert rows[True].meta["n_chunks"] == int(printed.pop("chunks"))
     for key, value in printed.items():
-        assert _equal(compat[key], value, EQUAL), (key, compat[key], value)
+        assert _figure_equal(key, compat[key], value), (key, compat[key], value)
         if key.startswith("kld") or key == "ppl_q":
-            assert _equal(exact[key], value, CLOSE), (key, exact[key], value)
+            rel = 0.1 if not SAME_CPU and key in EXTREMES else CLOSE
+            assert _equal(exact[key], value, rel), (key, exact[key], value)

@@ -41,7 +41,7 @@ _MEASURE = textwrap.dedent("""
     path, n_ctx, flash_attn, verbose, n_threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1", int(sys.argv[5])
     n_parallel = int(sys.argv[6])
     import gguf, llama_cpp, numpy, psutil  # everything imported before the baseline
-    import slmrun, slmrun.api, slmrun.chat, slmrun.gguf_info, slmrun.hardware, slmrun.planner, slmrun.runtime
+    import slmrun, slmrun.api, slmrun.chat, slmrun.gguf_info, slmrun.hardware, slmrun.planner, slmrun.runtime.model
     slmrun.gguf_info.read_info(path)
     slmrun.hardware.detect()  # load()'s memory check detects the hardware: not the model's memory
     n_batch = 512

@@ -78,6 +78,17 @@ def system_info() -> str:
     return llama_cpp.llama_print_system_info().decode("utf-8", "replace")
 
 
+def cpu_features(info: str | None = None) -> str:
+    """The CPU backend's features from ``system_info()`` ("AVX AVX2 ... REPACK"), sorted: which
+    SIMD kernels ran, so which last digits a computation gives (tests compare recordings by it)."""
+    import re
+
+    text = system_info() if info is None else info
+    cpu = text.split("CPU :", 1)[1] if "CPU :" in text else text
+    cpu = re.split(r"\|\s*[A-Za-z0-9_]+ : ", cpu)[0]  # up to the next backend's section, if any
+    return " ".join(sorted(set(re.findall(r"([A-Z0-9_]+) = 1\b", cpu))))
+
+
 def _ensure_backend() -> None:
     global _backend_ready
     if not _backend_ready:
