@@ -109,11 +109,13 @@ def _longest_repeat(tokens: list[int], n: int = 4) -> int:
 
 @pytest.mark.real_model
 def test_dry_breaks_the_default_models_greedy_loop(default_model_file):
-    msgs = [{"role": "user", "content": "Count from one to twenty in words."}]
+    # A loop the prompt starts, which greedy decoding carries on whatever the CPU's kernels (a chat
+    # question, "Count from one to twenty in words.", looped on one machine and not on another).
+    prompt = "red, green, blue, red, green, blue, red, green, blue,"
     with slmrun.load(str(default_model_file), n_parallel=1) as m:
-        plain = m.chat(msgs, temperature=0, max_tokens=64, dry_multiplier=0.0, repeat_penalty=1.0).wait()
-        dry = m.chat(msgs, temperature=0, max_tokens=64, dry_multiplier=0.8, repeat_penalty=1.0).wait()
-    assert _longest_repeat(plain.tokens) >= 4  # "123456789123456789...": the loop DRY is for
+        plain = m.complete(prompt, temperature=0, max_tokens=64, dry_multiplier=0.0, repeat_penalty=1.0).wait()
+        dry = m.complete(prompt, temperature=0, max_tokens=64, dry_multiplier=0.8, repeat_penalty=1.0).wait()
+    assert _longest_repeat(plain.tokens) >= 4  # "red, green, blue, red, green, blue, ...": the loop DRY is for
     assert _longest_repeat(dry.tokens) < _longest_repeat(plain.tokens)
 
 
