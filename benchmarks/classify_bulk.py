@@ -58,7 +58,7 @@ def main() -> None:
                                   kv_unified=unified) for layout, unified in LAYOUTS.items()}
     try:
         for m in models.values():
-            m.classify(TEXTS[0], LABELS)  # warm-up: the template worker, the terminator tokens, the system prompt's cells
+            m.classify(TEXTS[0], LABELS)  # warm-up: the template worker, the terminator tokens, the prompt's cells
         for rnd in range(a.rounds):
             labels = {}
             for layout, how in hows:
@@ -87,7 +87,8 @@ def main() -> None:
     lines = ["# Bulk classification", "",
              f"Command: `.venv/bin/python benchmarks/classify_bulk.py -m {a.model} -t {a.threads} --parallel "
              f"{a.parallel} --rounds {a.rounds} --repeat {a.repeat}`  ",
-             f"{len(TEXTS)} short texts ({a.repeat} times over per timed run), labels {', '.join(LABELS)}; each KV layout its own model load with "
+             f"{len(TEXTS)} short texts ({a.repeat} times over per timed run), labels {', '.join(LABELS)}; "
+             "each KV layout its own model load with "
              f"{a.parallel} slots, {a.threads} threads; {a.rounds} interleaved rounds (mean ± sample std dev); load "
              f"average at the end {os.getloadavg()[0]:.2f}; most CPU other processes used during a run: "
              f"{noise:.2f} cores.", "",

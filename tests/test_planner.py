@@ -735,3 +735,26 @@ def test_plan_command_for_an_embedding_model_speaks_of_embeddings_not_speed():
     assert "tok/s" not in r.output and "ppl" not in r.output and "KV cache f16" not in r.output
     d = json.loads(CliRunner().invoke(app, ["plan", "minilm-l6", "--profile", "rpi4-2gb", "--json"]).output)
     assert d["embedding_model"] is True and d["quant"] == "F16" and d["estimated_tps"] == 0
+
+
+@pytest.mark.parametrize("quant, simd, hinted", [
+    ("Q4_1", ("avx2", "fma", "f16c"), True),  # KERNELS.md: 224 against Q8_0's 447 tokens/s at 64-token batches
+    ("Q5_1", ("avx2",), True),
+    ("Q4_K_M", ("avx2",), False),  # repacked on AVX2: fast already
+    ("Q8_0", ("avx2",), False),
+    ("Q4_1", ("avx2", "amx_int8"), False),  # AMX has a Q4_1 kernel
+    ("Q4_1", ("neon", "dotprod"), False),  # ARM: a bigger file costs bandwidth on every token
+    ("Q4_1", (), False),
+])
+def test_plan_suggests_a_q8_0_regrid_only_where_it_has_the_batched_kernel(quant, simd, hinted):
+    hint = planner.regrid_hint("smollm2-135m", quant, simd)
+    assert (hint is not None) == hinted
+    if hinted:
+        assert f"slmrun quantize smollm2-135m:{quant.lower()} --to Q8_0 --allow-requantize" in hint
+
+
+def test_plan_shows_the_regrid_hint_for_the_offline_default_on_an_avx2_laptop():
+    p = planner.plan(entry("smollm2-135m"), hardware.profile("laptop-16gb"))
+    assert p.quant != "Q4_1" and any("--to Q8_0 --allow-requantize" in r for r in p.reasons)
+    pi = planner.plan(entry("smollm2-135m"), hardware.profile("rpi5-8gb"))
+    assert not any("--allow-requantize" in r for r in pi.reasons)

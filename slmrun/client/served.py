@@ -120,7 +120,8 @@ def stats_from(done: dict, t_start: float):
     known = set(Stats.__dataclass_fields__)
     stats = Stats(**{k: v for k, v in extra.items() if k in known})
     if not extra:  # another Ollama-shaped server: what its fields give
-        stats = Stats(prompt_tokens=done.get("prompt_eval_count", 0), prompt_eval_tokens=done.get("prompt_eval_count", 0),
+        n_prompt = done.get("prompt_eval_count", 0)
+        stats = Stats(prompt_tokens=n_prompt, prompt_eval_tokens=n_prompt,
                       generated_tokens=done.get("eval_count", 0), prompt_s=done.get("prompt_eval_duration", 0) / 1e9,
                       gen_s=done.get("eval_duration", 0) / 1e9, total_s=time.perf_counter() - t_start)
     stats.load_s = done.get("load_duration", 0) / 1e9  # this request's wait for a load (0: it was loaded)

@@ -22,7 +22,7 @@ from .options import NEARLY_AS_GOOD, WORTH_IT, QuantOption, default_context, max
 from .parallel import MAX_AUTO_PARALLEL, ParallelChoice, choose_parallel
 from .pick import Plan, offline_default, pick_for_this_machine, plan
 from .quants import (FAST_KERNELS, KV_CACHE_TYPE_IDS, KV_CACHE_TYPES, QUALITY_ORDER, QUALITY_TIER,
-                     QUALITY_TOLERANCE, QUANT_FACTS, KVCacheType, QuantFact, has_fast_kernel, kv_cache_type,
+                     QUALITY_TOLERANCE, QUANT_FACTS, KVCacheType, QuantFact, has_fast_kernel, kv_cache_type, regrid_hint,
                      quality_rank, quality_tier, tiers)
 from .speculative import batch_slope, describe_speculative
 from .split import DeviceShare, RemoteDevice, assign_layers, split_layers
@@ -37,7 +37,7 @@ __all__ = [
     "QUANT_FACTS", "QuantFact", "QuantOption", "NEARLY_AS_GOOD", "WORTH_IT", "quality_figures", "tiers", "THREADS_TO_SATURATE", "UNGATED_FFN_ARCHS",
     "VOCAB_BYTES_PER_TOKEN", "budget_bytes", "check_memory", "bytes_per_token", "default_context", "default_reserve",
     "effective_flash_attn", "estimate_memory", "estimate_speed", "fallback_bandwidth", "format_bytes",
-    "generation_rate", "has_fast_kernel", "kv_cache_bytes", "kv_cache_type", "max_context_that_fits",
+    "generation_rate", "has_fast_kernel", "regrid_hint", "kv_cache_bytes", "kv_cache_type", "max_context_that_fits",
     "offline_default", "padded_context", "pick_for_this_machine", "plan", "quality_rank", "quality_tier",
     "spec_from_entry", "spec_from_gguf", "with_bandwidth",
 ]

@@ -16,7 +16,7 @@ from .explain import context_trade, explain, nothing_fits, override
 from .memory import MemoryEstimate, budget_bytes, effective_flash_attn, estimate_memory
 from .options import QuantOption, Setting, choose, default_context, evaluate, inputs
 from .parallel import choose_parallel
-from .quants import kv_cache_type
+from .quants import kv_cache_type, regrid_hint
 from .speed import fallback_bandwidth
 from .split import DeviceShare, RemoteDevice, apply_split, describe_split
 
@@ -169,6 +169,9 @@ def plan(model, hw, *, n_ctx: int | None = None, min_speed: float = 5.0, quant: 
             if kept is not None and kept is not pick and kept.fits and kept.fast_enough:
                 reasons.append(f"`slmrun pull {name}` without a quant fetches {keep}, which installs without "
                                f"the hub; `slmrun pull {name}:{pick.quant.lower()}` fetches this pick")
+                hint = regrid_hint(name, keep, hw.simd or ())
+                if hint:
+                    reasons.append(hint)
     why = ("the cgroup's CPU quota" if threads < max(1, hw.performance_cores) else "the performance cores")
     reasons.append(f"{threads} thread{'s' if threads != 1 else ''}: {why}"
                    + (f" (of {hw.logical_cores} logical)" if hw.logical_cores != threads else ""))

@@ -128,6 +128,21 @@ def has_fast_kernel(quant: str, simd: Iterable[str]) -> bool:
     return any(ttype in FAST_KERNELS.get(f.lower(), ()) for f in simd)
 
 
+def regrid_hint(name: str, quant: str, simd: Iterable[str]) -> str | None:
+    """A line for `slmrun plan` when ``quant`` (a file the user gets without the hub) has no batched
+    kernel on an x86 CPU with AVX2 while Q8_0 has: a Q8_0 made from it evaluates prompts about twice
+    as fast at a KL divergence of ~0.005 from it (benchmarks/KERNELS.md, QUALITY.md: measured for
+    Q4_1 on an AVX2 machine). Not on ARM: there a bigger file also costs bandwidth on every token."""
+    features = {f.lower() for f in simd}
+    q = quant.upper()
+    if "avx2" not in features or q in ("Q8_0", "F16", "F32", "BF16") or has_fast_kernel(q, features) \
+            or not has_fast_kernel("Q8_0", features):
+        return None
+    return (f"{q} has no batched kernel on this CPU (prompts run at about half a Q8_0's speed, "
+            f"benchmarks/KERNELS.md); `slmrun quantize {name}:{q.lower()} --to Q8_0 --allow-requantize` "
+            f"re-grids it in seconds, ~1.5x the size, at a KL divergence of ~0.005 from it")
+
+
 @dataclass(frozen=True)
 class KVCacheType:
     ggml_type: int  # enum ggml_type (ggml.h): what llama_context_params.type_k / type_v take
