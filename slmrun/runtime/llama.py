@@ -347,7 +347,7 @@ class LlamaHandle:
         """A native sampler chain in llama.cpp's own order (penalties, DRY, top-k, top-p, min-p,
         temperature, then a seeded draw; greedy at temperature 0). ``dry``: (multiplier, base,
         allowed_length, penalty_last_n) or None; a penalty_last_n of -1 looks back ``n_ctx``."""
-        from .params import penalty_prefilter
+        from .params import penalties_on, penalty_prefilter
 
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
@@ -361,7 +361,7 @@ class LlamaHandle:
                                  penalty_last_n=penalty_last_n, dry=dry is not None, n_vocab=self.n_vocab)
         if keep is not None:  # the same draws, without scanning the whole vocabulary (params.py)
             add(chain, lib.llama_sampler_init_top_k(keep))
-        if repeat_penalty != 1.0 or presence_penalty or frequency_penalty:
+        if penalties_on(repeat_penalty, presence_penalty, frequency_penalty):
             add(chain, lib.llama_sampler_init_penalties(self.n_vocab, penalty_last_n, repeat_penalty,
                                                         frequency_penalty, presence_penalty))
         if dry is not None:

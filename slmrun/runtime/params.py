@@ -62,7 +62,7 @@ class SamplingParams:
 
     @property
     def penalized(self) -> bool:
-        return self.repeat_penalty != 1.0 or bool(self.presence_penalty) or bool(self.frequency_penalty)
+        return penalties_on(self.repeat_penalty, self.presence_penalty, self.frequency_penalty)
 
     @property
     def dry(self) -> tuple[float, float, int, int] | None:
@@ -138,6 +138,11 @@ def make_params(*, max_tokens: int | None = 256, temperature: float = 0.8, top_p
                           penalize_prompt=defaults["penalize_prompt"])
 
 
+def penalties_on(repeat_penalty: float, presence_penalty: float, frequency_penalty: float) -> bool:
+    """Whether llama.cpp's penalties sampler changes anything (the one place this is decided)."""
+    return repeat_penalty != 1.0 or bool(presence_penalty) or bool(frequency_penalty)
+
+
 def penalty_prefilter(*, temperature: float, top_k: int, repeat_penalty: float, presence_penalty: float,
                       frequency_penalty: float, penalty_last_n: int, dry: bool, n_vocab: int) -> int | None:
     """How many of the highest logits to keep *before* the repetition penalties, or None for none.
@@ -150,8 +155,7 @@ def penalty_prefilter(*, temperature: float, top_k: int, repeat_penalty: float, 
     every draw unchanged (up to the order of exactly equal logits). Not with DRY (it can lower
     any number of tokens), a penalty that raises logits, no top-k (every candidate may be
     drawn), or when the cut would keep most of the vocabulary anyway."""
-    penalized = repeat_penalty != 1.0 or presence_penalty or frequency_penalty
-    if not penalized or dry or repeat_penalty < 1.0 or presence_penalty < 0 or frequency_penalty < 0:
+    if not penalties_on(repeat_penalty, presence_penalty, frequency_penalty) or dry or repeat_penalty < 1.0 or presence_penalty < 0 or frequency_penalty < 0:
         return None
     if penalty_last_n <= 0 or (temperature > 0 and top_k <= 0):
         return None
