@@ -37,7 +37,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
-    env = dict(os.environ)
+    # As installed by pip, slmrun's modules come compiled (.pyc). A development shell may set
+    # PYTHONDONTWRITEBYTECODE (this one does), and then every run compiles slmrun's ~100 modules
+    # from source: ~40 ms of `slmrun --help` here. The warm-up writes the .pyc files.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     slmrun = str(Path(sys.executable).with_name("slmrun"))
     model = subprocess.run([slmrun, "show", "smollm2-135m", "--json", "--no-verify"], capture_output=True,
                            text=True, check=True, env=env).stdout
