@@ -238,3 +238,17 @@ def test_a_server_another_user_runs_is_never_asked(server, monkeypatch):
     assert served_model("tiny") is not None
     monkeypatch.setattr(discover.os, "getuid", lambda: 4242)  # as if this were another user's shell
     assert served_model("tiny") is None
+
+
+@pytest.mark.parametrize("body, reason, expected", [
+    (b'{"error": "model not found"}', "Not Found", "model not found"),  # Ollama's shape
+    (b'{"error": {"message": "bad temperature", "type": "invalid_request_error"}}', "Bad Request",
+     "bad temperature"),  # OpenAI's
+    (b'{"detail": "nope"}', "Not Found", "Not Found"),  # JSON without an error: the status's reason
+    (b"<html>gateway</html>", "Bad Gateway", "Bad Gateway"),
+    (b"<html>gateway</html>", "", "<html>gateway</html>"),
+])
+def test_a_servers_error_message_is_read_from_either_apis_shape(body, reason, expected):
+    from slmrun.client.served import _error_text
+
+    assert _error_text(body, reason) == expected

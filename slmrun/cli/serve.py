@@ -158,31 +158,17 @@ def _check_lora(models: tuple[str, ...], adapters) -> None:
 # --- talking to a running server -------------------------------------------------------------
 
 def _request(method: str, path: str, body: dict | None, host: Optional[str], port: Optional[int]) -> dict:
-    import urllib.error
-    import urllib.request
+    from ..client.served import ServerAnswerError, base_url, request_json
 
-    h, p = _address(host, port)
-    url = f"http://{'[' + h + ']' if ':' in h else h}:{p}{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    key = config.api_key()
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
+    address = _address(host, port)
+    url = base_url(address) + path
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error") or exc.reason
-        except ValueError:
-            message = exc.reason
-        if isinstance(message, dict):
-            message = message.get("message")
-        hint = "Set SLMRUN_API_KEY to the server's key." if exc.code == 401 else ""
-        fail(f"the server at {url} answered {exc.code}: {message}", hint, 3 if exc.code == 404 else 1)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        fail(f"no slmrun server at http://{h}:{p} ({reason})",
+        return request_json(address, method, path, body, timeout=30)
+    except ServerAnswerError as exc:
+        hint = "Set SLMRUN_API_KEY to the server's key." if exc.status == 401 else ""
+        fail(f"the server at {url} answered {exc.status}: {exc.message}", hint, 3 if exc.status == 404 else 1)
+    except (OSError, ValueError) as exc:  # ValueError: a body that is no JSON
+        fail(f"no slmrun server at {base_url(address)} ({exc})",
              "Start one with `slmrun serve`, or point --host / SLMRUN_HOST at it.", SERVER_UNREACHABLE)
 
 

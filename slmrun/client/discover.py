@@ -115,10 +115,10 @@ def served_model(ref: str | None, *, timeout: float = 2.0):
     digest = r.stored.sha256 if r.stored is not None else None
     if not digest:
         return None
-    from .served import ServedModel, ServerAnswerError, get_json
+    from .served import ServedModel, ServerAnswerError, request_json
 
     try:
-        loaded = get_json(address, "/api/ps", timeout=timeout).get("models") or []
+        loaded = request_json(address, "GET", "/api/ps", timeout=timeout).get("models") or []
     except (OSError, ValueError, ServerAnswerError):
         return None
     for m in loaded:

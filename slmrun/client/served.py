@@ -50,23 +50,35 @@ def _connection(address: tuple[str, int], timeout: float):
     return http.client.HTTPConnection(*address, timeout=timeout)
 
 
-def _error_text(data: bytes) -> str:
+def base_url(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _error_text(data: bytes, reason: str = "") -> str:
+    """The message of an error body, in either API's shape ({"error": "..."} or {"error":
+    {"message": ...}}); the status's reason when the body has none."""
     try:
         error = json.loads(data).get("error")
     except (ValueError, AttributeError):
-        return data.decode("utf-8", "replace")[:200]
-    return error.get("message", "") if isinstance(error, dict) else str(error)
+        return reason or data.decode("utf-8", "replace")[:200]
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error) if error else reason
 
 
-def get_json(address: tuple[str, int], path: str, *, timeout: float) -> dict:
+def request_json(address: tuple[str, int], method: str, path: str, body: dict | None = None, *,
+                 timeout: float) -> dict:
+    """One request to a running server, its JSON answer ({} for an empty one). Raises
+    ServerAnswerError for a status other than 2xx, OSError when the server cannot be reached."""
     conn = _connection(address, timeout)
     try:
-        conn.request("GET", path, headers=_headers())
+        conn.request(method, path, json.dumps(body).encode() if body is not None else None, headers=_headers())
         resp = conn.getresponse()
         data = resp.read()
-        if resp.status != 200:
-            raise ServerAnswerError(resp.status, _error_text(data))
-        return json.loads(data)
+        if not 200 <= resp.status < 300:
+            raise ServerAnswerError(resp.status, _error_text(data, resp.reason))
+        return json.loads(data or b"{}")
     finally:
         conn.close()
 
@@ -142,8 +154,7 @@ class ServedModel:
 
     @property
     def url(self) -> str:
-        host, port = self.address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return base_url(self.address)
 
     def chat(self, messages, **params):
         return self._start("/api/chat", request_body(self.key, params, messages=list(messages)), params)
@@ -163,7 +174,7 @@ class ServedModel:
             conn.request("POST", path, json.dumps(body).encode(), headers=_headers())
             resp = conn.getresponse()
             if resp.status != 200:
-                raise error_for(resp.status, _error_text(resp.read()), self.url)
+                raise error_for(resp.status, _error_text(resp.read(), resp.reason), self.url)
             conn.sock.settimeout(None)  # between two pieces a reply may pause for as long as it needs
         except OSError as exc:
             conn.close()
