@@ -158,6 +158,11 @@ def server_address() -> tuple[str, int]:
     return split_address(SERVER.get())
 
 
+def server_address_named() -> bool:
+    """Whether the user set SLMRUN_HOST (an address they chose, rather than the default)."""
+    return bool(os.environ.get(SERVER.name, "").strip())
+
+
 def split_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     value = text.strip()
     for scheme in ("http://", "https://"):

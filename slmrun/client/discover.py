@@ -104,7 +104,7 @@ def served_model(ref: str | None, *, timeout: float = 2.0):
         return None
     if address is None or not listening(address, timeout):
         return None
-    if not owned_by_me(address[1], named=bool(os.environ.get(config.SERVER.name))):
+    if not owned_by_me(address[1], named=config.server_address_named()):
         return None
     from ..resolution import resolve
 
