@@ -112,7 +112,8 @@ def classify(
         one = text is not None and text != "-"  # one text, one slot; many are scored side by side
         # Many short prompts side by side: one unified KV cache. With a stream per sequence llama.cpp
         # splits a step of unequal prompts into ubatches of equal tokens per sequence, which undoes
-        # the batching (benchmarks/CLASSIFY_BULK.md: 1.00x one at a time with streams, 1.26x unified).
+        # the batching (benchmarks/CLASSIFY_BULK.md: on a type with a batched kernel, 1.21x one at a
+        # time with streams, 1.39x unified; on Q4_1, which has none on x86, 1.09x and 1.13x).
         m = load_for_cli(model, ctx=ctx, threads=threads, seed=None, n_parallel=1 if one else parallel,
                          kv_unified=not one)
         method = None
